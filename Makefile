@@ -1,0 +1,49 @@
+# Summary: one-command set-up, tests, docs and the demo. `make help` lists the targets.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHELL_FILES := $(wildcard *.sh) lib/common.sh .ci/run tools/install-deps.sh $(wildcard bench/*.sh)
+APT_PACKAGES := shellcheck rsync openssh-server openssh-client docker.io iproute2 tini iputils-ping \
+	procps iptables kmod
+
+.PHONY: help deps venv test pytest lint docs docs-check demo bench clean
+
+help: ## List the targets.
+	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  %-11s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+deps: ## Install the system packages (apt when root, else print the exact command).
+	@tools/install-deps.sh $(APT_PACKAGES)
+
+venv: $(VENV)/.installed ## Create .venv with sparkhelpers and the test/engine extras.
+
+$(VENV)/.installed: pyproject.toml
+	@command -v python3 >/dev/null || { echo "make: python3 is missing (fix: sudo apt-get install -y python3 python3-venv)" >&2; exit 1; }
+	@[[ -x $(PY) ]] || python3 -m venv $(VENV) || { echo "make: cannot create a venv (fix: sudo apt-get install -y python3-venv)" >&2; exit 1; }
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,engine]'
+	@touch $@
+
+test: deps venv ## Run every test, shellcheck, ruff and the docs check (the CI command).
+	$(MAKE) --no-print-directory lint docs-check pytest
+
+pytest: venv ## Run the Python tests only (PYTEST_ARGS="-k config" to filter).
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv ## shellcheck every shell file, ruff the Python.
+	shellcheck -S style $(SHELL_FILES)
+	$(VENV)/bin/ruff check sparkhelpers tests tools bench
+
+docs: venv ## Regenerate docs/cli.md and the README tables from --help and config.env.
+	$(PY) tools/gendocs.py
+
+docs-check: venv ## Fail when the generated docs are stale.
+	$(PY) tools/gendocs.py --check
+
+demo: deps venv ## The main job on the built-in defaults (see README).
+	@tools/demo.sh
+
+bench: venv ## Run the benchmarks under bench/ that need no cluster.
+	$(PY) bench/startup.py
+
+clean: ## Remove the venv and caches.
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,94 @@
+# shellcheck shell=bash
+# Summary: Shared shell library for the sparkhelpers entry scripts (sourced, never run).
+#
+# Provides: SPARK_HOME, spark_load_config, log, warn, die, usage, usage_error, require_cmd,
+# sparkhelpers (runs the Python core), not_available. Exit codes: 0 success, 1 failure, 2 usage.
+
+if [[ -n "${SPARK_DEBUG:-}" && "${SPARK_DEBUG}" != 0 ]]; then
+  PS4='+(${BASH_SOURCE}:${LINENO}): ${FUNCNAME[0]:+${FUNCNAME[0]}(): }'
+  set -x
+fi
+
+# The repo root is the directory above this file, whatever the caller's working directory.
+SPARK_HOME="${SPARK_HOME:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+export SPARK_HOME
+SCRIPT_NAME="$(basename "${0}")"
+SCRIPT_PATH="${0}"
+
+log() { printf '%s: %s\n' "$SCRIPT_NAME" "$*" >&2; }
+warn() { printf '%s: warning: %s\n' "$SCRIPT_NAME" "$*" >&2; }
+die() {
+  printf '%s: %s\n' "$SCRIPT_NAME" "$1" >&2
+  [[ $# -gt 1 ]] && printf '%s: fix: %s\n' "$SCRIPT_NAME" "$2" >&2
+  exit 1
+}
+
+# Print the script's header comment (the lines after the shebang, up to the first non-comment).
+usage_text() {
+  awk 'NR == 1 && /^#!/ { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$SCRIPT_PATH"
+}
+
+# usage: --help prints to stdout and exits 0.
+usage() { usage_text; exit 0; }
+
+# usage_error MESSAGE: misuse prints to stderr and exits 2.
+usage_error() {
+  printf '%s: %s\n' "$SCRIPT_NAME" "$1" >&2
+  printf "Try '%s --help' for usage.\n" "$SCRIPT_NAME" >&2
+  exit 2
+}
+
+# require_cmd COMMAND PACKAGE: fail with the install line when COMMAND is missing.
+require_cmd() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  die "$1 is not installed" "sudo apt-get install -y ${2:-$1}"
+}
+
+# spark_load_config: flag > environment > config.local.env > config.env > built-in default.
+# Both files are sourced in order (a reference sees earlier assignments and the environment), then
+# every variable that came from the environment gets its environment value back. Keys set only by
+# the files are not exported, so sparkhelpers (Python) sees the same environment the user gave.
+# sparkhelpers.config.resolve is the same rule; tests/test_config_agreement.py proves they agree.
+spark_load_config() {
+  local -A spark_env_=()
+  local name_
+  while IFS= read -r name_; do spark_env_[$name_]="${!name_}"; done < <(compgen -e)
+  local defaults_="${SPARK_CONFIG_DEFAULTS:-$SPARK_HOME/config.env}"
+  local local_="${SPARK_CONFIG:-$SPARK_HOME/config.local.env}"
+  [[ -f "$defaults_" ]] || die "config defaults not found at $defaults_" "set SPARK_HOME to the sparkhelpers checkout"
+  if [[ -n "${SPARK_CONFIG:-}" && ! -f "$SPARK_CONFIG" ]]; then
+    die "SPARK_CONFIG points at $SPARK_CONFIG, which does not exist" "unset SPARK_CONFIG or create the file"
+  fi
+  set +u # an unset reference expands to empty, as in Python
+  # shellcheck disable=SC1090
+  source "$defaults_"
+  # shellcheck disable=SC1090
+  [[ -f "$local_" ]] && source "$local_"
+  set -u
+  for name_ in "${!spark_env_[@]}"; do
+    [[ "${!name_-}" == "${spark_env_[$name_]}" ]] || printf -v "$name_" '%s' "${spark_env_[$name_]}"
+  done
+  while IFS= read -r name_; do
+    # shellcheck disable=SC2163 # un-export the variable whose name is in name_
+    [[ -v "spark_env_[$name_]" ]] || export -n "$name_"
+  done < <(compgen -e)
+}
+
+# sparkhelpers ARGS...: run the Python core (the repo's venv first, then PATH).
+sparkhelpers() {
+  if [[ -x "$SPARK_HOME/.venv/bin/sparkhelpers" ]]; then
+    "$SPARK_HOME/.venv/bin/sparkhelpers" "$@"
+  elif command -v sparkhelpers >/dev/null 2>&1; then
+    command sparkhelpers "$@"
+  else
+    die "the sparkhelpers Python package is not installed" "cd $SPARK_HOME && make venv"
+  fi
+}
+
+# not_available WHAT: a feature that is not built yet fails honestly.
+not_available() {
+  die "$1 is not available yet in this version of sparkhelpers" "see CHANGELOG.md for what is available"
+}
+
+# need_value FLAG COUNT: a flag that takes a value was given as the last argument.
+need_value() { [[ "$2" -ge 2 ]] || usage_error "$1 needs a value"; }

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Summary: Interactive set-up: discover the fabric, ask for workers and model, write config.local.env.
+#
+# Usage: source setup-env.sh [options]   (also exports the settings into your shell)
+#        ./setup-env.sh [options]        (writes config.local.env only)
+#
+# Options:
+#   --non-interactive   Take every answer from flags, the config and discovery; never prompt.
+#   --workers LIST      Worker SSH addresses, space- or comma-separated.
+#   --user NAME         SSH user on the workers.
+#   --model NAME        Model preset or Hugging Face repo id.
+#   --worker            Worker mode: check this node and print what the head needs.
+#   -h, --help          Show this help.
+
+# Sourced: run in a child bash so the caller's shell options are never changed, then export
+# only what the child prints.
+if [[ "${BASH_SOURCE[0]}" != "${0}" ]]; then
+  if spark_exports_="$(bash "${BASH_SOURCE[0]}" --print-exports "$@")"; then
+    eval "$spark_exports_"
+    unset spark_exports_
+    return 0
+  fi
+  unset spark_exports_
+  return 1
+fi
+
+set -euo pipefail
+# shellcheck source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    -h | --help) usage ;;
+    --non-interactive | --worker | --print-exports) ;;
+    --workers | --user | --model) need_value "$1" $#; shift ;;
+    *) usage_error "unknown argument: $1" ;;
+  esac
+  shift
+done
+
+spark_load_config
+not_available "Interactive set-up (setup-env.sh)"

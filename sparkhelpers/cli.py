@@ -1,0 +1,86 @@
+"""The ``sparkhelpers`` command: a root group whose sub-apps are imported only when used.
+
+Start-up time matters (scripts call us for every decision), so ``--help`` lists sub-commands from
+the static table below and a sub-app's module is imported only when that sub-command runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+from typer.core import TyperGroup
+
+from sparkhelpers import __version__
+from sparkhelpers.errors import SparkError
+
+# name -> (module, attribute holding the typer.Typer, one-line help). One entry per concern.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "config": ("sparkhelpers.config.cli", "app", "Show, get and set configuration values and their sources."),
+}
+
+
+def load_command(name: str) -> typer.main.click.Command | None:  # type: ignore[name-defined]
+    entry = COMMANDS.get(name)
+    if entry is None:
+        return None
+    module, attr, _ = entry
+    command = typer.main.get_command(getattr(importlib.import_module(module), attr))
+    command.name = name
+    return command
+
+
+class LazyGroup(TyperGroup):
+    def list_commands(self, ctx):  # noqa: ANN001, ANN201
+        return list(COMMANDS)
+
+    def get_command(self, ctx, cmd_name):  # noqa: ANN001, ANN201
+        return load_command(cmd_name)
+
+    def format_commands(self, ctx, formatter):  # noqa: ANN001, ANN201
+        rows = [(name, help_text) for name, (_, _, help_text) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx):  # noqa: ANN001, ANN201
+        try:
+            return super().invoke(ctx)
+        except SparkError as exc:
+            typer.echo(f"sparkhelpers: {exc.message}", err=True)
+            if exc.fix:
+                typer.echo(f"sparkhelpers: fix: {exc.fix}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+
+
+app = typer.Typer(
+    cls=LazyGroup,
+    help="Turn DGX Spark boxes into a vLLM serving cluster, check it and measure it.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sparkhelpers {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Turn DGX Spark boxes into a vLLM serving cluster, check it and measure it."""
+
+
+def main() -> None:
+    app(prog_name="sparkhelpers")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

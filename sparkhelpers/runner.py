@@ -1,0 +1,169 @@
+"""The one place that runs processes: local commands, SSH to nodes, in parallel, or --dry-run.
+
+Command builders (``build_ssh_cmd``, ``shell_join``) are pure and tested by list equality. Every
+side effect goes through a ``Runner``; with ``dry_run=True`` it prints what it would run and runs
+nothing. Results are ``RunResult`` objects; nothing here raises on a non-zero exit unless asked to
+(``RunResult.check``). Secrets travel in ``env`` or ``input``, never in argv.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from sparkhelpers.errors import SparkError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def shell_quote(value: object) -> str:
+    """The one quoting filter for every value that ends up in generated shell."""
+    return shlex.quote(str(value))
+
+
+def shell_join(argv: Iterable[object]) -> str:
+    return " ".join(shell_quote(a) for a in argv)
+
+
+@dataclass(frozen=True)
+class Host:
+    """A node we reach by SSH; ``address == "local"`` means this machine, without SSH."""
+
+    address: str
+    user: str = ""
+    key: str = ""
+    options: tuple[str, ...] = ()
+    connect_timeout: int = 5
+
+    @property
+    def is_local(self) -> bool:
+        return self.address in ("local", "")
+
+    @property
+    def label(self) -> str:
+        return "local" if self.is_local else self.address
+
+    @property
+    def target(self) -> str:
+        return f"{self.user}@{self.address}" if self.user else self.address
+
+
+LOCAL = Host("local")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str = ""
+    stderr: str = ""
+    duration_s: float = 0.0
+    host: str = "local"
+    dry_run: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    @property
+    def last_line(self) -> str:
+        for text in (self.stderr, self.stdout):
+            lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+            if lines:
+                return lines[-1].strip()
+        return ""
+
+    def check(self, what: str, fix: str = "") -> RunResult:
+        """Raise a SparkError naming ``what`` failed on which host, with the last output line."""
+        if not self.ok:
+            detail = f": {self.last_line}" if self.last_line else ""
+            raise SparkError(f"{what} failed on {self.host} (exit {self.returncode}){detail}", fix=fix)
+        return self
+
+
+def build_ssh_cmd(host: Host, remote: Sequence[str] | str, *, tty: bool = False) -> list[str]:
+    """ssh argv running ``remote`` on ``host``. A list is quoted word by word; a string is sent as is."""
+    cmd = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={host.connect_timeout}",
+           "-o", "StrictHostKeyChecking=accept-new", "-o", "ServerAliveInterval=15",
+           "-o", "ServerAliveCountMax=4"]
+    if tty:
+        cmd.append("-t")
+    if host.key:
+        cmd += ["-i", host.key, "-o", "IdentitiesOnly=yes"]
+    cmd += list(host.options)
+    remote_cmd = remote if isinstance(remote, str) else shell_join(remote)
+    return [*cmd, host.target, "--", remote_cmd]
+
+
+@dataclass
+class Runner:
+    """Runs commands, or with ``dry_run`` prints them (``echo``) and pretends they succeeded."""
+
+    dry_run: bool = False
+    echo: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
+    default_timeout: float | None = None
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        input: str | bytes | None = None,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        capture: bool = True,
+        host: str = "local",
+        mutating: bool = True,
+    ) -> RunResult:
+        """Run argv. ``env`` is added to os.environ. ``mutating=False`` runs even under --dry-run
+        (read-only probes such as ``docker image inspect``), so a dry run shows real decisions."""
+        argv = tuple(str(a) for a in argv)
+        if self.dry_run and mutating:
+            self.echo(f"[dry-run] {host}: {shell_join(argv)}")
+            return RunResult(argv, 0, host=host, dry_run=True)
+        full_env = {**os.environ, **env} if env else None
+        timeout = timeout if timeout is not None else self.default_timeout
+        text = not isinstance(input, bytes)
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.run(argv, input=input, env=full_env, cwd=cwd, timeout=timeout, text=text,
+                                  stdout=subprocess.PIPE if capture else None,
+                                  stderr=subprocess.PIPE if capture else None,
+                                  stdin=None if input is not None else subprocess.DEVNULL)
+        except FileNotFoundError:
+            return RunResult(argv, 127, stderr=f"{argv[0]}: command not found", host=host,
+                             duration_s=time.monotonic() - t0)
+        except subprocess.TimeoutExpired as exc:
+            out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            return RunResult(argv, 124, stdout=out, stderr=f"timed out after {timeout:g}s", host=host,
+                             duration_s=time.monotonic() - t0)
+        return RunResult(argv, proc.returncode, _text(proc.stdout), _text(proc.stderr),
+                         time.monotonic() - t0, host)
+
+    def on(self, host: Host, argv: Sequence[str] | str, **kwargs) -> RunResult:
+        """Run on a node: locally for the local host, else over SSH (a string is a shell snippet)."""
+        if host.is_local:
+            local = ["bash", "-c", argv] if isinstance(argv, str) else list(argv)
+            return self.run(local, host=host.label, **kwargs)
+        return self.run(build_ssh_cmd(host, argv), host=host.label, **kwargs)
+
+    def parallel(self, func: Callable[[T], R], items: Sequence[T], max_workers: int = 8) -> list[R]:
+        """``func`` over ``items`` concurrently, results in input order (exceptions propagate)."""
+        if len(items) <= 1:
+            return [func(i) for i in items]
+        with ThreadPoolExecutor(max_workers=min(max_workers, len(items))) as pool:
+            return list(pool.map(func, items))
+
+
+def _text(value: str | bytes | None) -> str:
+    if value is None:
+        return ""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

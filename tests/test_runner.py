@@ -1,0 +1,73 @@
+"""The runner against real local processes; SSH is exercised for real on the emulated cluster."""
+
+from __future__ import annotations
+
+import time
+
+from sparkhelpers.runner import Host, Runner, build_ssh_cmd, shell_join
+
+
+def test_run_captures_output_and_exit_code():
+    r = Runner().run(["bash", "-c", "echo out; echo err >&2; exit 3"])
+    assert (r.returncode, r.stdout, r.stderr, r.ok) == (3, "out\n", "err\n", False)
+    assert r.last_line == "err"
+
+
+def test_missing_command_and_timeout_are_results_not_exceptions():
+    assert Runner().run(["no-such-binary-xyz"]).returncode == 127
+    t0 = time.monotonic()
+    r = Runner().run(["sleep", "5"], timeout=0.3)
+    assert r.returncode == 124 and "timed out" in r.stderr
+    assert time.monotonic() - t0 < 4
+
+
+def test_secret_goes_through_env_not_argv():
+    r = Runner().run(["bash", "-c", 'printf %s "$TOKEN"'], env={"TOKEN": "s3cret"})
+    assert r.stdout == "s3cret" and "s3cret" not in " ".join(r.argv)
+
+
+def test_dry_run_prints_and_runs_nothing(tmp_path):
+    lines: list[str] = []
+    marker = tmp_path / "touched"
+    r = Runner(dry_run=True, echo=lines.append).run(["touch", str(marker)])
+    assert r.ok and r.dry_run and not marker.exists()
+    assert lines == [f"[dry-run] local: touch {marker}"]
+    probe = Runner(dry_run=True, echo=lines.append).run(["echo", "hi"], mutating=False)
+    assert probe.stdout == "hi\n"
+
+
+def test_check_names_host_and_last_line():
+    import pytest
+
+    from sparkhelpers.errors import SparkError
+
+    with pytest.raises(SparkError, match=r"docker load failed on spark2 \(exit 1\): no space"):
+        Runner().run(["bash", "-c", "echo no space >&2; exit 1"], host="spark2").check("docker load")
+
+
+def test_build_ssh_cmd_is_pure_and_quotes_words():
+    host = Host("10.0.0.2", user="ops", key="/k", options=("-p", "2222"), connect_timeout=3)
+    cmd = build_ssh_cmd(host, ["echo", "a b", "$(x)"])
+    assert cmd[:2] == ["ssh", "-o"] and "BatchMode=yes" in cmd and "ConnectTimeout=3" in cmd
+    assert cmd[-3:] == ["ops@10.0.0.2", "--", "echo 'a b' '$(x)'"]
+    assert cmd[cmd.index("-i") + 1] == "/k" and "2222" in cmd
+
+
+def test_local_host_runs_without_ssh():
+    r = Runner().on(Host("local"), ["echo", "x y"])
+    assert r.argv == ("echo", "x y") and r.stdout == "x y\n"
+
+
+def test_parallel_keeps_order_and_runs_concurrently():
+    runner = Runner()
+    t0 = time.monotonic()
+    out = runner.parallel(lambda s: runner.run(["bash", "-c", f"sleep {s}; echo {s}"]).stdout.strip(),
+                          ["0.4", "0.1", "0.3"])
+    assert out == ["0.4", "0.1", "0.3"]
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_shell_join_round_trips_through_bash():
+    words = ["a b", "it's", "$HOME", "`id`", "x;y", ""]
+    r = Runner().run(["bash", "-c", f"printf '%s\\n' {shell_join(words)}"])
+    assert r.stdout.split("\n")[:-1] == words
