@@ -3,7 +3,8 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SHELL_FILES := $(wildcard *.sh) lib/common.sh .ci/run tools/install-deps.sh $(wildcard bench/*.sh)
+SHELL_FILES := $(wildcard *.sh) lib/common.sh .ci/run tools/install-deps.sh $(wildcard bench/*.sh) \
+	$(wildcard sparkhelpers/*/*.sh)
 APT_PACKAGES := shellcheck rsync openssh-server openssh-client docker.io iproute2 tini iputils-ping \
 	procps iptables kmod
 

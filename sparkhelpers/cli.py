@@ -18,6 +18,7 @@ from sparkhelpers.errors import SparkError
 # name -> (module, attribute holding the typer.Typer, one-line help). One entry per concern.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "config": ("sparkhelpers.config.cli", "app", "Show, get and set configuration values and their sources."),
+    "discover": ("sparkhelpers.discover.cli", "app", "Discover a host's fabric and NCCL settings; capture snapshots."),
 }
 
 

@@ -1,0 +1,75 @@
+"""``sparkhelpers discover``, ``sparkhelpers doctor`` and ``sparkhelpers setup``: thin CLI over discover/*."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from sparkhelpers.appkit import new_app, print_json
+
+app = new_app("Discover this host's fabric (ConnectX-7 twins, IPs, MTU, GIDs) and the NCCL environment it needs.",
+              no_args_is_help=False, invoke_without_command=True)
+
+
+def _facts_for(snapshot: Path | None, host: str | None, cfg):  # noqa: ANN001, ANN202
+    from sparkhelpers.discover import facts as factsmod
+    from sparkhelpers.discover import probe
+    from sparkhelpers.discover.nodes import worker_host
+    from sparkhelpers.runner import LOCAL, Runner
+
+    if snapshot is not None:
+        return factsmod.discover_snapshot(str(snapshot))
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="spark-discover-") as tmp:
+        target = worker_host(cfg, host) if host else LOCAL
+        snap = probe.capture(Runner(), Path(tmp) / "snap", target, hf_cache=cfg.get("HF_CACHE"),
+                             image=cfg.get("VLLM_IMAGE"))
+        return factsmod.discover_snapshot(str(snap))
+
+
+@app.callback()
+def discover(
+    ctx: typer.Context,
+    snapshot: Path = typer.Option(None, "--snapshot", help="Replay a snapshot directory instead of probing a host."),
+    host: str = typer.Option(None, "--host", help="Probe this worker over SSH (one round trip) instead of this host."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output (facts, nccl_env, problems)."),
+    exports: bool = typer.Option(False, "--exports", help="Print only the nccl_env as export lines."),
+) -> None:
+    """Show this host's fabric and the NCCL variables it needs. Exit 1 when a problem is an error."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from sparkhelpers.config import load_config
+    from sparkhelpers.discover import fabric, render
+
+    cfg = load_config()
+    facts = _facts_for(snapshot, host, cfg)
+    single = not cfg.get_list("WORKER_HOST")
+    data = fabric.summary(facts, single_node=single, mtu=cfg.get_int("FABRIC_MTU", fabric.RECOMMENDED_MTU))
+    if as_json:
+        print_json(data)
+    elif exports:
+        for key, value in data["nccl_env"].items():
+            typer.echo(f"export {key}={value}")
+    else:
+        typer.echo(render.facts_text(facts, data["nccl_env"], data["problems"]))
+    if any(p["severity"] == "error" for p in data["problems"]):
+        raise typer.Exit(1)
+
+
+@app.command()
+def capture(
+    directory: Path = typer.Argument(..., help="New directory to write the snapshot into."),
+    host: str = typer.Option(None, "--host", help="Capture this worker over SSH instead of this host."),
+) -> None:
+    """Write this host's facts into DIRECTORY (sys/, proc/, cmd/); never secrets. Attach it to bug reports."""
+    from sparkhelpers.config import load_config
+    from sparkhelpers.discover import probe
+    from sparkhelpers.discover.nodes import worker_host
+    from sparkhelpers.runner import LOCAL, Runner
+
+    cfg = load_config()
+    target = worker_host(cfg, host) if host else LOCAL
+    path = probe.capture(Runner(), directory, target, hf_cache=cfg.get("HF_CACHE"), image=cfg.get("VLLM_IMAGE"))
+    typer.echo(str(path))
