@@ -4,9 +4,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SHELL_FILES := $(wildcard *.sh) lib/common.sh .ci/run tools/install-deps.sh $(wildcard bench/*.sh) \
-	$(wildcard sparkhelpers/*/*.sh)
+	$(wildcard sparkhelpers/*/*.sh) sparkhelpers/sim/fakes/ibdev2netdev sparkhelpers/sim/fakes/show_gids
 APT_PACKAGES := shellcheck rsync openssh-server openssh-client docker.io iproute2 tini iputils-ping \
-	procps iptables kmod
+	procps iptables kmod python3 util-linux
 
 .PHONY: help deps venv test pytest lint docs docs-check demo bench clean
 

@@ -19,6 +19,7 @@ from sparkhelpers.errors import SparkError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "config": ("sparkhelpers.config.cli", "app", "Show, get and set configuration values and their sources."),
     "discover": ("sparkhelpers.discover.cli", "app", "Discover a host's fabric and NCCL settings; capture snapshots."),
+    "sim": ("sparkhelpers.sim.cli", "app", "Emulated Spark cluster on this machine (test infrastructure)."),
 }
 
 

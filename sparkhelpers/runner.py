@@ -122,9 +122,11 @@ class Runner:
         capture: bool = True,
         host: str = "local",
         mutating: bool = True,
+        interactive: bool = False,
     ) -> RunResult:
         """Run argv. ``env`` is added to os.environ. ``mutating=False`` runs even under --dry-run
-        (read-only probes such as ``docker image inspect``), so a dry run shows real decisions."""
+        (read-only probes such as ``docker image inspect``), so a dry run shows real decisions.
+        ``interactive`` hands the caller's stdin/stdout/stderr to the command (nothing captured)."""
         argv = tuple(str(a) for a in argv)
         if self.dry_run and mutating:
             self.echo(f"[dry-run] {host}: {shell_join(argv)}")
@@ -132,12 +134,14 @@ class Runner:
         full_env = {**os.environ, **env} if env else None
         timeout = timeout if timeout is not None else self.default_timeout
         text = not isinstance(input, bytes)
+        capture = capture and not interactive
+        stdin = None if input is not None or interactive else subprocess.DEVNULL
         t0 = time.monotonic()
         try:
             proc = subprocess.run(argv, input=input, env=full_env, cwd=cwd, timeout=timeout, text=text,
                                   stdout=subprocess.PIPE if capture else None,
                                   stderr=subprocess.PIPE if capture else None,
-                                  stdin=None if input is not None else subprocess.DEVNULL)
+                                  stdin=stdin)
         except FileNotFoundError:
             return RunResult(argv, 127, stderr=f"{argv[0]}: command not found", host=host,
                              duration_s=time.monotonic() - t0)
@@ -147,6 +151,20 @@ class Runner:
                              duration_s=time.monotonic() - t0)
         return RunResult(argv, proc.returncode, _text(proc.stdout), _text(proc.stderr),
                          time.monotonic() - t0, host)
+
+    def spawn(self, argv: Sequence[str], *, log_path: str, env: Mapping[str, str] | None = None,
+              cwd: str | None = None) -> int:
+        """Start argv in the background, detached (own session: it outlives us), output appended
+        to ``log_path``. Returns its pid (0 under --dry-run)."""
+        argv = tuple(str(a) for a in argv)
+        if self.dry_run:
+            self.echo(f"[dry-run] local: {shell_join(argv)} >>{log_path} 2>&1 &")
+            return 0
+        full_env = {**os.environ, **env} if env else None
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    env=full_env, cwd=cwd, start_new_session=True)
+        return proc.pid
 
     def on(self, host: Host, argv: Sequence[str] | str, **kwargs) -> RunResult:
         """Run on a node: locally for the local host, else over SSH (a string is a shell snippet)."""

@@ -10,6 +10,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Emulated-cluster fixtures (sim_cluster, make_sim) for every test module.
+pytest_plugins = ["simfixtures"]
+
 
 def config_keys() -> list[str]:
     keys = []

@@ -71,3 +71,18 @@ def test_shell_join_round_trips_through_bash():
     words = ["a b", "it's", "$HOME", "`id`", "x;y", ""]
     r = Runner().run(["bash", "-c", f"printf '%s\\n' {shell_join(words)}"])
     assert r.stdout.split("\n")[:-1] == words
+
+
+def test_spawn_detaches_and_logs(tmp_path):
+    import time
+
+    from sparkhelpers.runner import Runner
+
+    log = tmp_path / "out.log"
+    pid = Runner().spawn(["sh", "-c", "echo started; echo $$ > " + str(tmp_path / "pid")], log_path=str(log))
+    for _ in range(100):
+        if (tmp_path / "pid").exists() and "started" in log.read_text():
+            break
+        time.sleep(0.05)
+    assert int((tmp_path / "pid").read_text()) == pid
+    assert Runner(dry_run=True, echo=lambda _l: None).spawn(["true"], log_path=str(log)) == 0

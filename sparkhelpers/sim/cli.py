@@ -1,0 +1,140 @@
+"""``sparkhelpers sim``: an emulated DGX Spark cluster on this machine (test infrastructure)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from sparkhelpers.appkit import info, new_app, print_json
+
+app = new_app("Emulated Spark cluster on this machine: real sshd, dockerd, rsync and a tiny real model.")
+
+NAME_HELP = "Cluster name (several clusters with different names can run side by side)."
+
+
+def _state() -> Path:
+    from sparkhelpers.config import load_config, state_dir
+
+    return state_dir(load_config())
+
+
+def _runner(dry_run: bool = False):  # noqa: ANN202
+    from sparkhelpers.runner import Runner
+
+    return Runner(dry_run=dry_run)
+
+
+@app.command()
+def up(
+    nodes: int = typer.Option(2, "--nodes", "-n", help="Number of nodes, 1 to 4 (spark1 is the head)."),
+    name: str = typer.Option("sim", "--name", help=NAME_HELP),
+    fact: list[str] = typer.Option([], "--fact", metavar="NODE:KEY=VALUE",
+                                   help="Change one emulated fact of a node (or all:), e.g. spark2:mtu=1500, "
+                                        "spark2:driver_version=570.86.10, spark2:twin2_up=false. Repeatable."),
+    facts_file: str = typer.Option("", "--facts-file", help='JSON file: {"spark2": {"mtu": 1500}}.'),
+    image_on: str = typer.Option("head", "--image-on", help="Load the engine image on: head, all or none."),
+    as_json: bool = typer.Option(False, "--json", help="Print the cluster as JSON."),
+) -> None:
+    """Start N emulated nodes and print the config profile that points the scripts at them."""
+    from sparkhelpers.sim import api
+    from sparkhelpers.sim.facts import load_facts_file, parse_fact_args
+
+    facts = load_facts_file(facts_file) if facts_file else {}
+    for node, values in parse_fact_args(fact, nodes).items():
+        facts.setdefault(node, {}).update(values)
+    cluster = api.up(name, nodes, facts=facts, image_on=image_on, state_dir=_state(), progress=info)
+    if as_json:
+        print_json(cluster.to_json())
+        return
+    for n in cluster.nodes:
+        typer.echo(f"{n.name}  mgmt {n.mgmt_ip}  fabric {n.fabric_ip} / {n.fabric2_ip}")
+    typer.echo(f"image    {cluster.image or '(none)'}")
+    typer.echo(f"profile  {cluster.profile}")
+    peer = cluster.workers[0].fabric_ip if cluster.workers else "localhost"
+    typer.echo(f"try: sparkhelpers sim exec --name {name} spark1 -- ssh {peer} nvidia-smi -L")
+
+
+@app.command()
+def status(
+    name: str = typer.Option("", "--name", help="Only this cluster (default: every recorded cluster)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Show the recorded clusters, their nodes and whether each node's sshd and dockerd answer."""
+    from sparkhelpers.sim import api
+
+    rows = api.status(_state(), name or None)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        typer.echo("no emulated clusters (start one: sparkhelpers sim up)")
+        return
+    for c in rows:
+        typer.echo(f"cluster {c['name']}: {c['state']}  profile {c['profile']}  image {c['image'] or '(none)'}")
+        for n in c["nodes"]:
+            typer.echo(f"  {n['name']:<7} {n['state']:<5} mgmt {n['mgmt_ip']:<15} fabric {n['fabric_ip']:<15} "
+                       f"sshd {n['sshd']:<4} dockerd {n['dockerd']}")
+
+
+@app.command()
+def down(
+    name: str = typer.Option("sim", "--name", help=NAME_HELP),
+    all_: bool = typer.Option(False, "--all", help="Every cluster recorded under this SPARK_STATE_DIR."),
+) -> None:
+    """Stop a cluster and remove everything it made (processes, namespaces, cgroups, keys, data)."""
+    from sparkhelpers.sim import api
+
+    names = api.recorded_names(_state()) if all_ else [name]
+    for n in names:
+        gone = api.down(n, _state())
+        info(f"sim cluster {n}: {'removed' if gone else 'nothing to remove'}")
+
+
+@app.command(context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
+def exec(  # noqa: A001
+    node: str = typer.Argument(..., help="Node name (spark1 is the head) or number."),
+    argv: list[str] = typer.Argument(..., help="Command and arguments (put -- before them)."),
+    name: str = typer.Option("sim", "--name", help=NAME_HELP),
+) -> None:
+    """Run a command on a node as root, with the node's own view (network, mounts, processes)."""
+    from sparkhelpers.sim import api
+
+    cluster = api.get(name, _state())
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    res = cluster.exec(node, argv, timeout=None, interactive=True)
+    raise typer.Exit(res.returncode)
+
+
+@app.command()
+def fault(
+    node: str = typer.Argument(..., help="Node name, e.g. spark2."),
+    kind: str = typer.Argument(..., help="Fault: see the list above, or 'clear'."),
+    arg: str = typer.Argument("", help="Argument of the fault (e.g. the N of engine-crash-after, the twin)."),
+    name: str = typer.Option("sim", "--name", help=NAME_HELP),
+) -> None:
+    """Inject a fault into a running node.
+
+    Kinds: stop-node, kill-sshd, link-down [twin1|twin2|both], link-up [..], fill-disk, free-disk,
+    engine-crash-load, engine-crash-after N, engine-hang-load, slow-fabric [RATE, default 1gbit],
+    clear (undo every fault that can be undone on a running node)."""
+    from sparkhelpers.sim import api, faults
+
+    cluster = api.get(name, _state())
+    info(faults.inject(cluster, node, kind, arg))
+
+
+image_app = new_app("The locally built engine image (test infrastructure: fake ray/vllm, real tiny model).")
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("build")
+def image_build(
+    force: bool = typer.Option(False, "--force", help="Rebuild even when the cached build matches."),
+) -> None:
+    """Build the engine image tarball from host files (no network), cached by content hash."""
+    from sparkhelpers.sim import image
+
+    built = image.build(force=force, progress=info)
+    typer.echo(f"{built.tag}  {built.tar}")
