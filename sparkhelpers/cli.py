@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "config": ("sparkhelpers.config.cli", "app", "Show, get and set configuration values and their sources."),
     "discover": ("sparkhelpers.discover.cli", "app", "Discover a host's fabric and NCCL settings; capture snapshots."),
     "sim": ("sparkhelpers.sim.cli", "app", "Emulated Spark cluster on this machine (test infrastructure)."),
+    "models": ("sparkhelpers.models.cli", "app", "Model catalog, fit estimate, download, verify and sync to workers."),
 }
 
 

@@ -1,0 +1,169 @@
+"""``sparkhelpers models``: the catalog, the memory-fit estimate, download, verify and sync."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from sparkhelpers.appkit import new_app, print_json
+from sparkhelpers.errors import UsageError
+
+app = new_app("Model catalog, memory-fit estimate, download, verify and sync to the workers.")
+
+JSON_OPT = typer.Option(False, "--json", help="Machine-readable output.")
+
+
+def _cfg(**flags):  # noqa: ANN003, ANN202
+    from sparkhelpers.config import load_config
+
+    return load_config(flags=flags)
+
+
+def _fit_for_spec(spec, **overrides):  # noqa: ANN001, ANN003, ANN202
+    from sparkhelpers.models import fit
+
+    return fit.estimate(fit.FitInput(spec.name, spec.arch), tp=spec.tensor_parallel, pp=spec.pipeline_parallel,
+                        max_model_len=spec.max_model_len, gpu_memory_util=spec.gpu_memory_util, **overrides)
+
+
+@app.command("list")
+def list_(as_json: bool = JSON_OPT) -> None:
+    """Numbered presets: size, nodes, context, gated, cached on this node, current (MODEL), fits."""
+    from sparkhelpers.models import catalog as cat
+    from sparkhelpers.models import snapshot_check
+
+    cfg = _cfg()
+    presets = cat.catalog_for(cfg)
+    current = cat.lookup(presets, cfg.get("MODEL")) if cfg.get("MODEL") else None
+    cache = cfg.get("HF_CACHE")
+    rows = []
+    for number, (name, preset) in enumerate(presets.items(), start=1):
+        spec = cat.resolve_model(cfg, name, presets)
+        result = _fit_for_spec(spec)
+        cached = False
+        if Path(snapshot_check.repo_dir(cache, preset.repo)).is_dir():
+            cached = snapshot_check.check(cache, preset.repo, spec.revision)["complete"]
+        rows.append({"number": number, "name": name, "repo": preset.repo,
+                     "size_gib": round(result.weights_gib_total, 1) if result.weights_gib_total else None,
+                     "nodes": spec.nodes, "tensor_parallel": spec.tensor_parallel,
+                     "max_model_len": spec.max_model_len, "gated": preset.gated, "cached": cached,
+                     "current": current is not None and current.name == name, "fits": result.fits,
+                     "origin": preset.origin})
+    if as_json:
+        print_json(rows)
+        return
+    header = f"{'#':>3}  {'name':<28} {'size':>9} {'nodes':>5} {'context':>8}  {'gated':<5} {'cached':<6} fits"
+    typer.echo(header)
+    for r in rows:
+        size = f"{r['size_gib']:.1f} GiB" if r["size_gib"] is not None else "unknown"
+        fits = {True: "yes", False: "NO", None: "unknown"}[r["fits"]]
+        mark = "*" if r["current"] else " "
+        typer.echo(f"{r['number']:>3}{mark} {r['name']:<28} {size:>9} {r['nodes']:>5} {r['max_model_len'] or '-':>8}"
+                   f"  {'yes' if r['gated'] else 'no':<5} {'yes' if r['cached'] else 'no':<6} {fits}")
+    typer.echo(f"* = current MODEL ({cfg.get('MODEL') or 'unset'}). Details: sparkhelpers models show NAME")
+
+
+@app.command()
+def show(
+    name: str = typer.Argument(None, help="Preset name, list number or repo id (default: MODEL)."),
+    as_json: bool = JSON_OPT,
+    field: str = typer.Option("", "--field", help="Print one field of the resolved model (for scripts)."),
+) -> None:
+    """The model as the cluster would serve it: preset values with your explicit config on top."""
+    from sparkhelpers.models.catalog import resolve_model
+
+    spec = resolve_model(_cfg(), name)
+    data = spec.as_dict()
+    if field:
+        if field not in data:
+            raise UsageError(f"unknown field {field!r}", fix=f"one of: {', '.join(data)}")
+        value = data[field]
+        typer.echo(" ".join(value) if isinstance(value, list) else ("" if value is None else str(value)))
+        return
+    if as_json:
+        print_json(data)
+        return
+    for key, value in data.items():
+        if key in ("arch", "sources"):
+            continue
+        source = spec.sources.get(key.upper(), "")
+        typer.echo(f"{key:<18} {value!s:<44} {('(' + source + ')') if source else ''}")
+    if spec.preset and spec.preset.notes:
+        typer.echo(f"{'notes':<18} {spec.preset.notes}")
+
+
+@app.command("fit")
+def fit_cmd(
+    target: str = typer.Argument(..., help="Preset name, repo id in the catalog, or a directory with config.json."),
+    tp: int = typer.Option(None, "--tp", min=1, help="Tensor-parallel size (default: the preset's, or --nodes)."),
+    nodes: int = typer.Option(None, "--nodes", min=1, help="Nodes (one GPU each) = TP x PP."),
+    max_model_len: int = typer.Option(None, "--max-model-len", min=1, help="Context to fit (default: preset's)."),
+    gpu_mem: float = typer.Option(None, "--gpu-mem", min=0.05, max=0.98, help="GPU memory utilization."),
+    kv_cache_dtype: str = typer.Option("auto", "--kv-cache-dtype", help="auto, bf16, fp16, fp8, fp8_e5m2."),
+    params: float = typer.Option(None, "--params", min=1, help="Parameter count (e.g. 70.6e9) if unknown."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Estimate whether a model fits: weights and KV cache per node against usable GB10 memory."""
+    from sparkhelpers.models import catalog as cat
+    from sparkhelpers.models import fit
+
+    path = Path(target).expanduser()
+    if path.is_dir():
+        inp = fit.fit_input_from_dir(path)
+        p_tp, p_pp, p_len, p_util = 1, 1, None, 0.85
+    elif "/" in target and not cat.REPO_RE.match(target) or target.startswith((".", "~")):
+        raise UsageError(f"{target} is not a directory", fix="give a model directory with config.json, or a preset")
+    else:
+        spec = cat.resolve_model(_cfg(), target)
+        inp = fit.FitInput(spec.name, spec.arch)
+        p_tp, p_pp, p_len, p_util = spec.tensor_parallel, spec.pipeline_parallel, spec.max_model_len, \
+            spec.gpu_memory_util
+    if nodes and tp and nodes % tp:
+        raise UsageError(f"--nodes {nodes} is not a multiple of --tp {tp}", fix="nodes = tensor parallel x pipeline")
+    if tp:
+        pp = nodes // tp if nodes else 1
+    elif nodes:
+        tp, pp = nodes, 1
+    else:
+        tp, pp = p_tp, p_pp
+    result = fit.estimate(inp, tp=tp, pp=pp, max_model_len=max_model_len or p_len,
+                          gpu_memory_util=gpu_mem if gpu_mem is not None else p_util,
+                          kv_cache_dtype=kv_cache_dtype, params=params)
+    if as_json:
+        print_json(result.as_dict())
+        return
+    _print_fit(result)
+    if result.fits is False:
+        raise typer.Exit(1)
+
+
+def _fmt(value, unit: str = "", nd: int = 1) -> str:  # noqa: ANN001
+    if value is None:
+        return "unknown"
+    if isinstance(value, float):
+        return f"{value:,.{nd}f}{unit}"
+    return f"{value:,}{unit}"
+
+
+def _print_fit(r) -> None:  # noqa: ANN001
+    lines = [
+        ("model", r.model),
+        ("layout", f"{r.nodes} node(s) = TP {r.tensor_parallel} x PP {r.pipeline_parallel}"),
+        ("attention", r.attention or "unknown"),
+        ("weights", f"{_fmt(r.weights_gib_total, ' GiB')} total, {_fmt(r.weights_gib_per_node, ' GiB')} per node"
+                    f" ({r.weight_dtype or 'dtype unknown'})"),
+        ("KV per token", f"{_fmt(r.kv_bytes_per_token, ' B')} whole model, {_fmt(r.kv_bytes_per_token_per_node, ' B')}"
+                         f" per node ({r.kv_dtype or 'dtype unknown'})"),
+        ("KV per node", f"{_fmt(r.kv_gib_per_node, ' GiB', 2)} for one {_fmt(r.max_model_len)}-token sequence"),
+        ("usable", f"{r.usable_gib_per_node:.1f} GiB per node = {r.capacity_gib} GiB x {r.gpu_memory_util} "
+                   f"- {r.reserve_gib:g} GiB reserve"),
+        ("max context", _fmt(r.max_context_tokens, " tokens")),
+        ("verdict", r.verdict),
+    ]
+    if r.recurrent_state_gib_per_node is not None:
+        lines.insert(6, ("state", f"{r.recurrent_state_gib_per_node * 1024:.1f} MiB per sequence per node"))
+    for key, value in lines:
+        typer.echo(f"{key:<13} {value}")
+    for note in r.notes:
+        typer.echo(f"{'note':<13} {note}")
