@@ -16,14 +16,21 @@ set -euo pipefail
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
+level=""
+args=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h | --help) usage ;;
-    --quick | --ib | --nccl | --full | --json) ;;
+    --quick | --ib | --nccl | --full)
+      [[ -z "$level" || "$level" == "$1" ]] || usage_error "choose one of --quick, --ib, --nccl, --full"
+      level="$1"
+      ;;
+    --json) args+=(--json) ;;
     *) usage_error "unknown argument: $1" ;;
   esac
   shift
 done
 
 spark_load_config
-not_available "Cluster checks (checkout_setup.sh)"
+# The doctor probes every node in parallel and prints one line per check with its fix.
+sparkhelpers doctor "${level:---quick}" "${args[@]}"

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "discover": ("sparkhelpers.discover.cli", "app", "Discover a host's fabric and NCCL settings; capture snapshots."),
     "sim": ("sparkhelpers.sim.cli", "app", "Emulated Spark cluster on this machine (test infrastructure)."),
     "models": ("sparkhelpers.models.cli", "app", "Model catalog, fit estimate, download, verify and sync to workers."),
+    "doctor": ("sparkhelpers.discover.cli", "doctor_app", "Check every node and the links between them."),
 }
 
 

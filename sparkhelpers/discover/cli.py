@@ -73,3 +73,41 @@ def capture(
     target = worker_host(cfg, host) if host else LOCAL
     path = probe.capture(Runner(), directory, target, hf_cache=cfg.get("HF_CACHE"), image=cfg.get("VLLM_IMAGE"))
     typer.echo(str(path))
+
+
+doctor_app = new_app("Check every node and the links between them; exit 1 when a check fails.",
+                     no_args_is_help=False, invoke_without_command=True)
+
+
+@doctor_app.callback()
+def doctor(
+    snapshot: list[str] = typer.Option(None, "--snapshot", metavar="NAME=DIR",
+                                       help="Check snapshots instead of live nodes (repeat; the first is the head)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable results."),
+    quick: bool = typer.Option(False, "--quick", help="Fast checks that start nothing (default)."),
+    ib: bool = typer.Option(False, "--ib", help="Also measure RDMA bandwidth with ib_write_bw when installed."),
+    nccl: bool = typer.Option(False, "--nccl", help="Also run nccl-tests when installed and read the engine log."),
+    full: bool = typer.Option(False, "--full", help="Everything, and write a redacted report bundle."),
+) -> None:
+    """Per-node and cross-node checks: fabric, SSH, pings, GPU/driver/kernel, image, docker, disk, memory, ports."""
+    from sparkhelpers.appkit import info
+    from sparkhelpers.config import load_config
+    from sparkhelpers.discover import doctor as doc
+    from sparkhelpers.discover import render
+    from sparkhelpers.errors import UsageError
+
+    chosen = [name for name, on in (("quick", quick), ("ib", ib), ("nccl", nccl), ("full", full)) if on]
+    if len(chosen) > 1:
+        raise UsageError(f"choose one of --quick, --ib, --nccl, --full (got {', '.join('--' + c for c in chosen)})")
+    level = chosen[0] if chosen else "quick"
+    cfg = load_config()
+    snaps = doc.parse_snapshot_args(snapshot or [])
+    report = doc.run(cfg, level=level, snapshots=snaps, progress=(lambda m: None) if as_json else info)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        typer.echo(render.checks_text(report.checks))
+        if report.bundle:
+            typer.echo(f"report bundle: {report.bundle}")
+    if report.failed:
+        raise typer.Exit(1)

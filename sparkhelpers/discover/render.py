@@ -48,3 +48,14 @@ def facts_text(facts: HostFacts, env: dict[str, str], problems: list[dict]) -> s
             if p.get("fix"):
                 lines.append(f"    fix: {p['fix']}")
     return "\n".join(lines)
+
+
+def checks_text(checks: list) -> str:  # list[Check]
+    lines = []
+    for c in checks:
+        lines.append(f"{c.status.upper():<5} {c.node:<14} {c.name:<18} {c.message}")
+        if c.status != "pass" and c.fix:
+            lines.append(f"{'':<39}fix: {c.fix}")
+    counts = {s: sum(1 for c in checks if c.status == s) for s in ("pass", "warn", "fail")}
+    lines.append(f"{counts['pass']} passed, {counts['warn']} warnings, {counts['fail']} failed")
+    return "\n".join(lines)
