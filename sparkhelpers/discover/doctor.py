@@ -56,9 +56,13 @@ def model_size_bytes(cfg: Config) -> int | None:
     try:
         from sparkhelpers.models import catalog  # the models helper's package (optional here)
 
-        spec = catalog.resolve_model(cfg)
-        gib = getattr(getattr(spec, "arch", None), "checkpoint_gib", None)
-        return int(float(gib) * 1024**3) if gib else None
+        from sparkhelpers.models.fit import dtype_bytes
+
+        arch = catalog.resolve_model(cfg).arch
+        if arch.checkpoint_gib:
+            return int(arch.checkpoint_gib * 1024**3)
+        per_param = arch.bytes_per_param or dtype_bytes(arch.weight_dtype)
+        return int(arch.params * per_param) if arch.params and per_param else None
     except (ImportError, AttributeError, SparkError, TypeError, ValueError):
         return None
 
