@@ -54,8 +54,7 @@ def plan_from_config(cfg: Config) -> ck.Plan:
 def model_size_bytes(cfg: Config) -> int | None:
     """The checkpoint size from the models helper's catalog when it knows the model, else None."""
     try:
-        from sparkhelpers.models import catalog  # the models helper's package (optional here)
-
+        from sparkhelpers.models import catalog
         from sparkhelpers.models.fit import dtype_bytes
 
         arch = catalog.resolve_model(cfg).arch
