@@ -15,15 +15,29 @@ set -euo pipefail
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
+args=()
+dry_run=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h | --help) usage ;;
-    --dry-run | --solo | --replace | --keep-on-failure) ;;
-    --nodes | --timeout) need_value "$1" $#; shift ;;
+    --dry-run) dry_run=1; args+=("$1") ;;
+    --solo | --replace | --keep-on-failure) args+=("$1") ;;
+    --nodes | --timeout)
+      need_value "$1" $#
+      [[ "$2" =~ ^[0-9]+$ ]] || usage_error "$1 needs a whole number, not '$2'"
+      args+=("$1" "$2")
+      shift
+      ;;
     *) usage_error "unknown argument: $1" ;;
   esac
   shift
 done
 
 spark_load_config
-not_available "Starting the cluster (start_cluster.sh)"
+# One start, stop, switch or benchmark at a time (the kernel frees the lock when we exit).
+[[ $dry_run -eq 1 ]] || spark_lock start_cluster.sh
+# Phases (each printed with its time): preflight (SSH, Docker, fabric address, running cluster, port),
+# image (same ID everywhere; copied head -> worker where missing), model (on every node; synced where
+# missing), containers (in the order the launch mode needs), health (watching every engine process),
+# one chat request. On failure: the node's last log lines, cleanup, exit 1. Ctrl-C stops what started.
+sparkhelpers cluster start "${args[@]}"

@@ -22,6 +22,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sim": ("sparkhelpers.sim.cli", "app", "Emulated Spark cluster on this machine (test infrastructure)."),
     "models": ("sparkhelpers.models.cli", "app", "Model catalog, fit estimate, download, verify and sync to workers."),
     "doctor": ("sparkhelpers.discover.cli", "doctor_app", "Check every node and the links between them."),
+    "cluster": ("sparkhelpers.cluster.cli", "app", "Start and stop the vLLM cluster."),
+    "status": ("sparkhelpers.cluster.cli", "status_app", "Show containers, Ray, model, health and NCCL transport."),
+    "logs": ("sparkhelpers.cluster.cli", "logs_app", "Print or follow a node's engine log."),
 }
 
 

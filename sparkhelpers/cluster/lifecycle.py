@@ -1,0 +1,464 @@
+"""Start, stop and inspect the cluster: the plan's phases run through the Runner, with every wait
+watching the processes it waits for. On failure: the node, the last log lines, cleanup, exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sparkhelpers.cluster import nodes as nd
+from sparkhelpers.cluster import render as rd
+from sparkhelpers.cluster.plan import ClusterPlan, NodePlan
+from sparkhelpers.errors import SparkError
+from sparkhelpers.runner import Host, Runner, build_ssh_cmd, shell_join, shell_quote
+
+POLL_S = 1.0
+LOG_TAIL = 25
+
+
+class Interrupted(SparkError):
+    exit_code = 130
+
+
+@dataclass
+class StartReport:
+    plan: ClusterPlan
+    config_hash: str
+    phases: dict[str, float] = field(default_factory=dict)
+    answer: str = ""
+    already_running: bool = False
+
+    def as_dict(self) -> dict:
+        return {"cluster": self.plan.cluster, "endpoint": self.plan.endpoint, "model": self.plan.served_name,
+                "mode": self.plan.mode, "config": self.config_hash, "already_running": self.already_running,
+                "nodes": [{"rank": n.rank, "host": n.host.label, "fabric_ip": n.fabric_ip} for n in self.plan.nodes],
+                "phases_s": {k: round(v, 2) for k, v in self.phases.items()}, "answer": self.answer}
+
+
+class Starter:
+    """One start attempt. ``say`` prints progress; ``started`` tracks nodes we put containers on."""
+
+    def __init__(self, plan: ClusterPlan, runner: Runner, *, secrets: dict[str, str], replace: bool = False,
+                 keep_on_failure: bool = False, drop_caches: bool = False, api_key: str = "",
+                 say: Callable[[str], None] = print, stop_all: Callable[[], None] | None = None) -> None:
+        self.plan, self.runner, self.secrets = plan, runner, secrets
+        self.replace, self.keep_on_failure, self.drop_caches = replace, keep_on_failure, drop_caches
+        self.api_key, self.say, self.stop_all = api_key, say, stop_all
+        self.config_hash = plan.config_hash()
+        self.report = StartReport(plan, self.config_hash)
+        self.started: set[int] = set()
+        self.executed: list[str] = []
+        self.deadline = time.monotonic() + plan.timeout_s
+
+    # ---- running steps -------------------------------------------------------------------------
+    def run_step(self, step: rd.Step, timeout: float = 120) -> None:
+        self.executed.append(step.show())
+        r = self.runner.on(step.node.host, step.script, input=step.stdin, timeout=timeout)
+        if not r.ok:
+            raise SparkError(f"{step.title} failed on {step.node.label} (exit {r.returncode}): "
+                             f"{r.last_line or 'no output'}", fix=_fix_for(r.last_line, step.node))
+
+    def run_phase(self, phase: rd.Phase) -> None:
+        if phase.name in ("ray-head", "ray-workers", "workers", "engine"):
+            self.started.update(s.node.rank for s in phase.steps)
+        # Steps on different nodes run in parallel; steps on one node keep their order.
+        by_node: dict[int, list[rd.Step]] = {}
+        for step in phase.steps:
+            by_node.setdefault(step.node.rank, []).append(step)
+        self.runner.parallel(lambda steps: [self.run_step(s) for s in steps], list(by_node.values()))
+
+    def on(self, node: NodePlan, script: str, timeout: float = 30):  # noqa: ANN201
+        return self.runner.on(node.host, script, timeout=timeout, mutating=False)
+
+    # ---- phases ----------------------------------------------------------------------------------
+    def timed(self, name: str, func: Callable[[], object]) -> object:
+        t0 = time.monotonic()
+        self.say(f"[{name}] ...")
+        result = func()
+        self.report.phases[name] = time.monotonic() - t0
+        return result
+
+    def start(self) -> StartReport:
+        try:
+            probes = self.timed("preflight", self.preflight)
+            if self.report.already_running:
+                return self.report
+            self.timed("image", lambda: self.ensure_image(probes))
+            self.timed("model", lambda: self.ensure_model(probes))
+            if self.drop_caches:
+                self.timed("drop-caches", self.drop_page_cache)
+            phases = rd.start_phases(self.plan, self.config_hash, self.secrets)
+            self.timed("containers", lambda: self.launch(phases))
+            self.timed("health", self.wait_healthy)
+            self.report.answer = str(self.timed("chat", self.smoke_chat))
+            self.save_state()
+            return self.report
+        except KeyboardInterrupt:
+            self.say("interrupted: stopping what this start put up")
+            self.cleanup(force=True)
+            raise Interrupted("start interrupted (Ctrl-C); the containers it started were removed",
+                              fix="run start_cluster.sh again when ready") from None
+        except SparkError:
+            self.cleanup()
+            raise
+        finally:
+            self.write_executed()
+
+    def preflight(self) -> dict[int, nd.NodeProbe]:
+        plan = self.plan
+        runtime = "llama-cpp" if plan.mode == "llama-cpp" else "vllm"
+
+        def probe(node: NodePlan) -> nd.NodeProbe:
+            script = nd.probe_script(plan.cluster, plan.image, plan.model, plan.hf_cache_on(node), runtime,
+                                     plan.log_dir)
+            r = self.runner.on(node.host, script, timeout=node.host.connect_timeout + 30, mutating=False)
+            if "probe=ok" not in r.stdout:
+                p = nd.NodeProbe(node.label, reachable=False, error=r.last_line or f"exit {r.returncode}")
+                return p
+            return nd.parse_probe(node.label, r.stdout)
+
+        probes = dict(zip([n.rank for n in plan.nodes], self.runner.parallel(probe, list(plan.nodes)), strict=True))
+        for node in plan.nodes:
+            p = probes[node.rank]
+            if not p.reachable:
+                raise SparkError(f"node {node.label} is unreachable over SSH: {p.error}",
+                                 fix=f"check that {node.host.address} is up and `ssh -o BatchMode=yes "
+                                     f"{node.host.target} true` works, or start fewer nodes with --nodes")
+            if not p.docker:
+                raise SparkError(f"Docker does not answer on {node.label}: {p.docker_error}",
+                                 fix="start it (sudo systemctl start docker) and add the user to the docker group")
+            if plan.mode in ("ray", "native"):
+                if node.fabric_ip not in p.ips:
+                    have = ", ".join(f"{a} ({d})" for a, d in p.ips.items() if not a.startswith("127.")) or "none"
+                    raise SparkError(f"fabric address {node.fabric_ip} is not configured on {node.label} "
+                                     f"(its IPv4 addresses: {have})",
+                                     fix="fix HEAD_IP / WORKER_IB_IP (same order as WORKER_HOST), or the node's "
+                                         "netplan; `sparkhelpers discover` shows the right value")
+                if not p.infiniband and not plan.privileged:
+                    raise SparkError(f"{node.label} has no /dev/infiniband, so NCCL would fall back to TCP sockets",
+                                     fix="load the RDMA drivers (modprobe mlx5_ib rdma_ucm) or check the "
+                                         "ConnectX-7 firmware; `checkout_setup.sh --ib` explains")
+        self.check_running(probes)
+        self.check_port()
+        return probes
+
+    def check_running(self, probes: dict[int, nd.NodeProbe]) -> None:
+        ours = {rank: p.containers for rank, p in probes.items() if p.containers}
+        running = {rank: [c for c in cs if c.running] for rank, cs in ours.items()}
+        running = {rank: cs for rank, cs in running.items() if cs}
+        if running:
+            same = (set(running) == {n.rank for n in self.plan.nodes}
+                    and all(c.config == self.config_hash for cs in running.values() for c in cs))
+            if same and self.healthy():
+                self.report.already_running = True
+                self.say(f"cluster {self.plan.cluster} is already running this configuration "
+                         f"(config {self.config_hash}) and healthy at {self.plan.endpoint}")
+                return
+            configs = sorted({c.config for cs in running.values() for c in cs})
+            if not self.replace:
+                raise SparkError(f"cluster {self.plan.cluster} is already running "
+                                 f"{'a different configuration' if not same else 'but is not healthy'} "
+                                 f"(config {', '.join(configs)} on {len(running)} node(s); this start is "
+                                 f"{self.config_hash})",
+                                 fix="stop it with ./stop_cluster.sh, or start with --replace")
+            self.say(f"--replace: stopping the running cluster (config {', '.join(configs)})")
+        if ours:
+            # Left-overs (exited containers, or a running one being replaced) would clash by name.
+            if self.stop_all and running:
+                self.stop_all()
+            else:
+                for rank in ours:
+                    node = self.plan.nodes[rank]
+                    self.runner.on(node.host, nd.stop_script(self.plan.cluster, self.plan.run_dir, True, 0),
+                                   timeout=60).check(f"removing old containers on {node.label}")
+
+    def check_port(self) -> None:
+        if self.report.already_running:
+            return
+        host = self.plan.endpoint.split("//")[1].rsplit(":", 1)[0]
+        with socket.socket() as s:
+            s.settimeout(1)
+            if s.connect_ex((host, self.plan.port)) == 0:
+                raise SparkError(f"port {self.plan.port} on the head is already in use by another program",
+                                 fix=f"free it (ss -ltnp 'sport = :{self.plan.port}') or set VLLM_PORT")
+
+    def ensure_image(self, probes: dict[int, nd.NodeProbe]) -> None:
+        plan = self.plan
+        head_id = probes[0].image_id
+        if not head_id:
+            raise SparkError(f"image {plan.image} is not on the head",
+                             fix=f"docker pull {plan.image} (or build it), then start again")
+        missing = [n for n in plan.workers if not probes[n.rank].image_id]
+        differ = [n for n in plan.workers if probes[n.rank].image_id not in ("", head_id)]
+        if differ:
+            names = ", ".join(f"{n.label} has {probes[n.rank].image_id[:19]}" for n in differ)
+            raise SparkError(f"image {plan.image} differs between nodes (head has {head_id[:19]}; {names})",
+                             fix=f"make every node run the head's image: on each of them `docker rmi {plan.image}`, "
+                                 "then start again (it is copied from the head)")
+        if missing:
+            self.say(f"copying image {plan.image} from the head to {', '.join(n.label for n in missing)} "
+                     "(docker save | ssh docker load)")
+
+            def copy(node: NodePlan) -> None:
+                load = shell_join(build_ssh_cmd(node.host, ["docker", "load"]))
+                script = f"set -o pipefail; docker save {shell_quote(plan.image)} | {load}"
+                self.executed.append(f"# [head] copy image to {node.label}\n{script}\n")
+                self.runner.run(["bash", "-c", script], timeout=3600, host="head").check(
+                    f"copying {plan.image} to {node.label}", fix="check free disk space on that node (df -h "
+                    "/var/lib/docker) and SSH between head and worker")
+
+            self.runner.parallel(copy, missing)
+            for node in missing:
+                r = self.on(node, f"docker image inspect --format '{{{{.Id}}}}' {shell_quote(plan.image)}")
+                if r.stdout.strip() != head_id:
+                    raise SparkError(f"after copying, {node.label} has image {r.stdout.strip()[:19] or 'none'}, "
+                                     f"not the head's {head_id[:19]}", fix="retry; if it persists, docker load by hand")
+
+    def ensure_model(self, probes: dict[int, nd.NodeProbe]) -> None:
+        plan = self.plan
+        if not probes[0].model_present:
+            raise SparkError(f"model {plan.model} is not in the head's cache ({plan.hf_cache})",
+                             fix="download it first: ./switch_model.sh --download-only, or "
+                                 "`sparkhelpers models download` (HF_HUB_OFFLINE=1 is set in the containers)")
+        missing = [n for n in plan.workers if not probes[n.rank].model_present]
+        if not missing:
+            return
+        synced = _models_sync(self.runner, plan, missing)
+        if not synced:
+            self.say(f"copying model {plan.model} to {', '.join(n.label for n in missing)} (rsync)")
+            self.runner.parallel(lambda n: self.rsync_model(n), missing)
+
+    def rsync_model(self, node: NodePlan) -> None:
+        plan = self.plan
+        sub = f"hub/models--{plan.model.replace('/', '--')}/"
+        src, dst = f"{plan.hf_cache}/{sub}", f"{plan.worker_hf_cache}/{sub}"
+        ssh = shell_join(build_ssh_cmd(node.host, [])[:-2])  # ssh options without target and "--"
+        self.on(node, f"mkdir -p {shell_quote(dst)}").check(f"creating {dst} on {node.label}")
+        self.runner.run(["rsync", "-a", "--partial", "--timeout=120", "-e", ssh, src, f"{node.host.target}:{dst}"],
+                        timeout=24 * 3600, host="head").check(f"copying the model to {node.label}",
+                                                              fix="check free disk space and SSH on that node")
+
+    def drop_page_cache(self) -> None:
+        script = "sync; if [ \"$(id -u)\" = 0 ]; then echo 3 >/proc/sys/vm/drop_caches; " \
+                 "else echo 3 | sudo -n tee /proc/sys/vm/drop_caches >/dev/null; fi"
+        results = self.runner.parallel(lambda n: (n, self.runner.on(n.host, script, timeout=120)),
+                                       list(self.plan.nodes))
+        for node, r in results:
+            if not r.ok:
+                self.say(f"warning: could not drop the page cache on {node.label}: {r.last_line}")
+
+    def launch(self, phases: list[rd.Phase]) -> None:
+        for phase in phases:
+            if phase.steps:
+                self.run_phase(phase)
+            if phase.name == "ray-head":
+                self.wait_ray(1, "the Ray head")
+            elif phase.name == "ray-join":
+                self.wait_ray(len(self.plan.nodes), f"{len(self.plan.nodes)} Ray nodes")
+            elif phase.name == "workers":
+                self.check_alive()
+
+    # ---- waits -----------------------------------------------------------------------------------
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def container_states(self) -> dict[int, str]:
+        def state(node: NodePlan) -> tuple[int, str]:
+            r = self.on(node, f"docker inspect --format '{{{{.State.Status}}}}' {shell_quote(node.container)} "
+                              "2>/dev/null || echo missing", timeout=node.host.connect_timeout + 15)
+            if not r.ok:
+                return node.rank, f"unreachable ({r.last_line})"
+            return node.rank, r.stdout.strip() or f"unknown ({r.last_line})"
+        nodes = [n for n in self.plan.nodes if n.rank in self.started]
+        return dict(self.runner.parallel(state, nodes))
+
+    def check_alive(self) -> None:
+        for rank, state in self.container_states().items():
+            if state != "running":
+                node = self.plan.nodes[rank]
+                raise SparkError(f"the container on {node.label} stopped ({state}):\n{self.log_tail(node)}",
+                                 fix=f"read the full log with `sparkhelpers logs --node {rank}`")
+        if self.plan.mode == "ray" and 0 in self.started and self.engine_started:
+            r = self.on(self.plan.head, f"kill -0 \"$(cat {shell_quote(self.plan.run_dir)}/engine.pid)\"")
+            if not r.ok:
+                raise SparkError(f"vllm serve exited on the head:\n{self.log_tail(self.plan.head, 'engine.log')}",
+                                 fix="read the full log with `sparkhelpers logs --node 0`")
+
+    engine_started = False
+
+    def wait_ray(self, want: int, what: str) -> None:
+        last = ""
+        while True:
+            self.check_alive()
+            r = self.on(self.plan.head, f"docker exec {shell_quote(self.plan.head.container)} ray status "
+                                        f"--address {shell_quote(f'{self.plan.head.fabric_ip}:{self.plan.ray_port}')}")
+            nodes, gpus = nd.parse_ray_status(r.stdout) if r.ok else (0, 0)
+            last = f"{nodes} node(s), {gpus} GPU(s)"
+            if nodes == want and (gpus == want or want == 1 and gpus >= 1):
+                self.say(f"Ray: {last}")
+                return
+            if nodes > want:
+                raise SparkError(f"Ray shows {nodes} nodes, expected exactly {want}",
+                                 fix="another Ray node joined this head: stop stray Ray processes on the fabric")
+            if self.remaining() <= 0:
+                raise SparkError(f"timed out waiting for {what} (Ray shows {last})",
+                                 fix="check the worker's ray log (`sparkhelpers logs --node N`) and that the fabric "
+                                     "addresses reach each other")
+            time.sleep(POLL_S)
+
+    def healthy(self) -> bool:
+        import requests
+
+        try:
+            return requests.get(f"{self.plan.endpoint}/health", timeout=3).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def wait_healthy(self) -> None:
+        self.engine_started = True
+        checks = 0
+        while not self.healthy():
+            if checks % 2 == 0:
+                self.check_alive()
+            checks += 1
+            if self.remaining() <= 0:
+                raise SparkError(f"the engine was not healthy after {self.plan.timeout_s}s "
+                                 f"({self.plan.endpoint}/health):\n{self.log_tail(self.plan.head, 'engine.log')}",
+                                 fix="a large model can take longer: raise --timeout (START_TIMEOUT); otherwise "
+                                     "read `sparkhelpers logs --node 0`")
+            time.sleep(POLL_S)
+
+    def smoke_chat(self) -> str:
+        return chat_once(self.plan, self.api_key)
+
+    def log_tail(self, node: NodePlan, name: str = "") -> str:
+        r = self.on(node, nd.tail_cmd(self.plan.log_dir, LOG_TAIL, name=name), timeout=30)
+        text = (r.stdout or r.stderr).rstrip() or "(no log output)"
+        return f"--- last log lines on {node.label} ---\n{text}\n---"
+
+    # ---- after -----------------------------------------------------------------------------------
+    def cleanup(self, force: bool = False) -> None:
+        if self.runner.dry_run or not self.started:
+            return
+        if self.keep_on_failure and not force:
+            self.say("--keep-on-failure: containers left as they are; remove them with ./stop_cluster.sh")
+            return
+        self.say("cleaning up: removing the containers this start created")
+
+        def rm(node: NodePlan) -> None:
+            self.runner.on(node.host, nd.stop_script(self.plan.cluster, self.plan.run_dir, True, 0), timeout=60)
+        self.runner.parallel(rm, [n for n in self.plan.nodes if n.rank in self.started])
+
+    def save_state(self) -> None:
+        path = Path(self.plan.run_dir) / "state.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**self.report.as_dict(), "started_at": time.time()}, indent=2) + "\n")
+
+    def write_executed(self) -> None:
+        if self.runner.dry_run or not self.executed:
+            return
+        path = Path(self.plan.run_dir) / "last-start.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(self.executed))
+
+
+def _fix_for(line: str, node: NodePlan) -> str:
+    low = line.lower()
+    if "no such image" in low or "unable to find image" in low:
+        return "the image is missing on that node: start again (it is copied from the head)"
+    if "permission denied" in low and "docker" in low:
+        return "add the SSH user to the docker group on that node (sudo usermod -aG docker $USER)"
+    if "connection" in low or "timed out" in low:
+        return f"check that {node.host.address} is up and reachable over SSH"
+    return f"see the output above; `sparkhelpers logs --node {node.rank}` has the engine log"
+
+
+def _models_sync(runner: Runner, plan: ClusterPlan, missing: list[NodePlan]) -> bool:
+    """Use the models helper's sync+verify when it is installed; False means: do it ourselves."""
+    try:
+        from sparkhelpers.models import ensure_on_nodes, resolve_model  # type: ignore[attr-defined]
+    except ImportError:
+        return False
+    from sparkhelpers.config import load_config
+
+    spec = resolve_model(load_config())
+    ensure_on_nodes(runner, spec, [n.host for n in missing])
+    return True
+
+
+def chat_once(plan: ClusterPlan, api_key: str, prompt: str = "Say hello in five words.",
+              max_tokens: int = 24) -> str:
+    """One real chat completion; returns the answer text (raises when the engine gives none)."""
+    import requests
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    body = {"model": plan.served_name, "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens, "temperature": 0}
+    try:
+        r = requests.post(f"{plan.endpoint}/v1/chat/completions", json=body, headers=headers, timeout=120)
+    except requests.RequestException as exc:
+        raise SparkError(f"the engine is healthy but the test chat request failed: {exc}",
+                         fix="read `sparkhelpers logs --node 0`") from None
+    if r.status_code != 200:
+        raise SparkError(f"the engine is healthy but the test chat request got HTTP {r.status_code}: "
+                         f"{r.text.strip()[:200]}", fix="read `sparkhelpers logs --node 0`")
+    try:
+        message = r.json()["choices"][0]["message"]
+        text = (message.get("content") or message.get("reasoning_content") or "").strip()
+    except (ValueError, KeyError, IndexError, TypeError):
+        text = ""
+    if not text:
+        raise SparkError("the engine answered the test chat request with no text",
+                         fix="check the model's chat template; read `sparkhelpers logs --node 0`")
+    return text
+
+
+# ---- stop, status, logs -------------------------------------------------------------------------
+
+@dataclass
+class StopResult:
+    node: str
+    ok: bool
+    removed: int = 0
+    error: str = ""
+
+
+def stop_nodes(runner: Runner, cluster: str, run_dir: str, hosts: list[tuple[str, Host]], *, force: bool,
+               grace_s: int = 20) -> list[StopResult]:
+    """Remove this cluster's containers on every node in parallel; each node has its own timeout."""
+    script = nd.stop_script(cluster, run_dir, force, grace_s)
+
+    def stop(item: tuple[str, Host]) -> StopResult:
+        label, host = item
+        r = runner.on(host, script, timeout=grace_s + host.connect_timeout + 30)
+        if r.dry_run:
+            return StopResult(label, True)
+        if not r.ok or "removed=" not in r.stdout:
+            return StopResult(label, False, error=r.last_line or f"exit {r.returncode}")
+        count = r.stdout.rsplit("removed=", 1)[1].strip()
+        return StopResult(label, True, removed=int(count) if count.isdigit() else 0)
+
+    return runner.parallel(stop, hosts)
+
+
+def read_secret(value: str, file_value: str, key: str) -> str:
+    """A secret from its *_FILE (preferred) or the value itself; never from argv."""
+    if file_value:
+        path = Path(file_value).expanduser()
+        try:
+            mode = path.stat().st_mode
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SparkError(f"{key}_FILE {path} cannot be read: {exc.strerror}",
+                             fix=f"create it with mode 0600 or unset {key}_FILE") from None
+        if mode & 0o077:
+            raise SparkError(f"{key}_FILE {path} is readable by other users (mode {oct(mode & 0o777)})",
+                             fix=f"chmod 600 {path}")
+        return text
+    return value or os.environ.get(key, "")

@@ -1,0 +1,165 @@
+"""Validation of every value that reaches a generated command, before anything runs.
+
+Quoting (the ``q`` filter) already makes injection impossible; validation is about failing early and
+clearly: a model called ``x$(touch /tmp/p)`` is a typo or an attack, and either way the user should
+hear about it from us, in one line, rather than from vLLM on node 3 after a five-minute load.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import shlex
+
+from sparkhelpers.errors import SparkError
+
+_HF_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
+_MODEL = re.compile(rf"^{_HF_PART}(/{_HF_PART})?$")
+_PATH = re.compile(r"^/[A-Za-z0-9._+@/-]*$")
+_SERVED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}$")
+_CLUSTER = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,39}$")
+_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]{0,254}$", re.IGNORECASE)
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+_HCA = re.compile(r"^[A-Za-z0-9_]+(:[0-9]+)?$")
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.:_-]{0,252})$")
+_SIZE = re.compile(r"^[0-9]+[bkmgBKMG]?$")
+_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+_SAFE_ARG = re.compile(r"^[^\x00-\x1f]*$")
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16", "float16")
+LOAD_FORMATS = ("auto", "safetensors", "fastsafetensors", "pt", "npcache", "dummy", "gguf", "bitsandbytes",
+                "runai_streamer", "sharded_state", "tensorizer", "mistral")
+# Flags that would put a secret on a command line (and so in ps and docker inspect).
+SECRET_FLAGS = ("--api-key", "--hf-token", "--token")
+
+
+def bad(key: str, value: str, why: str, fix: str) -> SparkError:
+    return SparkError(f"{key}={value!r} {why}", fix=fix)
+
+
+def model_id(value: str, key: str = "MODEL") -> str:
+    if _MODEL.match(value) or (_PATH.match(value) and ".." not in value.split("/")):
+        return value
+    raise bad(key, value, "is not a Hugging Face repo id (org/name) or an absolute path",
+              f"sparkhelpers config set {key} org/name (letters, digits, . _ - only)")
+
+
+def served_name(value: str) -> str:
+    if _SERVED.match(value):
+        return value
+    raise bad("SERVED_MODEL_NAME", value, "is not a valid served model name",
+              "use letters, digits and . _ : / + - (or leave it empty for the model id)")
+
+
+def revision(value: str) -> str:
+    if value == "" or _REVISION.match(value):
+        return value
+    raise bad("MODEL_REVISION", value, "is not a branch, tag or commit", "sparkhelpers config set MODEL_REVISION main")
+
+
+def cluster_name(value: str) -> str:
+    if _CLUSTER.match(value):
+        return value
+    raise bad("CLUSTER_NAME", value, "is not a valid cluster name",
+              "use 1-40 lower-case letters, digits, . _ - (it labels containers)")
+
+
+def image(value: str, key: str = "VLLM_IMAGE") -> str:
+    if _IMAGE.match(value) and not value.startswith("-"):
+        return value
+    raise bad(key, value, "is not a container image reference", f"sparkhelpers config set {key} repo/name:tag")
+
+
+def ip(value: str, key: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise bad(key, value, "is not an IPv4 address", f"set {key} to the node's fabric (ConnectX-7) IPv4 address "
+                  "or leave it empty to discover it") from None
+
+
+def ifname(value: str, key: str = "FABRIC_IF") -> str:
+    if _IFNAME.match(value):
+        return value
+    raise bad(key, value, "is not a network interface name", "use the netdev name from `ip -br link`, e.g. enp1s0f1np1")
+
+
+def hca_list(value: str, key: str = "NCCL_IB_HCA") -> str:
+    parts = [p for p in value.split(",") if p]
+    if parts and all(_HCA.match(p) for p in parts):
+        return ",".join(parts)
+    raise bad(key, value, "is not a comma-separated list of RoCE devices",
+              "use the HCA names from `ibdev2netdev`, e.g. rocep1s0f1,roceP2p1s0f1")
+
+
+def ssh_host(value: str, key: str = "WORKER_HOST") -> str:
+    if _HOST.match(value):
+        return value
+    raise bad(key, value, "is not a host name or IP address", f"list {key} as space-separated hosts or IPs")
+
+
+def size(value: str, key: str) -> str:
+    if _SIZE.match(value):
+        return value
+    raise bad(key, value, "is not a size", f"sparkhelpers config set {key} 16g")
+
+
+def positive_int(value: int, key: str, low: int = 1, high: int = 1 << 40) -> int:
+    if low <= value <= high:
+        return value
+    raise bad(key, str(value), f"must be between {low} and {high}", f"sparkhelpers config set {key} NUMBER")
+
+
+def port(value: int, key: str) -> int:
+    return positive_int(value, key, 1, 65535)
+
+
+def fraction(value: float, key: str) -> float:
+    if 0.05 <= value <= 0.98:
+        return value
+    raise bad(key, str(value), "must be a fraction between 0.05 and 0.98",
+              f"sparkhelpers config set {key} 0.85 (GB10 memory is shared with the OS)")
+
+
+def choice(value: str, key: str, allowed: tuple[str, ...]) -> str:
+    if value in allowed:
+        return value
+    raise bad(key, value, f"is not one of {', '.join(allowed)}", f"sparkhelpers config set {key} {allowed[0]}")
+
+
+def tristate(value: str, key: str) -> bool | None:
+    """auto -> None (engine default), true/false -> bool."""
+    v = value.strip().lower()
+    if v in ("", "auto"):
+        return None
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise bad(key, value, "is not auto, true or false", f"sparkhelpers config set {key} auto")
+
+
+def json_object(value: str, key: str) -> str:
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise bad(key, value, f"is not valid JSON ({exc.msg})",
+                  f"sparkhelpers config set {key} '{{\"method\": ...}}'") from None
+    if not isinstance(parsed, dict):
+        raise bad(key, value, "must be a JSON object", f"sparkhelpers config set {key} '{{...}}'")
+    return json.dumps(parsed, separators=(",", ":"), sort_keys=True)
+
+
+def arg_list(value: str, key: str) -> list[str]:
+    """Split EXTRA_ARGS-style values like a shell would, refusing control characters and secret flags."""
+    try:
+        args = shlex.split(value)
+    except ValueError as exc:
+        raise bad(key, value, f"cannot be split into arguments ({exc})", "balance the quotes in it") from None
+    for a in args:
+        if not _SAFE_ARG.match(a):
+            raise bad(key, value, "contains control characters", "remove newlines and tabs from it")
+        if a.split("=", 1)[0] in SECRET_FLAGS:
+            raise bad(key, value, f"puts a secret on the command line ({a.split('=', 1)[0]})",
+                      "remove it: set API_KEY_FILE or HF_TOKEN_FILE instead (they reach the engine privately)")
+    return args
