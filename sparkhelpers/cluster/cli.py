@@ -31,6 +31,7 @@ def start(
 ) -> None:
     """Start the cluster: preflight, image, model, containers, health, one chat request."""
     from sparkhelpers.cluster import lifecycle, render
+    from sparkhelpers.cluster.fabric import resolve_fabric
     from sparkhelpers.cluster.plan import build_plan
     from sparkhelpers.locking import cluster_lock
     from sparkhelpers.runner import Runner
@@ -38,7 +39,11 @@ def start(
     cfg = _config()
     api_key = lifecycle.read_secret(cfg.get("API_KEY"), cfg.get("API_KEY_FILE"), "API_KEY")
     hf_token = lifecycle.read_secret(cfg.get("HF_TOKEN"), cfg.get("HF_TOKEN_FILE"), "HF_TOKEN")
-    plan = build_plan(cfg, nodes=nodes, solo=solo, timeout_s=timeout, spec=_model_spec(cfg))
+    spec = _model_spec(cfg)
+    runner = Runner()
+    fabric = resolve_fabric(cfg, runner, nodes=nodes, solo=solo,
+                            preset_nodes=spec.nodes if getattr(spec, "preset", None) else None)
+    plan = build_plan(cfg, nodes=nodes, solo=solo, timeout_s=timeout, spec=spec, fabric=fabric)
     secrets = {}
     if api_key:
         secrets["LLAMA_API_KEY" if plan.mode == "llama-cpp" else "VLLM_API_KEY"] = api_key
@@ -48,7 +53,6 @@ def start(
         config_hash = plan.config_hash()
         typer.echo(render.describe(plan, render.start_phases(plan, config_hash, secrets), config_hash), nl=False)
         return
-    runner = Runner()
 
     def stop_all() -> None:
         _stop(cfg, runner, force=False, local_only=False, quiet=False)
@@ -154,9 +158,9 @@ def logs(
     from sparkhelpers.runner import Runner
 
     cfg = _config()
-    label, host = pick_node(cfg, node)
+    rank, host = pick_node(cfg, node)
     cluster = cfg.get("CLUSTER_NAME", "spark")
-    script = nd.tail_cmd(f"{state_dir(cfg)}/logs/{cluster}", tail, follow, "ray.log" if ray else "")
+    script = nd.tail_cmd(f"{state_dir(cfg)}/logs/{cluster}", rank, tail, follow, "ray" if ray else "")
     try:
         r = Runner().on(host, script, capture=False, timeout=None)
     except KeyboardInterrupt:

@@ -285,9 +285,11 @@ class Starter:
                 raise SparkError(f"the container on {node.label} stopped ({state}):\n{self.log_tail(node)}",
                                  fix=f"read the full log with `sparkhelpers logs --node {rank}`")
         if self.plan.mode == "ray" and 0 in self.started and self.engine_started:
-            r = self.on(self.plan.head, f"kill -0 \"$(cat {shell_quote(self.plan.run_dir)}/engine.pid)\"")
+            pid_file = shell_quote(f"{self.plan.node_run_dir(self.plan.head)}/engine-0.pid")
+            check = shell_quote(f"kill -0 \"$(cat {pid_file})\"")
+            r = self.on(self.plan.head, f"docker exec {shell_quote(self.plan.head.container)} sh -c {check}")
             if not r.ok:
-                raise SparkError(f"vllm serve exited on the head:\n{self.log_tail(self.plan.head, 'engine.log')}",
+                raise SparkError(f"vllm serve exited on the head:\n{self.log_tail(self.plan.head, 'engine')}",
                                  fix="read the full log with `sparkhelpers logs --node 0`")
 
     engine_started = False
@@ -329,7 +331,7 @@ class Starter:
             checks += 1
             if self.remaining() <= 0:
                 raise SparkError(f"the engine was not healthy after {self.plan.timeout_s}s "
-                                 f"({self.plan.endpoint}/health):\n{self.log_tail(self.plan.head, 'engine.log')}",
+                                 f"({self.plan.endpoint}/health):\n{self.log_tail(self.plan.head, 'engine')}",
                                  fix="a large model can take longer: raise --timeout (START_TIMEOUT); otherwise "
                                      "read `sparkhelpers logs --node 0`")
             time.sleep(POLL_S)
@@ -337,8 +339,8 @@ class Starter:
     def smoke_chat(self) -> str:
         return chat_once(self.plan, self.api_key)
 
-    def log_tail(self, node: NodePlan, name: str = "") -> str:
-        r = self.on(node, nd.tail_cmd(self.plan.log_dir, LOG_TAIL, name=name), timeout=30)
+    def log_tail(self, node: NodePlan, kind: str = "") -> str:
+        r = self.on(node, nd.tail_cmd(self.plan.log_dir, node.rank, LOG_TAIL, kind=kind), timeout=30)
         text = (r.stdout or r.stderr).rstrip() or "(no log output)"
         return f"--- last log lines on {node.label} ---\n{text}\n---"
 

@@ -76,7 +76,7 @@ def probe_script(cluster: str, image: str, model: str, hf_cache: str, runtime: s
         "awk '/^MemAvailable:/ {print \"mem=\" $2}' /proc/meminfo",
         f"if {model_check(model, hf_cache, runtime)}; then echo model=yes; fi",
         f"{containers_cmd(cluster)} 2>/dev/null | sed 's/^/container=/'",
-        f"cat {shell_quote(log_dir)}/engine.log {shell_quote(log_dir)}/ray.log 2>/dev/null "
+        f"cat {shell_quote(log_dir)}/engine-*.log {shell_quote(log_dir)}/ray-*.log 2>/dev/null "
         "| grep -oE 'NET/(IB|Socket)|Using network (IB|Socket)' | sed -E 's/.*(IB|Socket)$/transport=\\1/' | sort -u",
     ]) + "\n"
 
@@ -130,13 +130,15 @@ def stop_script(cluster: str, run_dir: str, force: bool, grace_s: int) -> str:
             "if [ -n \"$ids\" ]; then\n"
             f"  {stop}docker rm --force $ids >/dev/null\n"
             "fi\n"
-            f"rm -f {shell_quote(run_dir)}/secrets.env\n"
+            f"rm -f {shell_quote(run_dir)}/*/secrets.env\n"
             "echo \"removed=$(echo $ids | wc -w)\"\n")
 
 
-def tail_cmd(log_dir: str, lines: int, follow: bool = False, name: str = "") -> str:
+def tail_cmd(log_dir: str, rank: int, lines: int, follow: bool = False, kind: str = "") -> str:
+    """Tail a node's log: ``kind`` engine or ray; by default the engine log, else the Ray log."""
     logs = shell_quote(log_dir)
-    pick = (f"f={logs}/{shell_quote(name)}" if name else
-            f"f={logs}/engine.log; if [ ! -s \"$f\" ] && [ -f {logs}/ray.log ]; then f={logs}/ray.log; fi")
+    pick = (f"f={logs}/{kind}-{rank}.log" if kind else
+            f"f={logs}/engine-{rank}.log; if [ ! -s \"$f\" ] && [ -f {logs}/ray-{rank}.log ]; then "
+            f"f={logs}/ray-{rank}.log; fi")
     return (f"{pick}\nif [ ! -f \"$f\" ]; then echo \"no log at $f\" >&2; exit 1; fi\n"
             f"exec tail -n {int(lines)} {'-F ' if follow else ''}\"$f\"\n")

@@ -91,6 +91,10 @@ class ClusterPlan:
     def run_dir(self) -> str:
         return f"{self.state_dir}/run/{self.cluster}"
 
+    def node_run_dir(self, node: NodePlan) -> str:
+        """Each node has its own run dir, so a state dir on a shared (NFS) home still works."""
+        return f"{self.run_dir}/{node.rank}"
+
     @property
     def log_dir(self) -> str:
         return f"{self.state_dir}/logs/{self.cluster}"
@@ -188,20 +192,22 @@ def engine_args(cfg: Config, spec: Any, mode: str, model: str, served: str, tp: 
             args += ["--ctx-size", str(ctx)]
         return args + v.arg_list(cfg.get("EXTRA_ARGS"), "EXTRA_ARGS")
     args = ["--served-model-name", served, "--tensor-parallel-size", str(tp), "--pipeline-parallel-size", str(pp)]
-    util = v.fraction(cfg.get_float("GPU_MEMORY_UTIL", getattr(spec, "gpu_memory_util", 0) or 0.85),
-                      "GPU_MEMORY_UTIL")
-    args += ["--gpu-memory-utilization", f"{util:g}"]
-    max_len = cfg.get_int("MAX_MODEL_LEN", getattr(spec, "max_model_len", 0) or 0)
+    # The model spec (models helper) already merges catalog preset values with explicit config values.
+    if spec is not None:
+        util, max_len, rev = spec.gpu_memory_util, spec.max_model_len or 0, spec.revision or ""
+        trust, ep = spec.trust_remote_code, spec.expert_parallel
+    else:
+        util, max_len, rev = cfg.get_float("GPU_MEMORY_UTIL", 0.85), cfg.get_int("MAX_MODEL_LEN", 0), \
+            cfg.get("MODEL_REVISION")
+        trust = cfg.get_bool("TRUST_REMOTE_CODE", False)
+        ep = v.tristate(cfg.get("ENABLE_EXPERT_PARALLEL", "auto"), "ENABLE_EXPERT_PARALLEL")
+    args += ["--gpu-memory-utilization", f"{v.fraction(util, 'GPU_MEMORY_UTIL'):g}"]
     if max_len:
         args += ["--max-model-len", str(v.positive_int(max_len, "MAX_MODEL_LEN", 16, 1 << 24))]
-    rev = v.revision(cfg.get("MODEL_REVISION", getattr(spec, "revision", "") or ""))
-    if rev:
+    if v.revision(rev):
         args += ["--revision", rev]
-    if cfg.get_bool("TRUST_REMOTE_CODE", bool(getattr(spec, "trust_remote_code", False))):
+    if trust:
         args.append("--trust-remote-code")
-    ep = v.tristate(cfg.get("ENABLE_EXPERT_PARALLEL", "auto"), "ENABLE_EXPERT_PARALLEL")
-    if ep is None:
-        ep = bool(getattr(spec, "expert_parallel", False)) or None
     if ep:
         args.append("--enable-expert-parallel")
     _flag(args, "enable-prefix-caching", v.tristate(cfg.get("ENABLE_PREFIX_CACHING", "auto"), "ENABLE_PREFIX_CACHING"))
@@ -261,13 +267,23 @@ def build_plan(cfg: Config, *, nodes: int | None = None, solo: bool = False,
                secret_names: tuple[str, ...] = (), timeout_s: int | None = None) -> ClusterPlan:
     """Validate the configuration and compute who runs what. Raises SparkError on the first bad value."""
     cluster = v.cluster_name(cfg.get("CLUSTER_NAME", "spark"))
+    preset = getattr(spec, "preset", None)
+    nodes_asked = nodes is not None or solo
+    if not nodes_asked and preset is not None:
+        nodes = spec.nodes  # a catalog preset says how many nodes it needs (a TP1 model stays on the head)
     count = node_count(cfg, nodes, solo)
     mode = choose_mode(cfg, count, native_supported)
     model = v.model_id(getattr(spec, "repo", "") or cfg.require("MODEL"))
     served = v.served_name(cfg.get("SERVED_MODEL_NAME") or getattr(spec, "served_name", "") or model)
     image = v.image(getattr(spec, "image", "") or cfg.require("VLLM_IMAGE"))
-    pp = v.positive_int(cfg.get_int("PIPELINE_PARALLEL", 1), "PIPELINE_PARALLEL", 1, 8)
-    tp = cfg.get_int("TENSOR_PARALLEL", 0) or (count // pp if mode != "llama-cpp" else 1)
+    pp = v.positive_int(spec.pipeline_parallel if preset is not None else cfg.get_int("PIPELINE_PARALLEL", 1),
+                        "PIPELINE_PARALLEL", 1, 8)
+    if cfg.get("TENSOR_PARALLEL"):
+        tp = cfg.get_int("TENSOR_PARALLEL")
+    elif preset is not None and not nodes_asked:
+        tp = spec.tensor_parallel
+    else:
+        tp = count // pp if mode != "llama-cpp" else 1
     v.positive_int(tp, "TENSOR_PARALLEL", 1, 8)
     if mode != "llama-cpp" and tp * pp != count:
         raise SparkError(f"TENSOR_PARALLEL={tp} x PIPELINE_PARALLEL={pp} needs {tp * pp} GPUs, but {count} "
@@ -305,7 +321,7 @@ def build_plan(cfg: Config, *, nodes: int | None = None, solo: bool = False,
         host = Host("local") if rank == 0 else hosts[rank - 1]
         node_plans.append(NodePlan(rank=rank, role="head" if rank == 0 else "worker", host=host,
                                    fabric_ip=net.fabric_ip, container=f"sparkhelpers-{cluster}-{rank}",
-                                   env=node_env(cfg, mode, net, head_ip, offline, f"{sdir}/run/{cluster}")))
+                                   env=node_env(cfg, mode, net, head_ip, offline, f"{sdir}/run/{cluster}/{rank}")))
     if mode in ("ray", "native"):
         ips = [n.fabric_ip for n in node_plans]
         if len(set(ips)) != len(ips):

@@ -12,8 +12,11 @@ from sparkhelpers.runner import shell_quote
 from sparkhelpers.templating import render
 
 PKG = "sparkhelpers.cluster.templates"
-ENGINE_LOG = "engine.log"
-RAY_LOG = "ray.log"
+
+
+def log_name(kind: str, rank: int) -> str:
+    """engine-0.log, ray-1.log: the rank in the name keeps nodes apart on a shared state dir."""
+    return f"{kind}-{rank}.log"
 
 
 @dataclass(frozen=True)
@@ -65,16 +68,17 @@ def arg_lines(args: tuple[str, ...]) -> list[list[str]]:
 
 def entry_scripts(plan: ClusterPlan, node: NodePlan) -> dict[str, str]:
     """File name -> rendered entry script for this node (the container's command, and the engine)."""
-    ctx = {"plan": plan, "node": node, "run_dir": plan.run_dir, "log_dir": plan.log_dir,
+    engine_log, ray_log = log_name("engine", node.rank), log_name("ray", node.rank)
+    ctx = {"plan": plan, "node": node, "run_dir": plan.node_run_dir(node), "log_dir": plan.log_dir,
            "arg_lines": arg_lines(plan.engine_args)}
     if plan.mode == "ray":
         if node.rank == 0:
-            return {"ray.sh": render(PKG, "ray_head.sh.j2", log_name=RAY_LOG, secrets=False, **ctx),
-                    "engine.sh": render(PKG, "vllm_ray.sh.j2", log_name=ENGINE_LOG, secrets=True, **ctx)}
-        return {"ray.sh": render(PKG, "ray_worker.sh.j2", log_name=RAY_LOG, secrets=False, **ctx)}
+            return {"ray.sh": render(PKG, "ray_head.sh.j2", log_name=ray_log, secrets=False, **ctx),
+                    "engine.sh": render(PKG, "vllm_ray.sh.j2", log_name=engine_log, secrets=True, **ctx)}
+        return {"ray.sh": render(PKG, "ray_worker.sh.j2", log_name=ray_log, secrets=False, **ctx)}
     template = {"native": "vllm_native.sh.j2", "single": "vllm_single.sh.j2",
                 "llama-cpp": "llama_server.sh.j2"}[plan.mode]
-    return {"engine.sh": render(PKG, template, log_name=ENGINE_LOG, secrets=node.rank == 0, **ctx)}
+    return {"engine.sh": render(PKG, template, log_name=engine_log, secrets=node.rank == 0, **ctx)}
 
 
 def container_entry(plan: ClusterPlan) -> str:
@@ -83,7 +87,7 @@ def container_entry(plan: ClusterPlan) -> str:
 
 def docker_run(plan: ClusterPlan, node: NodePlan, config_hash: str) -> str:
     return render(PKG, "container.sh.j2", plan=plan, node=node, config_hash=config_hash,
-                  hf_cache=plan.hf_cache_on(node), run_dir=plan.run_dir, log_dir=plan.log_dir,
+                  hf_cache=plan.hf_cache_on(node), run_dir=plan.node_run_dir(node), log_dir=plan.log_dir,
                   entry=container_entry(plan), fabric=plan.mode in ("ray", "native"))
 
 
@@ -96,11 +100,13 @@ def write_file(node: NodePlan, path: str, content: str, mode: str = "0644", secr
 
 def prepare(plan: ClusterPlan, node: NodePlan) -> Step:
     """Directories on the node, and last run's logs kept as *.log.1 (logs live on the host)."""
-    dirs = [plan.run_dir, plan.log_dir, f"{plan.cache_dir}/vllm", f"{plan.cache_dir}/flashinfer",
-            f"{plan.cache_dir}/triton"]
-    script = (f"mkdir -p {' '.join(shell_quote(d) for d in dirs)} && chmod 700 {shell_quote(plan.run_dir)}\n"
-              f"for f in {shell_quote(plan.log_dir)}/*.log; do if [ -f \"$f\" ]; then mv -f \"$f\" \"$f.1\"; fi; done\n"
-              f"rm -f {shell_quote(plan.run_dir)}/*.pid")
+    run_dir = plan.node_run_dir(node)
+    dirs = [run_dir, plan.log_dir, f"{plan.cache_dir}/vllm", f"{plan.cache_dir}/flashinfer", f"{plan.cache_dir}/triton"]
+    script = (f"mkdir -p {' '.join(shell_quote(d) for d in dirs)} && chmod 700 {shell_quote(plan.run_dir)} "
+              f"{shell_quote(run_dir)}\n"
+              f"for f in {shell_quote(plan.log_dir)}/*-{node.rank}.log; do if [ -f \"$f\" ]; then "
+              "mv -f \"$f\" \"$f.1\"; fi; done\n"
+              f"rm -f {shell_quote(run_dir)}/*.pid")
     return Step(node, "prepare run and log directories", script)
 
 
@@ -113,14 +119,15 @@ def start_phases(plan: ClusterPlan, config_hash: str, secrets: dict[str, str]) -
     files: list[Step] = []
     for node in plan.nodes:
         for name, text in entry_scripts(plan, node).items():
-            files.append(write_file(node, f"{plan.run_dir}/{name}", text))
+            files.append(write_file(node, f"{plan.node_run_dir(node)}/{name}", text))
+    head_dir = plan.node_run_dir(plan.head)
     if plan.mode == "ray":
         non_carry = json.dumps(sorted(PER_NODE_VARS)) + "\n"
-        files.append(write_file(plan.head, f"{plan.run_dir}/vllm-config/ray_non_carry_over_env_vars.json",
+        files.append(write_file(plan.head, f"{head_dir}/vllm-config/ray_non_carry_over_env_vars.json",
                                 non_carry))
-        files.insert(0, Step(plan.head, "vLLM config dir", f"mkdir -p {shell_quote(plan.run_dir + '/vllm-config')}"))
+        files.insert(0, Step(plan.head, "vLLM config dir", f"mkdir -p {shell_quote(head_dir + '/vllm-config')}"))
     if secrets:
-        files.append(write_file(plan.head, f"{plan.run_dir}/secrets.env", secrets_file(secrets), "0600", secret=True))
+        files.append(write_file(plan.head, f"{head_dir}/secrets.env", secrets_file(secrets), "0600", secret=True))
     phases = [Phase("prepare", tuple(prepare(plan, n) for n in plan.nodes)), Phase("files", tuple(files))]
     run = {n.rank: Step(n, f"start container {n.container}", docker_run(plan, n, config_hash)) for n in plan.nodes}
     n = len(plan.nodes)
@@ -130,7 +137,7 @@ def start_phases(plan: ClusterPlan, config_hash: str, secrets: dict[str, str]) -
             phases.append(Phase("ray-workers", tuple(run[w.rank] for w in plan.workers)))
         phases.append(Phase("ray-join", wait=f"`ray status` shows exactly {n} nodes and {n} GPUs"))
         engine = (f"docker exec --detach {shell_quote(plan.head.container)} "
-                  f"bash {shell_quote(plan.run_dir + '/engine.sh')}")
+                  f"bash {shell_quote(head_dir + '/engine.sh')}")
         phases.append(Phase("engine", (Step(plan.head, "start vllm serve in the head container", engine),)))
     elif plan.mode == "native":
         phases.append(Phase("workers", tuple(run[w.rank] for w in plan.workers),

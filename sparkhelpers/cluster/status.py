@@ -14,13 +14,14 @@ def all_nodes(cfg: Config) -> list[tuple[str, Host]]:
     return [("head", LOCAL)] + [(h.address, h) for h in worker_hosts(cfg)]
 
 
-def pick_node(cfg: Config, which: str) -> tuple[str, Host]:
+def pick_node(cfg: Config, which: str) -> tuple[int, Host]:
+    """(rank, host) for --node: a rank, "head", or a WORKER_HOST entry."""
     nodes = all_nodes(cfg)
     if which.isdigit() and int(which) < len(nodes):
-        return nodes[int(which)]
-    for label, host in nodes:
+        return int(which), nodes[int(which)][1]
+    for rank, (label, host) in enumerate(nodes):
         if which in (label, host.address):
-            return label, host
+            return rank, host
     raise UsageError(f"--node {which}: no such node (ranks 0-{len(nodes) - 1}: "
                      f"{', '.join(label for label, _ in nodes)})", fix="pass a rank or a WORKER_HOST entry")
 

@@ -1,0 +1,48 @@
+"""Each node's fabric facts for the plan: configured values win, discovery fills the gaps.
+
+Discovery (``sparkhelpers.discover``) runs on every node of the plan in parallel, one SSH round trip
+each, only when the configuration leaves something open (fabric IP, interface or HCAs).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+
+from sparkhelpers.cluster.plan import NodeNet, fabric_from_config, node_count, worker_hosts
+from sparkhelpers.config import Config
+from sparkhelpers.errors import SparkError
+from sparkhelpers.runner import LOCAL, Host, Runner
+
+
+def discovered(runner: Runner, host: Host) -> dict[str, str]:
+    """This node's own NCCL/vLLM variables from discovery ({} when it sees no usable fabric)."""
+    from sparkhelpers.discover import capture, discover_snapshot, nccl_env
+
+    tmp = tempfile.mkdtemp(prefix="sparkhelpers-fabric-")
+    try:
+        return nccl_env(discover_snapshot(str(capture(runner, f"{tmp}/snap", host))))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_fabric(cfg: Config, runner: Runner, *, nodes: int | None, solo: bool,
+                   preset_nodes: int | None = None) -> dict[int, NodeNet]:
+    count = node_count(cfg, nodes if nodes is not None or solo else preset_nodes, solo)
+    configured = fabric_from_config(cfg, count)
+    if count == 1 or all(n.fabric_ip and n.ifname and n.hcas for n in configured.values()):
+        return configured
+    hosts = [LOCAL] + worker_hosts(cfg)[: count - 1]
+    envs = runner.parallel(lambda h: discovered(runner, h), hosts)
+    out: dict[int, NodeNet] = {}
+    for rank, (net, env) in enumerate(zip([configured[r] for r in range(count)], envs, strict=True)):
+        if not env and not (net.fabric_ip and net.ifname):
+            name = "the head" if rank == 0 else hosts[rank].address
+            raise SparkError(f"discovery found no usable ConnectX-7 fabric on {name}",
+                             fix="run `sparkhelpers discover` there for details, or set HEAD_IP/WORKER_IB_IP, "
+                                 "FABRIC_IF and NCCL_IB_HCA")
+        out[rank] = NodeNet(fabric_ip=net.fabric_ip or env.get("VLLM_HOST_IP", ""),
+                            ifname=net.ifname or env.get("NCCL_SOCKET_IFNAME", ""),
+                            hcas=net.hcas or env.get("NCCL_IB_HCA", ""),
+                            gid_index=net.gid_index or env.get("NCCL_IB_GID_INDEX", ""))
+    return out
