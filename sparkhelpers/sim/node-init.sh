@@ -37,7 +37,8 @@ for i in 0 1 2 3; do mknod -m 666 "$R/dev/infiniband/uverbs$i" c 231 $((192 + i)
 mknod -m 666 "$R/dev/infiniband/rdma_cm" c 10 58
 mount -t tmpfs -o mode=755 sparksim-run "$R/run"
 mkdir -p "$R/run/sshd" "$R/run/lock"
-mount -t tmpfs -o mode=1777 sparksim-tmp "$R/tmp"
+# /tmp stays the CoW view of the host's: a checkout or pytest tmp dir under /tmp (CI clones) must be
+# visible in the node at the same path; the node's own writes there stay private (overlay upper).
 mkdir -p "$R$SIM_DIR"
 mount --bind "$SIM_DIR" "$R$SIM_DIR"                 # harness state stays reachable, same path
 mkdir -p "$R/var/lib/docker"
