@@ -9,14 +9,19 @@
 #   --workers LIST      Worker SSH addresses, space- or comma-separated.
 #   --user NAME         SSH user on the workers.
 #   --model NAME        Model preset or Hugging Face repo id.
+#   --hf-token-stdin    Read the Hugging Face token from one line of standard input.
 #   --worker            Worker mode: check this node and print what the head needs.
 #   -h, --help          Show this help.
+#
+# Every answer is validated (SSH in batch mode, the worker's fabric IP, a no-fragment ping over
+# the fabric) before anything is written; existing values are the defaults, so re-running keeps
+# them. The token is read without echo and never exported or passed on a command line.
 
 # Sourced: run in a child bash so the caller's shell options are never changed, then export
-# only what the child prints.
+# only the export lines the child prints.
 if [[ "${BASH_SOURCE[0]}" != "${0}" ]]; then
   if spark_exports_="$(bash "${BASH_SOURCE[0]}" --print-exports "$@")"; then
-    eval "$spark_exports_"
+    eval "$(printf '%s\n' "$spark_exports_" | grep -E '^export [A-Z_][A-Z0-9_]*=')"
     unset spark_exports_
     return 0
   fi
@@ -28,15 +33,20 @@ set -euo pipefail
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
+args=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h | --help) usage ;;
-    --non-interactive | --worker | --print-exports) ;;
-    --workers | --user | --model) need_value "$1" $#; shift ;;
+    --non-interactive | --worker | --print-exports | --hf-token-stdin) args+=("$1") ;;
+    --workers | --user | --model)
+      need_value "$1" $#
+      args+=("$1" "$2")
+      shift
+      ;;
     *) usage_error "unknown argument: $1" ;;
   esac
   shift
 done
 
 spark_load_config
-not_available "Interactive set-up (setup-env.sh)"
+sparkhelpers setup "${args[@]}"

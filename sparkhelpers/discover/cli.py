@@ -111,3 +111,52 @@ def doctor(
             typer.echo(f"report bundle: {report.bundle}")
     if report.failed:
         raise typer.Exit(1)
+
+
+setup_app = new_app("Set up config.local.env: discover the head, ask for workers/user/model, validate (setup-env.sh).",
+                    no_args_is_help=False, invoke_without_command=True)
+
+
+@setup_app.callback()
+def setup(
+    non_interactive: bool = typer.Option(False, "--non-interactive", help="Never prompt; flags, config, discovery."),
+    workers: str = typer.Option(None, "--workers", help="Worker SSH addresses, space- or comma-separated."),
+    user: str = typer.Option(None, "--user", help="SSH user on the workers."),
+    model: str = typer.Option(None, "--model", help="Model preset or Hugging Face repo id."),
+    worker: bool = typer.Option(False, "--worker", help="Worker mode: check this node, print what the head needs."),
+    hf_token_stdin: bool = typer.Option(False, "--hf-token-stdin", help="Read the HF token from one stdin line."),
+    print_exports: bool = typer.Option(False, "--print-exports", help="Print export lines (for a sourced script)."),
+) -> None:
+    """Validate each answer (SSH, fabric IP, no-fragment ping) and write config.local.env (mode 0600)."""
+    import tempfile
+
+    from sparkhelpers.config import load_config, local_file
+    from sparkhelpers.discover import probe
+    from sparkhelpers.discover import setup as setupmod
+    from sparkhelpers.discover.facts import discover_snapshot
+    from sparkhelpers.runner import LOCAL, Runner
+
+    if worker:
+        cfg = load_config()
+        with tempfile.TemporaryDirectory(prefix="spark-worker-") as tmp:
+            snap = probe.capture(Runner(), f"{tmp}/snap", LOCAL, hf_cache=cfg.get("HF_CACHE"))
+            lines, ok = setupmod.worker_report(discover_snapshot(str(snap)))
+        typer.echo("\n".join(lines), err=print_exports)
+        if not ok:
+            raise typer.Exit(1)
+        return
+    console = setupmod.Console(interactive=not non_interactive)
+    result = setupmod.run_setup(console, workers=workers, user=user, model=model, token_from_stdin=hf_token_stdin)
+    if result.failed:
+        bad = [c for c in result.checks if c.status == "fail"]
+        from sparkhelpers.errors import SparkError
+
+        raise SparkError(f"nothing written: {len(bad)} check(s) failed ({bad[0].node}: {bad[0].message})",
+                         fix=bad[0].fix or "fix the failures above and run setup-env.sh again")
+    if result.changed:
+        console.out(f"wrote {', '.join(result.changed)} to {local_file()} (mode 0600)")
+    else:
+        console.out(f"nothing changed in {local_file()}")
+    if print_exports:
+        for line in setupmod.export_lines(result.written):
+            typer.echo(line)
