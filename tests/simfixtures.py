@@ -21,7 +21,7 @@ import pytest
 
 from sparkhelpers.errors import SparkError
 
-SESSION_IMAGE_ON = "none"  # "head" once the engine image lands
+SESSION_IMAGE_ON = "head"
 _STALE = re.compile(r"^sparksim-(t(\d+)(?:-\d+)?)-(?:sw|spark\d+)$")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,214 @@ def test_exec_on_missing_cluster_is_one_clear_line(sparkhelpers_bin):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert r.stderr.startswith("sparkhelpers: no sim cluster named 'nosuch'")
+
+
+# ---- the engine image on the cluster ----
+
+IMG = "sparkhelpers-sim/engine:latest"
+MODEL_DIR = "/raid/hf-cache/hub/models--Qwen--Qwen3-0.6B/snapshots/0123abc"
+RUN = ["docker", "run", "--pull", "never", "--network", "host", "--gpus", "all"]
+HTTP_GET = ("import sys,urllib.request,time\nfor i in range(120):\n    try:\n"
+            "        print(urllib.request.urlopen(sys.argv[1],timeout=2).read().decode()); break\n"
+            "    except OSError: time.sleep(0.25)\nelse: sys.exit(1)\n")
+
+
+def ensure_image_on_worker(c):
+    if c.exec("spark2", ["docker", "image", "inspect", IMG]).ok:
+        return
+    on(c, "spark1", f"docker save {IMG} | ssh {c.workers[0].fabric_ip} docker load -q", timeout=300)
+
+
+def wait_http(c, node, url):
+    return on(c, node, ["python3", "-c", HTTP_GET, url], timeout=60)
+
+
+def cleanup_containers(c, *names):
+    for node in ("spark1", "spark2"):
+        c.exec(node, ["docker", "rm", "-f", *names])
+
+
+@pytest.mark.sim
+@pytest.mark.engine
+def test_docker_save_load_and_host_network_container_over_fabric(sim_cluster):
+    c = sim_cluster
+    c.exec("spark2", ["docker", "rmi", "-f", IMG, c.image])
+    on(c, "spark1", f"docker save {c.image} | ssh {c.workers[0].fabric_ip} docker load -q", timeout=300)
+    ids = {on(c, n, ["docker", "image", "inspect", "-f", "{{.Id}}", c.image]).strip() for n in ("spark1", "spark2")}
+    assert len(ids) == 1
+    on(c, "spark2", ["docker", "tag", c.image, IMG])
+    try:
+        on(c, "spark1", ["ssh", c.workers[0].fabric_ip, "docker", "run", "-d", "--pull", "never", "--name", "probe",
+                         "--network", "host", "--gpus", "all", "--privileged", "--ipc", "host", "--ulimit",
+                         "memlock=-1", "--ulimit", "stack=67108864", "--shm-size", "1g", IMG,
+                         "python3", "-m", "http.server", "8123"])
+        assert "Directory listing" in wait_http(c, "spark1", f"http://{c.workers[0].fabric_ip}:8123/")
+    finally:
+        cleanup_containers(c, "probe")
+
+
+@pytest.mark.sim
+@pytest.mark.engine
+def test_ray_joins_over_the_fabric_and_refuses_a_wrong_address(sim_cluster):
+    c = sim_cluster
+    ensure_image_on_worker(c)
+    head, worker = c.head.fabric_ip, c.workers[0].fabric_ip
+    try:
+        on(c, "spark1", [*RUN, "-d", "--name", "ray-head", "-v", "/raid/hf-cache:/root/.cache/huggingface", IMG,
+                         "ray", "start", "--head", "--port", "6385",
+                         "--node-ip-address", head, "--block"])
+        # unreachable head (no such host on the fabric): refused, exit 1
+        bad = c.exec("spark2", [*RUN, "--rm", "-e", "SPARKSIM_RAY_CONNECT_TIMEOUT_S=2", IMG, "ray", "start",
+                                "--address", "169.254.101.99:6385", "--node-ip-address", worker])
+        assert bad.returncode == 1 and "Unable to connect to GCS at 169.254.101.99:6385" in bad.stderr
+        # an address that is not the node's own
+        bad = c.exec("spark2", [*RUN, "--rm", IMG, "ray", "start", "--address", f"{head}:6385",
+                                "--node-ip-address", "169.254.101.77"])
+        assert bad.returncode == 1 and "not an address of this machine" in bad.stderr
+        on(c, "spark2", [*RUN, "-d", "--name", "ray-worker", IMG, "ray", "start", "--address", f"{head}:6385",
+                         "--node-ip-address", worker, "--block"])
+        for _ in range(50):
+            status = on(c, "spark1", ["docker", "exec", "ray-head", "ray", "status"])
+            if "/2.0 GPU" in status:
+                break
+            time.sleep(0.2)
+        assert status.count(" 1 node_") == 2 and " 0.0/2.0 GPU" in status
+        # vLLM on the Ray cluster: TP=2 fits the 2 GPUs; TP=4 does not
+        on(c, "spark1", f"mkdir -p {MODEL_DIR} && echo '{{}}' > {MODEL_DIR}/config.json")
+        too_big = c.exec("spark1", ["docker", "exec", "-e", "HF_HUB_OFFLINE=1", "ray-head", "vllm", "serve",
+                                    "Qwen/Qwen3-0.6B", "-tp", "4", "--distributed-executor-backend", "ray"])
+        assert too_big.returncode == 1 and "exceeds the total number of available GPUs" in too_big.stderr
+        on(c, "spark1", ["docker", "exec", "-d", "-e", "HF_HUB_OFFLINE=1", "-e", "NCCL_DEBUG=INFO",
+                         "-e", "NCCL_IB_HCA=rocep1s0f1,roceP2p1s0f1", "ray-head", "sh", "-c",
+                         "vllm serve Qwen/Qwen3-0.6B -tp 2 --distributed-executor-backend ray --port 8001 "
+                         "--served-model-name qwen > /tmp/vllm.log 2>&1"])
+        wait_http(c, "spark1", f"http://{head}:8001/health")
+        status = on(c, "spark1", ["docker", "exec", "ray-head", "ray", "status"])
+        assert " 2.0/2.0 GPU" in status
+        log = on(c, "spark1", ["docker", "exec", "ray-head", "cat", "/tmp/vllm.log"])
+        assert "via NET/Socket/0" in log  # no /dev/infiniband in this container (no --device/--privileged)
+        # the worker leaves: the engine dies like vLLM on a lost Ray node
+        on(c, "spark2", ["docker", "rm", "-f", "ray-worker"])
+        for _ in range(60):
+            log = on(c, "spark1", ["docker", "exec", "ray-head", "cat", "/tmp/vllm.log"])
+            if "a node of the Ray cluster died" in log:
+                break
+            time.sleep(0.25)
+        assert "a node of the Ray cluster died" in log
+        assert " 0.0/1.0 GPU" in on(c, "spark1", ["docker", "exec", "ray-head", "ray", "status"])
+    finally:
+        cleanup_containers(c, "ray-head", "ray-worker")
+
+
+def stream_chat(c, node, url, model, max_tokens=16):
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Name a colour."}],
+                       "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}})
+    script = ("import sys,urllib.request\nr=urllib.request.Request(sys.argv[1],data=sys.argv[2].encode(),"
+              "headers={'Content-Type':'application/json'})\nprint(urllib.request.urlopen(r,timeout=120).read().decode())")
+    out = on(c, node, ["python3", "-c", script, url, body], timeout=150)
+    chunks = [json.loads(ln[6:]) for ln in out.splitlines() if ln.startswith("data: {")]
+    assert out.rstrip().endswith("data: [DONE]")
+    return chunks
+
+
+@pytest.mark.sim
+@pytest.mark.engine
+def test_vllm_native_multinode_streams_a_real_chat_with_usage(sim_cluster):
+    c = sim_cluster
+    ensure_image_on_worker(c)
+    head, worker = c.head.fabric_ip, c.workers[0].fabric_ip
+    mount = ["-v", "/raid/hf-cache:/root/.cache/huggingface", "-e", "HF_HUB_OFFLINE=1"]
+    on(c, "spark1", f"mkdir -p {MODEL_DIR} && echo '{{}}' > {MODEL_DIR}/config.json")
+    on(c, "spark1", ["rsync", "-a", "/raid/hf-cache/hub", f"{worker}:/raid/hf-cache/"])
+    args = ["vllm", "serve", "Qwen/Qwen3-0.6B", "--nnodes", "2", "--master-addr", head, "--master-port", "29501",
+            "-tp", "2"]
+    try:
+        # flags are checked like vLLM's argparse: unknown flag or bad value -> exit 2
+        bad = c.exec("spark1", [*RUN, "--rm", IMG, "vllm", "serve", "m", "--no-such-flag"])
+        assert bad.returncode == 2 and "unrecognized arguments: --no-such-flag" in bad.stderr
+        bad = c.exec("spark1", [*RUN, "--rm", IMG, "vllm", "serve", "m", "--gpu-memory-utilization", "lots"])
+        assert bad.returncode == 2 and "invalid float value" in bad.stderr
+        missing = c.exec("spark1", [*RUN, "--rm", *mount, IMG, "vllm", "serve", "org/absent"])
+        assert missing.returncode == 1 and "couldn't find them in the cached files" in missing.stderr
+        on(c, "spark2", [*RUN, "-d", "--name", "vllm-w", *mount, IMG, *args, "--node-rank", "1", "--headless"])
+        on(c, "spark1", [*RUN, "-d", "--name", "vllm-h", "--privileged", *mount, "-e", "NCCL_DEBUG=INFO",
+                         "-e", "NCCL_IB_HCA=rocep1s0f1,roceP2p1s0f1", IMG, *args, "--node-rank", "0",
+                         "--port", "8000", "--served-model-name", "qwen3"])
+        models = json.loads(wait_http(c, "spark1", f"http://{head}:8000/v1/models"))
+        assert [m["id"] for m in models["data"]] == ["qwen3"]
+        chunks = stream_chat(c, "spark1", f"http://{head}:8000/v1/chat/completions", "qwen3")
+        text = "".join((ch["choices"][0]["delta"].get("content") or "") for ch in chunks if ch["choices"])
+        usage = chunks[-1]["usage"]
+        assert text.strip() and usage["completion_tokens"] > 0 and usage["prompt_tokens"] > 0
+        assert all(ch["model"] == "qwen3" for ch in chunks)
+        logs = on(c, "spark1", "docker logs vllm-h 2>&1")
+        assert "node rank 1 joined from " + worker in logs
+        assert "[send] via NET/IB/0" in logs  # --privileged: /dev/infiniband is in the container
+        # the worker dies: rank 0 fails like NCCL would
+        on(c, "spark2", ["docker", "rm", "-f", "vllm-w"])
+        for _ in range(60):
+            state = on(c, "spark1", ["docker", "inspect", "-f", "{{.State.Running}}", "vllm-h"]).strip()
+            if state == "false":
+                break
+            time.sleep(0.25)
+        assert state == "false" and "NCCL error" in on(c, "spark1", "docker logs vllm-h 2>&1")
+    finally:
+        cleanup_containers(c, "vllm-h", "vllm-w")
+
+
+@pytest.mark.sim
+@pytest.mark.engine
+def test_llama_server_and_engine_faults(sim_cluster):
+    from sparkhelpers.sim import faults
+
+    c = sim_cluster
+    gguf = "/opt/sparksim/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    mount = ["-v", "/raid/hf-cache:/root/.cache/huggingface"]
+    head = c.head.fabric_ip
+    try:
+        bad = c.exec("spark1", [*RUN, "--rm", IMG, "llama-server", "-m", gguf, "--bogus"])
+        assert bad.returncode == 1 and "error:" in bad.stderr
+        faults.inject(c, "spark1", "engine-crash-after", "1")
+        on(c, "spark1", [*RUN, "-d", "--name", "llama", *mount, IMG, "llama-server", "-m", gguf, "--host", head,
+                         "--port", "8090", "-t", "1", "-np", "2", "-c", "2048", "--alias", "smol"])
+        wait_http(c, "spark1", f"http://{head}:8090/health")
+        chunks = stream_chat(c, "spark1", f"http://{head}:8090/v1/chat/completions", "smol", max_tokens=4)
+        assert chunks[-1]["usage"]["completion_tokens"] > 0
+        for _ in range(40):  # crash after the 1st request
+            if on(c, "spark1", ["docker", "inspect", "-f", "{{.State.Running}}", "llama"]).strip() == "false":
+                break
+            time.sleep(0.25)
+        assert "crash after 1 requests" in on(c, "spark1", "docker logs llama 2>&1")
+        faults.inject(c, "spark1", "engine-crash-load")
+        r = c.exec("spark1", [*RUN, "--rm", *mount, IMG, "llama-server", "-m", gguf])
+        assert r.returncode == 1 and "crash during load" in r.stderr
+    finally:
+        faults.clear(c, "spark1")
+        cleanup_containers(c, "llama")
+    assert faults.active_faults(c, "spark1") == []
+
+
+@pytest.mark.sim
+def test_faults_are_observable_and_clear(make_sim):
+    from sparkhelpers.sim import faults
+
+    c = make_sim(nodes=2)
+    w = c.workers[0]
+    faults.inject(c, "spark2", "link-down", "twin1")
+    assert "enp1s0f1np1 (Down)" in on(c, "spark2", "ibdev2netdev")
+    assert c.exec("spark1", ["ping", "-c1", "-W1", w.fabric_ip]).returncode != 0
+    assert c.exec("spark1", ["ping", "-c1", "-W1", w.fabric2_ip]).ok
+    faults.inject(c, "spark2", "kill-sshd")
+    assert c.exec("spark1", ["ssh", "-o", "ConnectTimeout=3", w.fabric2_ip, "true"]).returncode == 255
+    faults.inject(c, "spark2", "fill-disk")
+    assert c.exec("spark2", "echo x > /raid/hf-cache/new").returncode != 0
+    faults.inject(c, "spark2", "slow-fabric", "50mbit")
+    assert "rate 50Mbit" in on(c, "spark2", "tc qdisc show dev enP2p1s0f1np1")
+    faults.clear(c, "spark2")
+    assert "enp1s0f1np1 (Up)" in on(c, "spark2", "ibdev2netdev")
+    on(c, "spark1", ["ssh", w.fabric_ip, "echo x > /raid/hf-cache/new"])
+    faults.inject(c, "spark2", "stop-node")
+    res = c.exec("spark1", ["ssh", "-o", "ConnectTimeout=2", w.mgmt_ip, "true"])
+    assert res.returncode == 255
+    faults.inject(c, "spark2", "clear")  # boots it again, disks kept
+    assert on(c, "spark1", ["ssh", w.fabric_ip, "cat /raid/hf-cache/new"]).strip() == "x"

@@ -15,7 +15,7 @@ from typing import Any
 
 from sparkhelpers.runner import Runner
 from sparkhelpers.sim import cluster as cl
-from sparkhelpers.sim import netplan
+from sparkhelpers.sim import faults, netplan
 from sparkhelpers.sim.cluster import Cluster
 
 
@@ -34,13 +34,15 @@ def up(name: str = "sim", nodes: int = 2, *, facts: dict[str, dict[str, Any]] | 
     """Start a cluster; with image_on head/all the engine image is built (cached) and loaded."""
     runner = runner or Runner()
     state = _state(state_dir)
-    cluster = cl.up(name, nodes, state_dir=state, facts=facts, image_on=image_on, runner=runner,
-                    progress=progress)
+    built = None
     if image_on != "none":
         from sparkhelpers.sim import image
 
+        built = image.build(progress=progress)  # before the nodes: a failed build leaves nothing running
+    cluster = cl.up(name, nodes, state_dir=state, facts=facts, image_on=image_on, runner=runner,
+                    progress=progress)
+    if built is not None:
         try:
-            built = image.build(progress=progress)
             targets = cluster.nodes if image_on == "all" else [cluster.head]
             image.load(cluster, built, [n.name for n in targets], runner=runner, progress=progress)
             cluster.image = built.tag
@@ -53,14 +55,13 @@ def up(name: str = "sim", nodes: int = 2, *, facts: dict[str, dict[str, Any]] | 
 
 
 def get(name: str = "sim", state_dir: Path | str | None = None) -> Cluster:
-    """The running cluster ``name`` (SparkError when it is not up)."""
+    """The recorded cluster ``name`` (SparkError when it was never started or is gone entirely)."""
     from sparkhelpers.errors import SparkError
 
     state = _state(state_dir)
     cluster = cl.load(state, name)
-    dead = [n.name for n in cluster.nodes if not cl.alive(n.pid)]
-    if dead:
-        raise SparkError(f"sim cluster {name!r}: node(s) {', '.join(dead)} not running",
+    if not any(cl.alive(n.pid) for n in cluster.nodes):
+        raise SparkError(f"sim cluster {name!r} is not running",
                          fix=f"sparkhelpers sim down --name {name} && sparkhelpers sim up --name {name}")
     return cluster
 
@@ -91,7 +92,8 @@ def status(state_dir: Path | str | None = None, name: str | None = None) -> list
                                          "docker info >/dev/null 2>&1 && echo -n ok", timeout=10,
                                  runner=runner) if up_ else None
             words = (probe.stdout.split(" ") + ["", ""])[:2] if probe else ["", ""]
-            nodes.append({"name": n.name, "state": "up" if up_ else "down", "pid": n.pid, "mgmt_ip": n.mgmt_ip,
+            nodes.append({"name": n.name, "state": "up" if up_ else "down", "pid": n.pid,
+                          "faults": faults.active_faults(cluster, n.name), "mgmt_ip": n.mgmt_ip,
                           "fabric_ip": n.fabric_ip, "fabric2_ip": n.fabric2_ip,
                           "sshd": "ok" if words[0] == "ok" else "down",
                           "dockerd": "ok" if words[1] == "ok" else "down"})

@@ -74,7 +74,7 @@ def status(
         typer.echo(f"cluster {c['name']}: {c['state']}  profile {c['profile']}  image {c['image'] or '(none)'}")
         for n in c["nodes"]:
             typer.echo(f"  {n['name']:<7} {n['state']:<5} mgmt {n['mgmt_ip']:<15} fabric {n['fabric_ip']:<15} "
-                       f"sshd {n['sshd']:<4} dockerd {n['dockerd']}")
+                       f"sshd {n['sshd']:<4} dockerd {n['dockerd']:<4} {' '.join(n['faults'])}")
 
 
 @app.command()
@@ -116,9 +116,9 @@ def fault(
 ) -> None:
     """Inject a fault into a running node.
 
-    Kinds: stop-node, kill-sshd, link-down [twin1|twin2|both], link-up [..], fill-disk, free-disk,
-    engine-crash-load, engine-crash-after N, engine-hang-load, slow-fabric [RATE, default 1gbit],
-    clear (undo every fault that can be undone on a running node)."""
+    Kinds: stop-node, start-node, kill-sshd, link-down [twin1|twin2|both|mgmt|all], link-up [..],
+    fill-disk, free-disk, engine-crash-load, engine-crash-after N, engine-hang-load, engine-ok,
+    slow-fabric [RATE, default 1gbit], clear (undo every fault; a stopped node boots again)."""
     from sparkhelpers.sim import api, faults
 
     cluster = api.get(name, _state())

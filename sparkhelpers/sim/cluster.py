@@ -78,6 +78,9 @@ class Cluster:
              runner: Runner | None = None, interactive: bool = False) -> RunResult:
         """Run argv (or a bash snippet) on ``node``; returns the RunResult (check it yourself)."""
         n = self.node(node)
+        if not alive(n.pid):
+            raise SparkError(f"{n.name} of sim cluster {self.name} is stopped",
+                             fix=f"sparkhelpers sim fault --name {self.name} {n.name} start-node")
         cmd = ["bash", "-c", argv] if isinstance(argv, str) else list(argv)
         return (runner or Runner()).run(exec_argv(n, cmd, env), input=input, timeout=timeout,
                                         host=n.name, interactive=interactive)
@@ -205,15 +208,18 @@ def _start(name: str, nodes: int, cdir: Path, node_facts: dict[str, dict[str, An
         for stale in ("ready", "failed"):
             (ndir / stale).unlink(missing_ok=True)
         env = {"SIM_NODE": n.name, "SIM_DIR": str(cdir), "SIM_CGROUP": netplan.cgroup_name(name, n.index)}
-        spawned[n.name] = runner.spawn(
-            ["nsenter", f"--net=/run/netns/{netplan.node_ns(name, n.index)}", "unshare", "--mount", "--uts",
-             "--ipc", "--pid", "--fork", "--kill-child", str(HERE / "node-init.sh")],
-            log_path=str(ndir / "init.log"), env=env)
+        spawned[n.name] = runner.spawn(node_command(name, n.index), log_path=str(ndir / "init.log"), env=env)
     for n in cluster.nodes:
-        n.pid = _wait_ready(cdir / n.name, spawned[n.name])
+        n.pid = wait_ready(cdir / n.name, spawned[n.name])
     _save(cluster)
     write_profile(cluster)
     return cluster
+
+
+def node_command(name: str, index: int) -> list[str]:
+    """The node's PID 1 (node-init.sh) in fresh mount/uts/ipc/pid namespaces inside its netns."""
+    return ["nsenter", f"--net=/run/netns/{netplan.node_ns(name, index)}", "unshare", "--mount", "--uts", "--ipc",
+            "--pid", "--fork", "--kill-child", str(HERE / "node-init.sh")]
 
 
 def _batch(runner: Runner, ns_args: list[str], text: str, path: Path) -> None:
@@ -221,7 +227,7 @@ def _batch(runner: Runner, ns_args: list[str], text: str, path: Path) -> None:
     runner.run(["ip", *ns_args, "-batch", str(path)]).check(f"ip -batch {path.name}")
 
 
-def _wait_ready(ndir: Path, unshare_pid: int) -> int:
+def wait_ready(ndir: Path, unshare_pid: int) -> int:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if (ndir / "failed").exists() or not alive(unshare_pid):

@@ -1,0 +1,204 @@
+"""Real generation: xllamacpp (llama.cpp's own server code) on a private loopback port, behind a thin
+OpenAI-compatible proxy on the requested host/port that answers under the served model name,
+counts requests (for the crash-after-N fault) and exposes /health, /v1/models and /metrics."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from sparksim_engine.common import free_port, log
+
+
+class Backend:
+    """The xllamacpp server (kept alive for the life of the process)."""
+
+    def __init__(self, model_path: str, n_parallel: int = 4, n_ctx: int = 4096, threads: int = 1) -> None:
+        import xllamacpp as xlc
+
+        self.port = free_port()
+        params = xlc.CommonParams()
+        params.model.path = model_path
+        params.model_alias = ["backend"]  # a list: a plain str would become a set of characters
+        params.hostnames = ["127.0.0.1"]
+        params.port = self.port
+        params.n_parallel = n_parallel
+        params.n_ctx = n_ctx
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = threads
+        self.server = xlc.Server(params)  # returns once listening
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> http.client.HTTPResponse:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+        return conn.getresponse()
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = 0
+        self.finished = 0
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+
+
+def serve(backend: Backend, *, host: str, port: int, served_names: list[str], flavor: str,
+          crash_after: int = 0, api_key: str = "", max_model_len: int = 4096, on_ready=None) -> None:
+    """Serve until SIGTERM/SIGINT. ``flavor`` is "vllm" or "llama.cpp" (owned_by, error shapes)."""
+    stats = Stats()
+    created = int(time.time())
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "uvicorn" if flavor == "vllm" else "llama.cpp"
+
+        def log_message(self, fmt: str, *args) -> None:  # noqa: ANN002
+            if flavor == "vllm":
+                print(f'INFO:     {self.client_address[0]}:{self.client_address[1]} - "{self.requestline}" '
+                      f"{args[1] if len(args) > 1 else ''}", file=sys.stderr, flush=True)
+
+        def _json(self, code: int, data: object) -> None:
+            raw = json.dumps(data).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def _error(self, code: int, message: str, kind: str) -> None:
+            self._json(code, {"error": {"message": message, "type": kind, "param": None, "code": code}})
+
+        def _authorized(self) -> bool:
+            if not api_key or self.path in ("/health", "/metrics", "/version"):
+                return True
+            if self.headers.get("Authorization", "") == f"Bearer {api_key}":
+                return True
+            self._json(401, {"error": "Unauthorized"})
+            return False
+
+        def do_GET(self) -> None:  # noqa: N802
+            if not self._authorized():
+                return
+            if self.path == "/health":
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif self.path == "/version":
+                self._json(200, {"version": os.environ.get("SPARKSIM_VLLM_VERSION", "0.19.0")})
+            elif self.path == "/v1/models":
+                owner = "vllm" if flavor == "vllm" else "llamacpp"
+                self._json(200, {"object": "list", "data": [
+                    {"id": n, "object": "model", "created": created, "owned_by": owner, "root": served_names[0],
+                     "parent": None, "max_model_len": max_model_len} for n in served_names]})
+            elif self.path == "/metrics":
+                with stats.lock:
+                    text = (f"vllm:num_requests_running {stats.running}\nvllm:num_requests_waiting 0\n"
+                            f"vllm:request_success_total {stats.finished}\n"
+                            f"vllm:prompt_tokens_total {stats.prompt_tokens}\n"
+                            f"vllm:generation_tokens_total {stats.generation_tokens}\n")
+                raw = text.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+            else:
+                self._json(404, {"detail": "Not Found"})
+
+        def do_POST(self) -> None:  # noqa: N802
+            if not self._authorized():
+                return
+            if self.path not in ("/v1/chat/completions", "/v1/completions"):
+                self._json(404, {"detail": "Not Found"})
+                return
+            try:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
+            except ValueError:
+                self._error(400, "invalid JSON body", "BadRequestError")
+                return
+            model = body.get("model") or served_names[0]
+            if model not in served_names:
+                self._error(404, f"The model `{model}` does not exist.", "NotFoundError")
+                return
+            body["model"] = "backend"
+            stream = bool(body.get("stream"))
+            want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            with stats.lock:
+                stats.running += 1
+            try:
+                self._forward(body, model, stream, want_usage)
+            finally:
+                with stats.lock:
+                    stats.running -= 1
+                    stats.finished += 1
+                    done = stats.finished
+                if crash_after and done >= crash_after:
+                    log("ERROR", f"EngineCore encountered a fatal error: sparksim fault: crash after {done} requests")
+                    os._exit(1)
+
+        def _forward(self, body: dict, model: str, stream: bool, want_usage: bool) -> None:
+            resp = backend.request("POST", self.path, json.dumps(body).encode())
+            if not stream or resp.status != 200:
+                data = json.loads(resp.read() or b"{}")
+                if isinstance(data, dict) and "model" in data:
+                    data["model"] = model
+                    self._count(data.get("usage"))
+                self._json(resp.status, data)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for raw in resp:
+                line = raw.decode(errors="replace").rstrip("\r\n")
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    try:
+                        chunk = json.loads(line[6:])
+                    except ValueError:
+                        chunk = None
+                    if isinstance(chunk, dict):
+                        chunk["model"] = model
+                        chunk.pop("timings", None)
+                        if flavor == "vllm":  # vLLM's role chunk carries content "" (llama.cpp: null)
+                            for choice in chunk.get("choices") or []:
+                                delta = choice.get("delta") or {}
+                                if delta.get("role") and delta.get("content") is None:
+                                    delta["content"] = ""
+                        if chunk.get("usage") and not chunk.get("choices"):
+                            self._count(chunk["usage"])
+                            if not want_usage:
+                                continue
+                        line = "data: " + json.dumps(chunk)
+                if not line:
+                    continue
+                payload = (line + "\n\n").encode()
+                self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+
+        def _count(self, usage: dict | None) -> None:
+            if usage:
+                with stats.lock:
+                    stats.prompt_tokens += int(usage.get("prompt_tokens", 0))
+                    stats.generation_tokens += int(usage.get("completion_tokens", 0))
+
+    httpd = ThreadingHTTPServer((host, port), Handler)
+    httpd.daemon_threads = True
+
+    def stop(_sig, _frame) -> None:  # noqa: ANN001
+        log("INFO", "Shutting down")
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if on_ready:
+        on_ready()
+    httpd.serve_forever()

