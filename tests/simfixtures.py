@@ -1,6 +1,6 @@
 """pytest plugin: emulated-cluster fixtures for every test module (registered in conftest.py).
 
-- ``sim_cluster`` (session): one 2-node cluster shared by the whole session, engine image on the head.
+- ``sim_cluster`` (session): one 2-node cluster shared by the whole session, engine image on every node.
   Tests must leave it as they found it (undo faults with ``sim fault NODE clear`` / ``faults.clear``).
 - ``make_sim`` (function): factory ``make_sim(nodes=2, facts=None, image_on="none") -> Cluster`` for
   tests that need their own cluster (different facts, destructive faults); torn down after the test.
@@ -21,7 +21,7 @@ import pytest
 
 from sparkhelpers.errors import SparkError
 
-SESSION_IMAGE_ON = "head"
+SESSION_IMAGE_ON = "all"  # a healthy cluster: the same image on every node
 _STALE = re.compile(r"^sparksim-(t(\d+)(?:-\d+)?)-(?:sw|spark\d+)$")
 
 
@@ -64,7 +64,7 @@ def sim_state_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def sim_cluster(sim_state_dir):
-    """A 2-node cluster (spark1 head, spark2 worker) with the engine image on the head."""
+    """A 2-node cluster (spark1 head, spark2 worker) with the engine image on both nodes."""
     require_sim()
     from sparkhelpers import sim
 
