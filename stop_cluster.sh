@@ -5,7 +5,7 @@
 #
 # Options:
 #   -l, --local-only   Stop only the containers on this node.
-#   -f, --force        Kill containers without waiting for a clean shutdown.
+#   -f, --force        Kill containers at once, even while a start holds the cluster lock.
 #   --dry-run          Print the commands per node and change nothing.
 #   -h, --help         Show this help.
 set -euo pipefail
@@ -25,7 +25,8 @@ while [[ $# -gt 0 ]]; do
 done
 
 spark_load_config
-[[ " ${args[*]} " == *" --dry-run "* ]] || spark_lock stop_cluster.sh 30
+# --force does not wait for the lock: it must be able to end a hung start (which then fails cleanly).
+[[ " ${args[*]} " == *" --dry-run "* || " ${args[*]} " == *" --force "* ]] || spark_lock stop_cluster.sh 30
 # Only containers labelled sparkhelpers.cluster=$CLUSTER_NAME, every node in parallel, STOP_TIMEOUT
 # each; an unreachable node is reported and makes the exit code 1. Running it twice is harmless.
 sparkhelpers cluster stop "${args[@]}"

@@ -57,6 +57,12 @@ def start(
     def stop_all() -> None:
         _stop(cfg, runner, force=False, local_only=False, quiet=False)
 
+    import signal
+
+    def terminated(signum, frame):  # noqa: ANN001, ANN202
+        raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: never leave a half-started cluster
+
+    signal.signal(signal.SIGTERM, terminated)
     with cluster_lock(cfg, what="start_cluster.sh"):
         starter = lifecycle.Starter(plan, runner, secrets=secrets, replace=replace, keep_on_failure=keep_on_failure,
                                     drop_caches=cfg.get_bool("DROP_CACHES", False), api_key=api_key,
@@ -120,8 +126,11 @@ def stop(
     if dry_run:
         _stop(cfg, runner, force=force, local_only=local_only, quiet=True)
         return
-    with cluster_lock(cfg, what="stop_cluster.sh"):
+    if force:  # --force must work even while a hung start holds the lock (that start then fails cleanly)
         results = _stop(cfg, runner, force=force, local_only=local_only, quiet=False)
+    else:
+        with cluster_lock(cfg, what="stop_cluster.sh", wait_s=30):
+            results = _stop(cfg, runner, force=force, local_only=local_only, quiet=False)
     failed = [r.node for r in results if not r.ok]
     if failed:
         raise SparkError(f"could not reach {', '.join(failed)}; its containers may still be running",

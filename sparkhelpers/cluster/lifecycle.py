@@ -94,6 +94,8 @@ class Starter:
             if self.drop_caches:
                 self.timed("drop-caches", self.drop_page_cache)
             phases = rd.start_phases(self.plan, self.config_hash, self.secrets)
+            # --timeout counts from here: copying images and models has its own timeouts
+            self.deadline = time.monotonic() + self.plan.timeout_s
             self.timed("containers", lambda: self.launch(phases))
             self.timed("health", self.wait_healthy)
             self.report.answer = str(self.timed("chat", self.smoke_chat))
@@ -238,7 +240,7 @@ class Starter:
         plan = self.plan
         sub = f"hub/models--{plan.model.replace('/', '--')}/"
         src, dst = f"{plan.hf_cache}/{sub}", f"{plan.worker_hf_cache}/{sub}"
-        ssh = shell_join(build_ssh_cmd(node.host, [])[:-2])  # ssh options without target and "--"
+        ssh = shell_join(build_ssh_cmd(node.host, [])[:-3])  # ssh and its options, without target, "--", command
         self.on(node, f"mkdir -p {shell_quote(dst)}").check(f"creating {dst} on {node.label}")
         self.runner.run(["rsync", "-a", "--partial", "--timeout=120", "-e", ssh, src, f"{node.host.target}:{dst}"],
                         timeout=24 * 3600, host="head").check(f"copying the model to {node.label}",
@@ -280,8 +282,12 @@ class Starter:
 
     def check_alive(self) -> None:
         for rank, state in self.container_states().items():
+            node = self.plan.nodes[rank]
+            if state.startswith("unreachable"):
+                raise SparkError(f"lost contact with {node.label} over SSH while starting: {state[13:-1]}",
+                                 fix=f"check that {node.host.address} is up and its sshd runs; then "
+                                     "./stop_cluster.sh and start again")
             if state != "running":
-                node = self.plan.nodes[rank]
                 raise SparkError(f"the container on {node.label} stopped ({state}):\n{self.log_tail(node)}",
                                  fix=f"read the full log with `sparkhelpers logs --node {rank}`")
         if self.plan.mode == "ray" and 0 in self.started and self.engine_started:
@@ -353,9 +359,14 @@ class Starter:
             return
         self.say("cleaning up: removing the containers this start created")
 
-        def rm(node: NodePlan) -> None:
-            self.runner.on(node.host, nd.stop_script(self.plan.cluster, self.plan.run_dir, True, 0), timeout=60)
-        self.runner.parallel(rm, [n for n in self.plan.nodes if n.rank in self.started])
+        def rm(node: NodePlan) -> str:
+            r = self.runner.on(node.host, nd.stop_script(self.plan.cluster, self.plan.run_dir, True, 0),
+                               timeout=node.host.connect_timeout + 60)
+            return "" if r.ok else node.label
+        left = [x for x in self.runner.parallel(rm, [n for n in self.plan.nodes if n.rank in self.started]) if x]
+        if left:
+            self.say(f"warning: could not remove the containers on {', '.join(left)} (unreachable); run "
+                     "./stop_cluster.sh once it is back")
 
     def save_state(self) -> None:
         path = Path(self.plan.run_dir) / "state.json"
