@@ -172,3 +172,17 @@ def test_checkout_setup_on_this_host_single_node():
     assert {"docker", "memory", "hf-cache", "memlock"} <= names
     assert r.returncode == (1 if data["summary"]["fail"] else 0)
     assert cli(ROOT / "checkout_setup.sh", "--ib", "--nccl").returncode == 2
+
+
+def test_engine_transport_reads_the_real_logs(tmp_path):
+    from sparkhelpers.runner import Runner
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    node = doctor.HEAD
+    assert doctor.engine_transport(Runner(), node, str(logs)).status == "warn"  # no log at all
+    (logs / "engine-0.log").write_text("INFO loading\nNCCL INFO NET/IB : Using [0]rocep1s0f1:1/RoCE\n")
+    assert doctor.engine_transport(Runner(), node, str(logs)).status == "pass"
+    (logs / "ray-1.log").write_text("NCCL INFO NET/Socket : Using [0]enp1s0f1np1:169.254.101.12<0>\n")
+    check = doctor.engine_transport(Runner(), node, str(logs))
+    assert check.status == "fail" and "/dev/infiniband" in check.fix

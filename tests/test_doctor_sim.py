@@ -89,3 +89,14 @@ def test_full_writes_bundle_on_the_head(sim_cluster):
     bundle = r.stdout.split("report bundle: ")[1].split()[0]
     listing = sim_cluster.exec("spark1", ["tar", "-tzf", bundle])
     assert listing.ok and "results.json" in listing.stdout and "cmd/ip-addr.json" in listing.stdout
+
+
+def test_discover_a_worker_over_ssh_from_the_head(sim_cluster):
+    worker = sim_cluster.workers[0]
+    r = sim_cluster.exec("spark1", [str(ROOT / ".venv/bin/sparkhelpers"), "discover", "--host", worker.mgmt_ip,
+                                    "--json"], env={"SPARK_CONFIG": sim_cluster.profile}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["nccl_env"]["VLLM_HOST_IP"] == worker.fabric_ip
+    assert data["nccl_env"]["NCCL_IB_HCA"] == "rocep1s0f1,roceP2p1s0f1"
+    assert data["management_iface"] == "enP7s7" and data["hostname"] == worker.name

@@ -176,8 +176,8 @@ def live_checks(runner: Runner, cfg: Config, nodes: list[Node], facts: list[ck.N
     if level in ("nccl", "full"):
         progress("reading NCCL transport from the engine logs; nccl-tests when installed")
         out.append(nccl_tests(runner, [head, *(by_name[w.name] for w in workers)], nodes))
-        log = f"{state_dir(cfg)}/logs/{cfg.get('CLUSTER_NAME') or 'spark'}/engine.log"
-        out += runner.parallel(lambda n: engine_transport(runner, n, log), [HEAD, *workers])
+        log_dir = engine_log_dir(cfg)
+        out += runner.parallel(lambda n: engine_transport(runner, n, log_dir), [HEAD, *workers])
     return out
 
 
@@ -281,10 +281,17 @@ def nccl_tests(runner: Runner, facts: list[ck.NodeFacts], nodes: list[Node]) -> 
     return ck.judge_nccl_busbw(r.stdout + r.stderr)
 
 
-def engine_transport(runner: Runner, node: Node, log: str) -> ck.Check:
-    q = shell_quote(log)
-    r = runner.on(node.host, f"if [ -f {q} ]; then grep -E 'NET/|Using network|IBext' {q} | tail -n 20; "
-                  f"echo {_PRESENT}; fi", timeout=30, mutating=False)
+def engine_log_dir(cfg: Config) -> str:
+    """Where the cluster commands keep engine-<rank>.log / ray-<rank>.log on every node."""
+    return f"{state_dir(cfg)}/logs/{cfg.get('CLUSTER_NAME') or 'spark'}"
+
+
+def engine_transport(runner: Runner, node: Node, log_dir: str) -> ck.Check:
+    """grep NCCL's transport lines out of every engine/ray log on the node (NCCL_DEBUG=INFO prints them)."""
+    q = shell_quote(log_dir)
+    r = runner.on(node.host, f"for f in {q}/engine-*.log {q}/ray-*.log; do if [ -f \"$f\" ]; then "
+                  f"grep -hE 'NET/|Using network|IBext' \"$f\" | tail -n 20; echo {_PRESENT}; fi; done",
+                  timeout=30, mutating=False)
     text = r.stdout.replace(_PRESENT, "") if _PRESENT in r.stdout else None
     return ck.judge_engine_log(text, node.name)
 
