@@ -191,3 +191,58 @@ def format_summary(doc: dict) -> str:
     row("Valid:", "yes" if doc["run"]["valid"] else "NO")
     lines.append("=" * 60)
     return "\n".join(lines)
+
+
+@app.command("current")
+def current_cmd(
+    profile: str = typer.Option("", "--profile", help="Profile name (default: BENCH_PROFILE)."),
+    single: bool = typer.Option(False, "--single", help="The 'single' profile: one request at concurrency 1."),
+    quick: bool = typer.Option(False, "--quick", help="The 'quick' profile: 20 requests at concurrency 16."),
+    url: str = typer.Option("", "-u", "--url", help="Server root (default: http://127.0.0.1:VLLM_PORT)."),
+    num_prompts: int = typer.Option(None, "-n", "--num-prompts", help="Requests per run (overrides the profile)."),
+    concurrency: str = typer.Option("", "-c", "--concurrency", help="Concurrency or a ladder, e.g. 1,4,16."),
+    dataset: str = typer.Option("", "-d", "--dataset", help="A local ShareGPT JSON file instead of the cells."),
+    output: str = typer.Option("", "-o", "--output", help="Results directory (default: RESULTS_DIR)."),
+    variant: str = typer.Option("", "--variant", help="Configuration variant name recorded in the results."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run summaries as JSON."),
+) -> None:
+    """Benchmark the model the cluster serves now with a profile; save results with the cluster configuration."""
+    from sparkhelpers.bench import current, profiles
+    from sparkhelpers.config import load_config, results_dir
+    from sparkhelpers.errors import SparkError, UsageError
+
+    if sum(bool(x) for x in (profile, single, quick)) > 1:
+        raise UsageError("--single, --quick and --profile exclude each other", fix="choose one")
+    cfg = load_config()
+    name = "single" if single else "quick" if quick else profile or cfg.get("BENCH_PROFILE", "default")
+    prof = profiles.with_overrides(profiles.get(name, cfg.get("BENCH_PROFILES_FILE")), num_prompts=num_prompts,
+                                   concurrency=profiles.parse_ladder(concurrency) if concurrency else None,
+                                   dataset_path=dataset)
+    from sparkhelpers.bench.client import normalize_base_url
+
+    base_url = normalize_base_url(url) if url else current.configured_url(cfg)
+    key = _api_key(cfg)
+    model = current.resolve_model(base_url, key, cfg)
+    out_dir = Path(output) if output else results_dir(cfg)
+    outcomes, timed_out = current.run_profile(cfg, prof, base_url=base_url, model=model, out_dir=out_dir,
+                                              variant=variant or cfg.get("BENCH_VARIANT"), api_key=key,
+                                              timeout_s=cfg.get_float("BENCH_TIMEOUT", 0.0),
+                                              echo=lambda line: info(line))
+    if as_json:
+        print_json([{"run": o.plan.key, "file": str(o.path) if o.path else None, "error": o.error,
+                     "valid": o.doc["run"]["valid"] if o.doc else None} for o in outcomes])
+    else:
+        sys.stdout.write(current.format_summary(outcomes, model, base_url) + "\n")
+    saved = [o.path for o in outcomes if o.path]
+    if saved:
+        info(f"saved {len(saved)} result file(s) in {saved[0].parent}")
+    if timed_out:
+        raise SparkError(f"the benchmark ran out of its BENCH_TIMEOUT budget "
+                         f"({cfg.get('BENCH_TIMEOUT')} s) after {len(outcomes)} run(s)",
+                         fix="raise BENCH_TIMEOUT or choose a smaller profile")
+    bad = current.failures(outcomes)
+    if bad:
+        for line in bad:
+            warn(line)
+        raise SparkError(f"{len(bad)} of {len(outcomes)} runs had failed requests",
+                         fix="see the per-request .requests.jsonl files and the server log")

@@ -230,33 +230,45 @@ def judge_health(health: dict, median_ttft_ms: float) -> list[str]:
 
 
 async def send_one(session, spec: LoadSpec, prompt: Prompt, record: RequestRecord, origin: float) -> RequestRecord:
-    """One streamed request; ``record.start`` is stamped just before the POST (relative to ``origin``)."""
+    """One streamed request; ``record.start`` is stamped just before the POST (relative to ``origin``).
+
+    A pooled keep-alive connection the server has already closed fails before the request reaches it
+    ("Can not write request body", or a disconnect before any response); that request is sent once more
+    on a fresh connection with a fresh ``start`` and counted in ``record.retries``.
+    """
     import aiohttp
 
     headers = {"Content-Type": "application/json"}
     if spec.api_key:
         headers["Authorization"] = f"Bearer {spec.api_key}"
     payload = build_payload(spec, prompt)
-    state = StreamState(record, chat=spec.backend == "openai-chat")
     clock = time.perf_counter
-    record.start = clock() - origin
-    try:
-        async with session.post(spec.url, json=payload, headers=headers) as resp:
-            record.http_status = resp.status
-            if resp.status != 200:
-                body = (await resp.text(errors="replace"))[:200].replace("\n", " ")
-                record.error = f"HTTP {resp.status}: {body}"
-                return record
-            async for line in resp.content:
-                state.feed(parse_sse_line(line), clock() - origin)
-                if state.done:
-                    break
-    except asyncio.TimeoutError:
-        state.error = f"timeout: no complete answer within {spec.request_timeout_s:g} s"
-    except aiohttp.ClientPayloadError as exc:
-        state.error = f"disconnect: {exc}"[:200]
-    except aiohttp.ClientError as exc:
-        state.error = f"connection: {type(exc).__name__}: {exc}"[:200]
+    for attempt in range(2):
+        state = StreamState(record, chat=spec.backend == "openai-chat")
+        record.start = clock() - origin
+        try:
+            async with session.post(spec.url, json=payload, headers=headers) as resp:
+                record.http_status = resp.status
+                if resp.status != 200:
+                    body = (await resp.text(errors="replace"))[:200].replace("\n", " ")
+                    record.error = f"HTTP {resp.status}: {body}"
+                    return record
+                async for line in resp.content:
+                    state.feed(parse_sse_line(line), clock() - origin)
+                    if state.done:
+                        break
+        except asyncio.TimeoutError:
+            state.error = f"timeout: no complete answer within {spec.request_timeout_s:g} s"
+        except aiohttp.ClientPayloadError as exc:
+            state.error = f"disconnect: {exc}"[:200]
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+            if attempt == 0 and record.http_status == 0 and record.chunks == 0:
+                record.retries += 1
+                continue
+            state.error = f"connection: {type(exc).__name__}: {exc}"[:200]
+        except aiohttp.ClientError as exc:
+            state.error = f"connection: {type(exc).__name__}: {exc}"[:200]
+        break
     return state.finish()
 
 
@@ -268,9 +280,10 @@ async def _watch_loop(stop: asyncio.Event, lags: list[float], interval: float = 
         lags.append(max(0.0, (loop.time() - t - interval) * 1000.0))
 
 
-async def run_load(spec: LoadSpec, prompts: Sequence[Prompt], *, progress=None) -> tuple[list[RequestRecord],
-                                                                                            float, Health]:
-    """Run the workload; returns the records, the duration (s) and the client's health."""
+async def run_load(spec: LoadSpec, prompts: Sequence[Prompt], *, progress=None,
+                   warmup_prompts: Sequence[Prompt] = ()) -> tuple[list[RequestRecord], float, Health]:
+    """Run the workload; returns the records, the duration (s) and the client's health. Warm-up requests
+    (``spec.num_warmups``, at the target concurrency, opening the pool's connections) are not recorded."""
     import aiohttp
 
     limit = spec.max_concurrency or 0
@@ -280,11 +293,12 @@ async def run_load(spec: LoadSpec, prompts: Sequence[Prompt], *, progress=None) 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as session:
         if spec.num_warmups > 0 and prompts:
             warm_sem = asyncio.Semaphore(min(spec.num_warmups, spec.max_concurrency or spec.num_warmups))
+            warm_prompt = (list(warmup_prompts) or list(prompts))[0]
 
             async def warm(i: int) -> RequestRecord:
                 async with warm_sem:
-                    return await send_one(session, spec, prompts[0], RequestRecord(i, prompts[0].prompt_len,
-                                                                                   prompts[0].output_len), 0.0)
+                    return await send_one(session, spec, warm_prompt,
+                                          RequestRecord(i, warm_prompt.prompt_len, warm_prompt.output_len), 0.0)
             await asyncio.gather(*(warm(i) for i in range(spec.num_warmups)))
 
         schedule = arrival_schedule(len(prompts), spec.request_rate, spec.burstiness, spec.seed)

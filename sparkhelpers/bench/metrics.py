@@ -45,6 +45,7 @@ class RequestRecord:
     success: bool = False
     error: str = ""
     http_status: int = 0
+    retries: int = 0  # resent once after a stale pooled connection failed before reaching the server
     generated_text: str = ""
 
     def tpot(self) -> float:

@@ -125,18 +125,23 @@ def discover_model(base_url: str, api_key: str) -> str:
 
 
 def execute(o: RunOptions, *, api_key: str = "", target: dict | None = None, run_info: dict | None = None,
-            progress=None) -> tuple[dict, list[metrics.RequestRecord]]:
-    """Run the load and build the result document (not saved)."""
+            progress=None, deadline_s: float | None = None) -> tuple[dict, list[metrics.RequestRecord]]:
+    """Run the load and build the result document (not saved). Raises TimeoutError after ``deadline_s``."""
     o.validate()
     if not o.model:
         o.model = discover_model(o.base_url, api_key)
     prompts = make_prompts(o)
+    warmups = []
+    if o.num_warmups:  # drawn with another seed, so the measured prompts are not already in a prefix cache
+        warm_opts = RunOptions(**{**asdict(o), "seed": o.seed + 7919, "num_prompts": 1})
+        warmups = make_prompts(warm_opts)
     ignore_eos = o.ignore_eos or o.dataset_name == "random"  # as vLLM: forced on for random
     spec = client.LoadSpec(base_url=o.base_url, model=o.model, backend=o.backend, endpoint=o.endpoint,
                            max_concurrency=o.max_concurrency, request_rate=o.request_rate, burstiness=o.burstiness,
                            seed=o.seed, ignore_eos=ignore_eos, temperature=o.temperature, num_warmups=o.num_warmups,
                            request_timeout_s=o.request_timeout_s, api_key=api_key)
-    records, duration, health = asyncio.run(client.run_load(spec, prompts, progress=progress))
+    load = client.run_load(spec, prompts, progress=progress, warmup_prompts=warmups)
+    records, duration, health = asyncio.run(asyncio.wait_for(load, deadline_s) if deadline_s else load)
     doc = build_document(o, records, duration, health.summary(), ignore_eos=ignore_eos, target=target,
                          run_info=run_info, prompts=prompts)
     return doc, records
