@@ -246,3 +246,52 @@ def current_cmd(
             warn(line)
         raise SparkError(f"{len(bad)} of {len(outcomes)} runs had failed requests",
                          fix="see the per-request .requests.jsonl files and the server log")
+
+
+@app.command("ingest")
+def ingest_cmd(
+    files: list[Path] = typer.Argument(..., help="vllm bench serve --save-result or llama-benchy JSON files."),
+    variant: str = typer.Option("", "--variant", help="Configuration variant to record for these files."),
+    output: str = typer.Option("", "-o", "--output", help="Results store (default: RESULTS_DIR)."),
+) -> None:
+    """Import result files of vllm bench serve or llama-benchy into the results store."""
+    from sparkhelpers.bench import ingest
+    from sparkhelpers.config import load_config, results_dir
+
+    store = Path(output) if output else results_dir(load_config())
+    written = ingest.ingest_files(list(files), store, variant=variant)
+    info(f"ingested {len(files)} file(s) as {len(written)} result(s) under {store / 'ingested'}")
+
+
+@app.command("matrix")
+def matrix_cmd(
+    directory: Path = typer.Argument(None, help="Directory of results, searched recursively (default: RESULTS_DIR)."),
+    baseline: str = typer.Option("", "--baseline", help="Variant (or MODEL:VARIANT) to show deltas against."),
+    fmt: str = typer.Option("table", "--format", help="table, md, csv, json or html."),
+    output: Path = typer.Option(None, "-o", "--output", help="Write to this file instead of stdout."),
+) -> None:
+    """Compare results: rows = model x variant, columns = workload x concurrency, repeats with 95% CI."""
+    from sparkhelpers.bench import ingest, matrix, report
+    from sparkhelpers.config import load_config, results_dir
+    from sparkhelpers.errors import SparkError, UsageError
+
+    renderers = {"table": lambda m: matrix.to_table(m) + "\n", "md": matrix.to_markdown, "csv": matrix.to_csv,
+                 "json": matrix.to_json}
+    if fmt not in (*renderers, "html"):
+        raise UsageError(f"--format {fmt!r} is not supported", fix="use table, md, csv, json or html")
+    root = directory or results_dir(load_config())
+    if not root.is_dir():
+        raise SparkError(f"{root} is not a directory", fix="pass the results directory (RESULTS_DIR)")
+    found = ingest.load_dir(root)
+    if not found:
+        raise SparkError(f"no result files under {root}", fix="run benchmark_current.sh or bench ingest first")
+    m = matrix.build([doc for _, doc in found], baseline=baseline)
+    if baseline and not any(c.delta_pct is not None for c in m.cells.values()):
+        warn(f"baseline {baseline!r} matches no row with results in the same columns")
+    text = report.to_html(m, source=str(root)) if fmt == "html" else renderers[fmt](m)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+        info(f"wrote {output} ({len(found)} result(s), {len(m.rows)} row(s) x {len(m.cols)} column(s))")
+    else:
+        sys.stdout.write(text)
