@@ -45,6 +45,7 @@ demo: deps venv ## The main job on the built-in defaults (see README).
 
 bench: venv ## Run the benchmarks under bench/ that need no cluster.
 	$(PY) bench/startup.py
+	$(PY) bench/client_error.py
 
 clean: ## Remove the venv and caches.
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -180,7 +180,7 @@ def test_arrival_schedule():
     s = client.arrival_schedule(200, 10.0, 1.0, 0)
     assert s[-1] == pytest.approx(20.0) and s == sorted(s)
     bursty, smooth = client.arrival_schedule(200, 10.0, 0.2, 1), client.arrival_schedule(200, 10.0, 50.0, 1)
-    gaps = lambda xs: [b - a for a, b in zip(xs, xs[1:])]  # noqa: E731
+    gaps = lambda xs: [b - a for a, b in zip(xs, xs[1:], strict=False)]  # noqa: E731
     assert metrics.std(gaps(bursty)) > 3 * metrics.std(gaps(smooth))
 
 

@@ -151,7 +151,7 @@ def format_summary(doc: dict) -> str:
     def row(name: str, value, fmt: str = "{:<40} {:<10.2f}") -> None:
         if value is None:
             return
-        lines.append(fmt.format(name, value) if isinstance(value, float) else "{:<40} {:<10}".format(name, value))
+        lines.append(fmt.format(name, value) if isinstance(value, float) else f"{name:<40} {value:<10}")
 
     row("Successful requests:", doc["completed"])
     row("Failed requests:", doc["failed"])
@@ -171,7 +171,7 @@ def format_summary(doc: dict) -> str:
         keys = [k for k in doc if k.endswith(f"_{name}_ms") and not k.startswith("std_")]
         if not keys:
             continue
-        lines.append("{:-^60}".format(title))
+        lines.append(f"{title:-^60}")
         for k in keys:
             stat = k.split("_")[0]
             label = {"mean": "Mean", "median": "Median"}.get(stat, stat.upper().replace("P", "P", 1))

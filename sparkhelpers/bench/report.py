@@ -58,10 +58,7 @@ def svg_chart(title: str, series: Sequence[tuple[str, list[tuple[float, float]]]
         y = py(t)
         out.append(f'<line x1="{PAD_L}" y1="{y:.1f}" x2="{PAD_L + pw}" y2="{y:.1f}" stroke="#e4e4e4"/>'
                    f'<text x="{PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{_num(t)}</text>')
-    if log2_x:
-        xticks = sorted({x for x, _ in pts})
-    else:
-        xticks = _ticks(x_lo, x_hi)
+    xticks = sorted({x for x, _ in pts}) if log2_x else _ticks(x_lo, x_hi)
     for t in xticks:
         x = px(t)
         out.append(f'<line x1="{x:.1f}" y1="{PAD_T}" x2="{x:.1f}" y2="{PAD_T + ph}" stroke="#eee"/>'
