@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SHELL_FILES := $(wildcard *.sh) lib/common.sh .ci/run tools/install-deps.sh $(wildcard bench/*.sh) \
+SHELL_FILES := $(wildcard *.sh) lib/common.sh .ci/run tools/install-deps.sh tools/demo.sh $(wildcard bench/*.sh) \
 	$(wildcard sparkhelpers/*/*.sh) sparkhelpers/sim/fakes/ibdev2netdev sparkhelpers/sim/fakes/show_gids
 APT_PACKAGES := shellcheck rsync openssh-server openssh-client docker.io iproute2 tini iputils-ping \
 	procps iptables kmod python3 util-linux

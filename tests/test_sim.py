@@ -383,3 +383,19 @@ def test_faults_are_observable_and_clear(make_sim):
     assert res.returncode == 255
     faults.inject(c, "spark2", "clear")  # boots it again, disks kept
     assert on(c, "spark1", ["ssh", w.fabric_ip, "cat /raid/hf-cache/new"]).strip() == "x"
+
+
+@pytest.mark.sim
+def test_cli_profile_and_seed_model(sim_cluster, sparkhelpers_bin, sim_state_dir, monkeypatch):
+    monkeypatch.setenv("SPARK_STATE_DIR", str(sim_state_dir))
+    base = [*sparkhelpers_bin, "sim"]
+    r = subprocess.run([*base, "profile", "--name", sim_cluster.name], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == sim_cluster.profile
+    r = subprocess.run([*base, "seed-model", "--name", sim_cluster.name, "spark2", "org/seeded"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert on(sim_cluster, "spark2", "ls /raid/hf-cache/hub/models--org--seeded/snapshots/*/config.json")
+    on(sim_cluster, "spark2", "rm -rf /raid/hf-cache/hub/models--org--seeded")
+    r = subprocess.run([*base, "seed-model", "--name", sim_cluster.name, "spark2", "noslash"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "not an org/name repo id" in r.stderr

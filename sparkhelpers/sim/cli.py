@@ -78,6 +78,14 @@ def status(
 
 
 @app.command()
+def profile(name: str = typer.Option("sim", "--name", help=NAME_HELP)) -> None:
+    """Print the path of the cluster's config profile (use it as SPARK_CONFIG on the head)."""
+    from sparkhelpers.sim import api
+
+    typer.echo(api.get(name, _state()).profile)
+
+
+@app.command()
 def down(
     name: str = typer.Option("sim", "--name", help=NAME_HELP),
     all_: bool = typer.Option(False, "--all", help="Every cluster recorded under this SPARK_STATE_DIR."),
@@ -123,6 +131,20 @@ def fault(
 
     cluster = api.get(name, _state())
     info(faults.inject(cluster, node, kind, arg))
+
+
+@app.command("seed-model")
+def seed_model(
+    node: str = typer.Argument(..., help="Node name, e.g. spark1."),
+    model: str = typer.Argument(..., help="Hugging Face repo id, e.g. Qwen/Qwen3-0.6B."),
+    gguf: bool = typer.Option(False, "--gguf", help="Also put the real SmolLM2 GGUF in (for llama-server)."),
+    name: str = typer.Option("sim", "--name", help=NAME_HELP),
+) -> None:
+    """Put a placeholder snapshot of MODEL in a node's /raid/hf-cache (the sim cannot download; its
+    engine serves SmolLM2-135M under the requested name)."""
+    from sparkhelpers.sim import api
+
+    typer.echo(api.get(name, _state()).seed_model(node, model, gguf=gguf))
 
 
 image_app = new_app("The locally built engine image (test infrastructure: fake ray/vllm, real tiny model).")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sparkhelpers.errors import SparkError
-from sparkhelpers.runner import Runner, RunResult
+from sparkhelpers.runner import Runner, RunResult, shell_quote
 from sparkhelpers.sim import facts as factmod
 from sparkhelpers.sim import netplan
 
@@ -84,6 +84,26 @@ class Cluster:
         cmd = ["bash", "-c", argv] if isinstance(argv, str) else list(argv)
         return (runner or Runner()).run(exec_argv(n, cmd, env), input=input, timeout=timeout,
                                         host=n.name, interactive=interactive)
+
+    def seed_model(self, node: str, model: str, *, gguf: bool = False, hf_cache: str = "/raid/hf-cache") -> str:
+        """Put a placeholder snapshot of ``model`` (org/name) in a node's HF cache, so engines and the
+        lifecycle find it offline (the sim cannot download). The sim's engine always generates with
+        SmolLM2; with ``gguf`` the real SmolLM2 GGUF goes in, for llama-server. Returns the path."""
+        from sparkhelpers.sim.image import MODEL_NAME, sources
+
+        if "/" not in model or model.startswith("/"):
+            raise SparkError(f"model {model!r} is not an org/name repo id", fix="e.g. Qwen/Qwen3-0.6B")
+        revision = "sparksim" + "0" * 32
+        repo = f"{hf_cache}/hub/models--{model.replace('/', '--')}"
+        snap = f"{repo}/snapshots/{revision}"
+        config = json.dumps({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+                             "_sparksim": "placeholder: the emulated engine serves SmolLM2-135M under this name"})
+        script = (f"set -e; mkdir -p {snap} && printf '%s' {shell_quote(config)} > {snap}/config.json && "
+                  f"mkdir -p {repo}/refs && echo {revision} > {repo}/refs/main")
+        if gguf:
+            script += f" && cp {shell_quote(str(sources()['model']))} {snap}/{MODEL_NAME}"
+        self.exec(node, script).check(f"seeding {model} on {node}")
+        return snap
 
     def down(self, runner: Runner | None = None) -> None:
         down(self.name, Path(self.dir).parent.parent, runner=runner)
