@@ -37,34 +37,19 @@ def test_healthy_cluster_passes_quick(sim_cluster):
     assert text.returncode == 0 and "0 failed" in text.stdout
 
 
-@pytest.mark.parametrize(("facts", "check"), [
-    ({"twin2_up": False}, "twins"),
-    ({"mtu": 1500}, "mtu-match"),
-    ({"twin2_subnet": "169.254.112.0/24"}, "subnet-match"),
-    ({"driver_version": "590.44.01"}, "driver-match"),
+@pytest.mark.parametrize(("facts", "checks"), [
+    ({"twin2_up": False}, {"twins"}),
+    ({"mtu": 1500}, {"mtu-match", "ping-enp1s0f1np1"}),  # the no-fragment ping at 8972 bytes fails too
+    ({"twin2_subnet": "169.254.112.0/24"}, {"subnet-match"}),
+    ({"driver_version": "590.44.01"}, {"driver-match"}),
 ])
-def test_fact_faults_fail_their_check_with_a_fix(make_sim, facts, check):
+def test_fact_faults_fail_their_check_with_a_fix(make_sim, facts, checks):
     cluster = make_sim(nodes=2, facts={"spark2": facts})
     r = checkout(cluster, "--quick", "--json")
     fails = failing(results(r))
     assert r.returncode == 1
-    assert check in fails, fails
-    assert fails[check]["fix"]
-
-
-def test_mtu_1500_also_fails_the_no_fragment_ping(make_sim):
-    cluster = make_sim(nodes=2, facts={"spark2": {"mtu": 1500}})
-    fails = failing(results(checkout(cluster, "--quick", "--json")))
-    assert "ping-enp1s0f1np1" in fails and "-M do -s 8972" in fails["ping-enp1s0f1np1"]["fix"]
-
-
-def test_sshd_killed_fails_ssh(make_sim):
-    cluster = make_sim(nodes=2)
-    kill = cluster.exec("spark2", "kill $(cat /run/sshd.pid)")
-    assert kill.ok, kill.stderr
-    r = checkout(cluster, "--quick")
-    assert r.returncode == 1
-    assert "FAIL" in r.stdout and " ssh " in r.stdout and "ssh-copy-id" in r.stdout
+    assert checks <= set(fails), fails
+    assert all(fails[c]["fix"] for c in checks)
 
 
 def test_image_missing_on_a_worker_fails_image(make_sim):
@@ -100,3 +85,42 @@ def test_discover_a_worker_over_ssh_from_the_head(sim_cluster):
     assert data["nccl_env"]["VLLM_HOST_IP"] == worker.fabric_ip
     assert data["nccl_env"]["NCCL_IB_HCA"] == "rocep1s0f1,roceP2p1s0f1"
     assert data["management_iface"] == "enP7s7" and data["hostname"] == worker.name
+
+
+def _with_fault(cluster, node: str, kind: str, arg: str = "") -> dict:  # noqa: ANN001
+    from sparkhelpers.sim import faults
+
+    faults.inject(cluster, node, kind, arg)
+    try:
+        r = checkout(cluster, "--quick", "--json")
+        assert r.returncode == 1, r.stdout + r.stderr
+        return failing(results(r))
+    finally:
+        faults.clear(cluster, node)
+
+
+def test_sim_fault_link_down_fails_twins(sim_cluster):
+    fails = _with_fault(sim_cluster, "spark2", "link-down", "twin2")
+    assert "twins" in fails and "enP2p1s0f1np1" in fails["twins"]["message"] and fails["twins"]["fix"]
+
+
+def test_sim_fault_both_links_down_fails_fabric(sim_cluster):
+    fails = _with_fault(sim_cluster, "spark2", "link-down", "both")
+    assert "fabric" in fails and "no ConnectX-7 port is up" in fails["fabric"]["message"]
+
+
+def test_sim_fault_fill_disk_fails_disk(sim_cluster):
+    fails = _with_fault(sim_cluster, "spark2", "fill-disk")
+    assert "disk" in fails and "GiB free" in fails["disk"]["message"]
+
+
+def test_sim_fault_kill_sshd_and_stop_node_fail_ssh(make_sim):
+    from sparkhelpers.sim import faults
+
+    cluster = make_sim(nodes=2)
+    for kind in ("kill-sshd", "stop-node"):
+        faults.inject(cluster, "spark2", kind)
+        r = checkout(cluster, "--quick", "--json")
+        fails = failing(results(r))
+        assert r.returncode == 1 and "ssh" in fails and "ssh-copy-id" in fails["ssh"]["fix"], kind
+        faults.clear(cluster, "spark2")

@@ -73,7 +73,12 @@ def per_node_fabric(node: NodeFacts, *, single_node: bool, mtu: int) -> list[Che
         out.append(Check(name, node.name, status, p.message, p.fix))
     if single_node and not node.facts.active_twins:
         return out
-    if "fabric" not in seen:
+    if "fabric" not in seen and not node.facts.active_twins:
+        out.insert(0, Check("fabric", node.name, "fail",
+                            f"port {','.join(map(str, node.facts.cabled_cages))} is cabled but no twin is usable "
+                            "(up, with an IPv4)", "check the cable at both ends; `ibdev2netdev` must say (Up) and "
+                            "`ip -br addr` must show an IPv4 on both twins"))
+    elif "fabric" not in seen:
         twins = node.facts.active_twins
         out.insert(0, Check("fabric", node.name, "pass",
                             f"port {','.join(map(str, node.facts.cabled_cages))} cabled; NCCL_IB_HCA="
