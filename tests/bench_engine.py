@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The real tiny engine for tests: llama.cpp's server (xllamacpp) with SmolLM2-135M on 127.0.0.1, 1 thread.
 
-Usage: tests/bench_engine.py PORT [N_PARALLEL]   Serves until SIGTERM. Model alias: smollm2.
+Usage: tests/bench_engine.py PORT [N_PARALLEL] [ALIAS]   Serves until SIGTERM. Model alias: smollm2.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def main() -> None:
     port = int(sys.argv[1])
     params = xlc.CommonParams()
     params.model.path = gguf_path()
-    params.model_alias = ["smollm2"]  # a list: a plain str would become a set of characters
+    params.model_alias = [sys.argv[3] if len(sys.argv) > 3 else "smollm2"]  # a list: a str becomes a set of chars
     params.hostnames = ["127.0.0.1"]
     params.port = port
     params.n_parallel = int(sys.argv[2]) if len(sys.argv) > 2 else 4

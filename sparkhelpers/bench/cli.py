@@ -295,3 +295,102 @@ def matrix_cmd(
         info(f"wrote {output} ({len(found)} result(s), {len(m.rows)} row(s) x {len(m.cols)} column(s))")
     else:
         sys.stdout.write(text)
+
+
+def _split(text: str) -> list[str]:
+    return [x.strip() for x in text.replace(" ", ",").split(",") if x.strip()]
+
+
+@app.command("sweep")
+def sweep_cmd(
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask (required when stdin is not a terminal)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the latest (or --name) sweep; skip finished cells."),
+    profile: str = typer.Option("", "--profile", help="Profile(s), comma-separated (default: BENCH_PROFILE)."),
+    models: str = typer.Option("", "--models", help="Models (presets or repo ids), comma-separated (default: MODEL)."),
+    variants: str = typer.Option("baseline", "--variants", help="Configuration variants from the profiles file."),
+    name: str = typer.Option("", "--name", help="Sweep name (directory under RESULTS_DIR/sweeps; default: a date)."),
+    download: bool = typer.Option(False, "--download", help="Let switch_model.sh download missing models."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and the commands, run nothing."),
+) -> None:
+    """Sweep models x configuration variants x profiles (benchmark_all.sh): resumable, cron-safe."""
+    import time
+
+    from tabulate import tabulate
+
+    from sparkhelpers.bench import profiles as prof_mod
+    from sparkhelpers.bench import sweep
+    from sparkhelpers.config import load_config, results_dir
+    from sparkhelpers.errors import SparkError, UsageError
+    from sparkhelpers.locking import cluster_lock
+    from sparkhelpers.runner import Runner
+
+    cfg = load_config()
+    all_profiles, all_variants = prof_mod.load(cfg.get("BENCH_PROFILES_FILE"))
+    root = results_dir(cfg) / "sweeps"
+    if resume:
+        directory = root / name if name else sweep.latest_sweep_dir(root)
+        if directory is None or not (directory / sweep.STATE_FILE).is_file():
+            raise SparkError(f"no sweep to resume under {root}", fix="start one without --resume")
+        state = sweep.SweepState.load(directory / sweep.STATE_FILE)
+        if models or profile:
+            warn("--resume continues the saved plan; --models/--profile are ignored")
+    else:
+        model_list = _split(models) or [cfg.require("MODEL")]
+        profile_list = _split(profile) or [cfg.get("BENCH_PROFILE", "default")]
+        variant_list = _split(variants) or ["baseline"]
+        unknown = [p for p in profile_list if p not in all_profiles] + [v for v in variant_list if v not in all_variants]
+        if unknown:
+            raise UsageError(f"unknown profile or variant: {', '.join(unknown)}",
+                             fix=f"profiles: {', '.join(all_profiles)}; variants: {', '.join(all_variants)}")
+        directory = root / (name or time.strftime("%Y%m%d-%H%M%S"))
+        if (directory / sweep.STATE_FILE).exists():
+            raise SparkError(f"sweep {directory.name} already exists", fix="add --resume, or choose another --name")
+        state = None
+        cells = sweep.plan_cells(model_list, variant_list, profile_list)
+    plan = state.cells if state else cells
+    if dry_run:
+        for c in plan:
+            env = " ".join(f"{k}={v}" for k, v in all_variants.get(c.variant, {}).items())
+            typer.echo(f"{c.key}: {env + ' ' if env else ''}switch_model.sh {'' if download else '--skip-download '}"
+                       f"{c.model}; sparkhelpers bench current --profile {c.profile} --variant {c.variant}")
+        typer.echo(f"then: restore config.local.env and start_cluster.sh --replace (or stop_cluster.sh); "
+                   f"results in {directory}")
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError("refusing to run without --yes: stdin is not a terminal (cron?)",
+                             fix="add --yes to run unattended")
+        if not typer.confirm(f"Sweep {len(plan)} cell(s) (this restarts the cluster)?", default=False):
+            raise typer.Exit(1)
+    with cluster_lock(cfg, what="benchmark_all.sh"):
+        if state is None:
+            state = sweep.SweepState.new(directory, cells)
+        log = sweep.open_log(directory)
+        log(f"sweep {directory.name}: {len(state.cells)} cell(s){' (resumed)' if resume else ''}")
+        steps = sweep.ScriptSteps(cfg, Runner(), log=log, api_key=_api_key(cfg), download=download)
+        try:
+            ok = sweep.run_sweep(state, steps, all_variants, resume=resume,
+                                 timeout_s=cfg.get_float("BENCH_TIMEOUT", 3600.0), log=log)
+        except sweep.Interrupted as exc:
+            raise SparkError(f"sweep interrupted by {exc}; the cluster was put back in its configured state",
+                             fix=f"benchmark_all.sh --yes --resume --name {directory.name}") from None
+    typer.echo(tabulate(sweep.summary(state), headers=["model", "variant", "profile", "status", "message"]))
+    render_reports(directory, log)
+    if not ok:
+        raise SparkError("some cells did not succeed (see the table above and sweep.log)",
+                         fix=f"fix the cause, then: benchmark_all.sh --yes --resume --name {directory.name}")
+
+
+def render_reports(directory: Path, log) -> None:
+    """matrix.md and report.html of the sweep's results, beside its state file."""
+    from sparkhelpers.bench import ingest, matrix, report
+
+    found = ingest.load_dir(directory / "results") if (directory / "results").is_dir() else []
+    if not found:
+        log("no results to render")
+        return
+    m = matrix.build([d for _, d in found], baseline="baseline")
+    (directory / "matrix.md").write_text(matrix.to_markdown(m), encoding="utf-8")
+    (directory / "report.html").write_text(report.to_html(m, title=f"Sweep {directory.name}",
+                                                          source=str(directory)), encoding="utf-8")
+    log(f"wrote {directory / 'matrix.md'} and {directory / 'report.html'}")

@@ -49,7 +49,7 @@ class Stat:
 class Cell:
     runs: int = 0
     valid_runs: int = 0
-    failures: int = 0
+    failures: int | None = 0  # None: the tool does not report failures (llama-benchy)
     requests: int = 0
     invalid: bool = False
     reasons: list[str] = field(default_factory=list)
@@ -101,7 +101,8 @@ def build(docs: Sequence[dict], baseline: str = "") -> Matrix:
         valid = [d for d in ds if (d.get("run") or {}).get("valid", True)]
         use = valid or ds
         cell = Cell(runs=len(ds), valid_runs=len(valid), invalid=not valid,
-                    failures=sum(int(d.get("failed") or 0) for d in ds),
+                    failures=None if any(d.get("failed") is None for d in ds)
+                    else sum(int(d["failed"]) for d in ds),
                     requests=sum(int(d.get("completed") or 0) + int(d.get("failed") or 0) for d in ds),
                     tools=sorted({str((d.get("run") or {}).get("tool", "")) for d in ds}))
         for d in ds:
@@ -152,7 +153,7 @@ def cell_lines(cell: Cell | None) -> list[str]:
         head += f" ({cell.delta_pct:+.1f}%)"
     lines = [head, f"{_fmt(s['per_user_tok_s'], 1)} tok/s/user",
              f"TTFT {_fmt(s['ttft_p50_ms'])} / p99 {_fmt(s['ttft_p99_ms'])} ms",
-             f"TPOT p99 {_fmt(s['tpot_p99_ms'], 1)} ms", f"fail {cell.failures}/{cell.requests} n={cell.runs}"]
+             f"TPOT p99 {_fmt(s['tpot_p99_ms'], 1)} ms", f"fail {'?' if cell.failures is None else cell.failures}/{cell.requests} n={cell.runs}"]
     if cell.invalid:
         lines.insert(0, "[INVALID]")
     return lines

@@ -112,7 +112,7 @@ h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px} .meta{col
 table{border-collapse:collapse;font-size:12.5px} th,td{border:1px solid #d0d0d0;padding:6px 8px;vertical-align:top}
 th{background:#f0f3f7;text-align:left} td.best{background:#e7f6e7} td.invalid{background:#eee;color:#999}
 td .big{font-weight:600;font-size:13.5px} .delta-up{color:#187a18} .delta-down{color:#b22}
-.plots{display:flex;flex-wrap:wrap;gap:18px} .plot{border:1px solid #e2e2e2;padding:6px;background:#fff}
+.plots{display:flex;flex-wrap:wrap;gap:18px} .plot{border:1px solid #e2e2e2;padding:6px;background:#fff;width:560px}
 .legend{font-size:12px;margin:6px 0 0;display:flex;flex-wrap:wrap;gap:4px 14px}
 .swatch{display:inline-block;width:12px;height:12px;margin-right:5px;vertical-align:-2px;border-radius:2px}
 .note{font-size:12.5px;color:#555;max-width:900px}
