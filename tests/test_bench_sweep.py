@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 
 from sparkhelpers.bench import sweep
-from sparkhelpers.bench.sweep import (BENCH_FAILED, RUNNING, SKIPPED, START_FAILED, SUCCESS, TIMEOUT, StepResult,
-                                      SweepState)
+from sparkhelpers.bench.sweep import (
+    BENCH_FAILED,
+    RUNNING,
+    SKIPPED,
+    START_FAILED,
+    SUCCESS,
+    TIMEOUT,
+    StepResult,
+    SweepState,
+)
 from sparkhelpers.config import load_config
 from sparkhelpers.locking import HELD_ENV, cluster_lock
 

@@ -338,7 +338,8 @@ def sweep_cmd(
         model_list = _split(models) or [cfg.require("MODEL")]
         profile_list = _split(profile) or [cfg.get("BENCH_PROFILE", "default")]
         variant_list = _split(variants) or ["baseline"]
-        unknown = [p for p in profile_list if p not in all_profiles] + [v for v in variant_list if v not in all_variants]
+        unknown = [p for p in profile_list if p not in all_profiles]
+        unknown += [v for v in variant_list if v not in all_variants]
         if unknown:
             raise UsageError(f"unknown profile or variant: {', '.join(unknown)}",
                              fix=f"profiles: {', '.join(all_profiles)}; variants: {', '.join(all_variants)}")

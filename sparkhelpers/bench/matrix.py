@@ -153,7 +153,8 @@ def cell_lines(cell: Cell | None) -> list[str]:
         head += f" ({cell.delta_pct:+.1f}%)"
     lines = [head, f"{_fmt(s['per_user_tok_s'], 1)} tok/s/user",
              f"TTFT {_fmt(s['ttft_p50_ms'])} / p99 {_fmt(s['ttft_p99_ms'])} ms",
-             f"TPOT p99 {_fmt(s['tpot_p99_ms'], 1)} ms", f"fail {'?' if cell.failures is None else cell.failures}/{cell.requests} n={cell.runs}"]
+             f"TPOT p99 {_fmt(s['tpot_p99_ms'], 1)} ms",
+             f"fail {'?' if cell.failures is None else cell.failures}/{cell.requests} n={cell.runs}"]
     if cell.invalid:
         lines.insert(0, "[INVALID]")
     return lines

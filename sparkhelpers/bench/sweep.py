@@ -12,7 +12,6 @@ without a cluster.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from collections.abc import Callable
