@@ -9,9 +9,11 @@ nothing. Results are ``RunResult`` objects; nothing here raises on a non-zero ex
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -89,8 +91,8 @@ class RunResult:
         return self
 
 
-def build_ssh_cmd(host: Host, remote: Sequence[str] | str, *, tty: bool = False) -> list[str]:
-    """ssh argv running ``remote`` on ``host``. A list is quoted word by word; a string is sent as is."""
+def ssh_transport(host: Host, *, tty: bool = False) -> list[str]:
+    """The ssh command and options for ``host``, without target or command (rsync's ``-e`` wants this)."""
     cmd = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={host.connect_timeout}",
            "-o", "StrictHostKeyChecking=accept-new", "-o", "ServerAliveInterval=15",
            "-o", "ServerAliveCountMax=4"]
@@ -98,9 +100,13 @@ def build_ssh_cmd(host: Host, remote: Sequence[str] | str, *, tty: bool = False)
         cmd.append("-t")
     if host.key:
         cmd += ["-i", host.key, "-o", "IdentitiesOnly=yes"]
-    cmd += list(host.options)
+    return cmd + list(host.options)
+
+
+def build_ssh_cmd(host: Host, remote: Sequence[str] | str, *, tty: bool = False) -> list[str]:
+    """ssh argv running ``remote`` on ``host``. A list is quoted word by word; a string is sent as is."""
     remote_cmd = remote if isinstance(remote, str) else shell_join(remote)
-    return [*cmd, host.target, "--", remote_cmd]
+    return [*ssh_transport(host, tty=tty), host.target, "--", remote_cmd]
 
 
 @dataclass
@@ -172,6 +178,60 @@ class Runner:
             local = ["bash", "-c", argv] if isinstance(argv, str) else list(argv)
             return self.run(local, host=host.label, **kwargs)
         return self.run(build_ssh_cmd(host, argv), host=host.label, **kwargs)
+
+    def stream(
+        self,
+        argv: Sequence[str],
+        on_output: Callable[[str], None],
+        *,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        host: str = "local",
+        mutating: bool = True,
+    ) -> RunResult:
+        """Run argv, calling ``on_output`` with each stdout line as it arrives (a line ends at \\n or
+        \\r, so progress meters that redraw in place are seen). Returns the last 64 KiB of stdout."""
+        argv = tuple(str(a) for a in argv)
+        if self.dry_run and mutating:
+            self.echo(f"[dry-run] {host}: {shell_join(argv)}")
+            return RunResult(argv, 0, host=host, dry_run=True)
+        full_env = {**os.environ, **env} if env else None
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.Popen(argv, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+        except FileNotFoundError:
+            return RunResult(argv, 127, stderr=f"{argv[0]}: command not found", host=host)
+        err_chunks: list[bytes] = []
+        err_thread = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
+        err_thread.start()
+        timer = threading.Timer(timeout, proc.kill) if timeout else None
+        if timer:
+            timer.start()
+        tail, pending = bytearray(), b""
+        try:
+            while chunk := proc.stdout.read1(65536):
+                tail += chunk
+                del tail[:-65536]
+                pending += chunk
+                *lines, pending = re.split(rb"[\r\n]", pending)
+                for line in lines:
+                    if line.strip():
+                        on_output(line.decode(errors="replace"))
+            if pending.strip():
+                on_output(pending.decode(errors="replace"))
+            code = proc.wait()
+        finally:
+            if timer:
+                timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err_thread.join(5)
+        stderr = b"".join(err_chunks).decode(errors="replace")
+        if timer and code == -9:
+            code, stderr = 124, stderr + f"timed out after {timeout:g}s"
+        return RunResult(argv, code, bytes(tail).decode(errors="replace"), stderr, time.monotonic() - t0, host)
 
     def parallel(self, func: Callable[[T], R], items: Sequence[T], max_workers: int = 8) -> list[R]:
         """``func`` over ``items`` concurrently, results in input order (exceptions propagate)."""

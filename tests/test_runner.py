@@ -86,3 +86,29 @@ def test_spawn_detaches_and_logs(tmp_path):
         time.sleep(0.05)
     assert int((tmp_path / "pid").read_text()) == pid
     assert Runner(dry_run=True, echo=lambda _l: None).spawn(["true"], log_path=str(log)) == 0
+
+
+def test_stream_splits_progress_redraws_and_keeps_stderr():
+    from sparkhelpers.runner import Runner
+
+    lines: list[str] = []
+    r = Runner().stream(["bash", "-c", "printf '10%%\\r20%%\\rdone\\n'; echo oops >&2; exit 3"], lines.append)
+    assert lines == ["10%", "20%", "done"]
+    assert r.returncode == 3 and r.stderr == "oops\n" and r.last_line == "oops"
+
+
+def test_stream_timeout_and_dry_run():
+    from sparkhelpers.runner import Runner
+
+    r = Runner().stream(["sleep", "30"], lambda _: None, timeout=0.5)
+    assert r.returncode == 124 and "timed out" in r.stderr
+    echoed: list[str] = []
+    r = Runner(dry_run=True, echo=echoed.append).stream(["rm", "-rf", "/x"], lambda _: None)
+    assert r.ok and r.dry_run and echoed == ["[dry-run] local: rm -rf /x"]
+
+
+def test_ssh_transport_is_build_ssh_cmd_without_target():
+    from sparkhelpers.runner import Host, build_ssh_cmd, ssh_transport
+
+    host = Host("10.0.0.2", user="spark", key="/k", options=("-p", "2222"))
+    assert build_ssh_cmd(host, ["true"]) == [*ssh_transport(host), "spark@10.0.0.2", "--", "true"]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from sparkhelpers.appkit import new_app, print_json
-from sparkhelpers.errors import UsageError
+from sparkhelpers.appkit import info, new_app, print_json, warn
+from sparkhelpers.errors import SparkError, UsageError
 
 app = new_app("Model catalog, memory-fit estimate, download, verify and sync to the workers.")
 
@@ -167,3 +167,120 @@ def _print_fit(r) -> None:  # noqa: ANN001
         typer.echo(f"{key:<13} {value}")
     for note in r.notes:
         typer.echo(f"{'note':<13} {note}")
+
+
+# ---- download, verify, sync ---------------------------------------------------------------------
+
+NAME_ARG = typer.Argument(None, help="Preset name, list number or repo id (default: MODEL).")
+
+
+@app.command()
+def download(
+    name: str = NAME_ARG,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Download into HF_CACHE (resumes; skips original/ and metal/), then verify. Token: HF_TOKEN or
+    HF_TOKEN_FILE, never a flag."""
+    from sparkhelpers.models.catalog import resolve_model
+    from sparkhelpers.models.download import download as do_download
+
+    cfg = _cfg()
+    spec = resolve_model(cfg, name)
+    report = do_download(cfg, spec, progress=not quiet, echo=info)
+    if as_json:
+        print_json({k: v for k, v in report.items() if k != "files"})
+        return
+    info(f"{spec.repo}: complete, {len(report['files'])} files, {report['total_bytes'] / 1024**3:.2f} GiB "
+         f"at {report['snapshot']}")
+
+
+def _worker_arg(cfg, node: str):  # noqa: ANN001, ANN202
+    from sparkhelpers.models import sync
+
+    return sync.select(sync.workers_from_config(cfg), [node])[0]
+
+
+@app.command()
+def verify(
+    name: str = NAME_ARG,
+    node: str = typer.Option("head", "--node", help="head, or a worker (WORKER_HOST entry, fabric IP or number)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Check a model is complete in a node's cache: config, tokenizer, every indexed shard, sizes."""
+    from sparkhelpers.models import snapshot_check, sync
+    from sparkhelpers.models.catalog import resolve_model
+    from sparkhelpers.runner import Runner
+
+    cfg = _cfg()
+    spec = resolve_model(cfg, name)
+    if node in ("head", "local"):
+        report = snapshot_check.check(cfg.require("HF_CACHE"), spec.repo, spec.revision)
+    else:
+        worker = _worker_arg(cfg, node)
+        result, report = sync.check_on(Runner(), worker, spec)
+        if report is None:
+            raise SparkError(f"cannot check {worker.name}: {result.last_line or 'no answer'}",
+                             fix=f"ssh {worker.host.target} true   (SSH keys, python3 on the worker)")
+    if as_json:
+        print_json({k: v for k, v in report.items() if k != "files"})
+    elif report["complete"]:
+        typer.echo(f"ok  {spec.repo} on {node}: {len(report['files'])} files, "
+                   f"{report['total_bytes'] / 1024**3:.2f} GiB, commit {report['commit'][:12]}")
+    else:
+        for problem in report["problems"]:
+            typer.echo(f"missing  {problem}")
+    if not report["complete"]:
+        raise SparkError(f"{spec.repo} is incomplete on {node} ({len(report['problems'])} problem(s))",
+                         fix=f"sparkhelpers models download {spec.name}" if node in ("head", "local")
+                         else f"sparkhelpers models sync {spec.name} --to {node}")
+
+
+@app.command()
+def sync(
+    name: str = NAME_ARG,
+    to: list[str] = typer.Option(None, "--to", help="all (default) or a worker; repeat for several."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the workers, print the copies, copy nothing."),
+    idle_timeout: int = typer.Option(120, "--idle-timeout", min=5, help="Abort a copy idle this many seconds."),
+    bwlimit: int = typer.Option(None, "--bwlimit", min=1, help="Cap each copy at this many KiB/s."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Copy the model from the head to every worker lacking it (fabric, in parallel), then verify."""
+    from sparkhelpers.models import sync as syncmod
+    from sparkhelpers.models.catalog import resolve_model
+    from sparkhelpers.runner import Runner
+
+    cfg = _cfg()
+    spec = resolve_model(cfg, name)
+    nodes = syncmod.select(syncmod.workers_from_config(cfg), list(to or []))
+    if not nodes:
+        warn("no workers configured (WORKER_HOST is empty); nothing to sync")
+    rows = syncmod.ensure_on_nodes(Runner(dry_run=dry_run), spec, nodes, head_cache=cfg.require("HF_CACHE"),
+                                   idle_timeout=idle_timeout, bwlimit_kbps=bwlimit)
+    if as_json:
+        print_json(rows)
+        return
+    for r in rows:
+        moved = f", {r['bytes'] / 1024**2:.1f} MiB in {r['seconds']:.1f} s" if r["action"] == "copied" else ""
+        typer.echo(f"{r['worker']:<20} {r['action']:<10} via {r['via']} {r['address']}{moved}")
+
+
+@app.command("smoke")
+def smoke_cmd(
+    url: str = typer.Option("", "--url", help="API base URL (default: http://127.0.0.1:VLLM_PORT)."),
+    model: str = typer.Option("", "--model", help="Model id the API must list (default: any; first one)."),
+    timeout: float = typer.Option(None, "--timeout", min=1, help="Seconds to wait for /health (START_TIMEOUT)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Wait until the engine's /health answers, then send one short chat request and show the reply."""
+    from sparkhelpers.models.smoke import api_key, smoke
+
+    cfg = _cfg()
+    base = url or f"http://127.0.0.1:{cfg.get_int('VLLM_PORT', 8000)}"
+    result = smoke(base.rstrip("/"), key=api_key(cfg), expect_model=model,
+                   timeout_s=timeout if timeout is not None else cfg.get_float("START_TIMEOUT", 1800), echo=info)
+    if as_json:
+        print_json(result.__dict__)
+        return
+    typer.echo(f"ok  {result.model} answered {result.reply!r} ({result.completion_tokens} tokens) in "
+               f"{result.seconds_to_answer:.1f} s; healthy after {result.seconds_to_healthy:.1f} s")

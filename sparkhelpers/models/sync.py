@@ -1,0 +1,283 @@
+"""Copy a model from the head's HF cache to the workers that lack it: over the fabric, in parallel.
+
+``ensure_on_nodes(runner, spec, nodes)`` is the API the cluster start uses. Per worker, one SSH
+round trip runs the read-only ``snapshot_check`` there (complete? writable? owned? free space?).
+Workers that already hold the head's exact files are left alone (a re-sync is a no-op); problems
+found on any worker stop everything before a byte is copied. Then rsync runs to all workers at
+once (``-a`` keeps blobs and snapshot symlinks, ``--partial-dir`` resumes an interrupted copy,
+``--timeout`` aborts a stalled link), and each worker is checked again afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from sparkhelpers.config import Config
+from sparkhelpers.errors import SparkError, UsageError
+from sparkhelpers.models import snapshot_check
+from sparkhelpers.models.catalog import ModelSpec
+from sparkhelpers.runner import Host, Runner, RunResult, shell_join, shell_quote, ssh_transport
+
+IDLE_TIMEOUT_S = 120
+PARTIAL_DIR = ".rsync-partial"
+_PROGRESS = re.compile(r"^\s*([\d,]+)\s+(\d+)%\s+(\S+/s)")
+
+
+@dataclass(frozen=True)
+class Worker:
+    name: str  # as written in WORKER_HOST
+    host: Host  # the address copies go over (the fabric one when known)
+    mgmt: Host
+    cache: str  # the worker's HF cache (WORKER_HF_CACHE, else HF_CACHE)
+
+    @property
+    def via(self) -> str:
+        return "management" if self.host == self.mgmt else "fabric"
+
+
+def workers_from_config(cfg: Config) -> list[Worker]:
+    hosts, fabric = cfg.get_list("WORKER_HOST"), cfg.get_list("WORKER_IB_IP")
+    if fabric and len(fabric) != len(hosts):
+        raise SparkError(f"WORKER_IB_IP has {len(fabric)} address(es) but WORKER_HOST has {len(hosts)}",
+                         fix="list one fabric IP per worker, in the order of WORKER_HOST")
+    common = dict(user=cfg.get("WORKER_USER"), key=cfg.get("SSH_KEY"),
+                  options=tuple(shlex.split(cfg.get("SSH_OPTIONS"))),
+                  connect_timeout=cfg.get_int("SSH_CONNECT_TIMEOUT", 5))
+    cache = cfg.get("WORKER_HF_CACHE") or cfg.require("HF_CACHE")
+    out = []
+    for i, name in enumerate(hosts):
+        mgmt = Host(name, **common)
+        out.append(Worker(name, Host(fabric[i], **common) if fabric else mgmt, mgmt, cache))
+    return out
+
+
+def select(workers: list[Worker], wanted: list[str]) -> list[Worker]:
+    """``all`` (or nothing), else each name as in WORKER_HOST, its fabric IP, or its 1-based number."""
+    if not wanted or wanted == ["all"]:
+        return workers
+    chosen = []
+    for w in wanted:
+        match = [x for x in workers if w in (x.name, x.host.address)] or (
+            [workers[int(w) - 1]] if w.isdigit() and 1 <= int(w) <= len(workers) else [])
+        if not match:
+            names = ", ".join(x.name for x in workers) or "none configured"
+            raise UsageError(f"{w} is not a worker (WORKER_HOST: {names})", fix="use a WORKER_HOST entry or 'all'")
+        chosen += [m for m in match if m not in chosen]
+    return chosen
+
+
+# ---- pure command builders ----------------------------------------------------------------------
+
+def rsync_argv(src_dir: str, worker: Worker, dest_dir: str, *, idle_timeout: int = IDLE_TIMEOUT_S,
+               bwlimit_kbps: int | None = None) -> list[str]:
+    """rsync of one model directory, the cache layout kept (blobs, refs, snapshot symlinks)."""
+    argv = ["rsync", "-a", "--no-owner", "--no-group", f"--partial-dir={PARTIAL_DIR}",
+            f"--timeout={idle_timeout}", "--info=progress2", "--no-inc-recursive", "--stats",
+            "--exclude=*.incomplete", f"--exclude={PARTIAL_DIR}/"]
+    if bwlimit_kbps:
+        argv.append(f"--bwlimit={bwlimit_kbps}")
+    if worker.host.is_local:
+        return [*argv, f"--rsync-path=mkdir -p {shell_quote(dest_dir)} && rsync", f"{src_dir}/", f"{dest_dir}/"]
+    return [*argv, "-e", shell_join(ssh_transport(worker.host)),
+            f"--rsync-path=mkdir -p {shell_quote(dest_dir)} && rsync", f"{src_dir}/",
+            f"{worker.host.target}:{dest_dir}/"]
+
+
+def chown_fix(worker: Worker, report: dict) -> str:
+    user = report.get("user") or worker.host.user or "$USER"
+    return f"ssh {worker.host.target} sudo chown -R {user}: {shlex.quote(worker.cache)}"
+
+
+def parse_stats(text: str) -> dict[str, int]:
+    out = {}
+    for key, label in (("literal_bytes", "Literal data"), ("sent_bytes", "Total bytes sent"),
+                       ("files_transferred", "Number of regular files transferred")):
+        m = re.search(rf"{label}: ([\d,]+)", text)
+        if m:
+            out[key] = int(m.group(1).replace(",", ""))
+    return out
+
+
+# ---- checks -------------------------------------------------------------------------------------
+
+def check_on(runner: Runner, worker: Worker, spec: ModelSpec, *, expected: dict | None = None,
+             preflight: bool = False, host: Host | None = None) -> tuple[RunResult, dict | None]:
+    """Run snapshot_check on the worker (one SSH round trip, read-only). (result, report or None)."""
+    args = json.dumps({"cache": worker.cache, "repo": spec.repo, "revision": spec.revision,
+                       "expected": expected, "preflight": preflight})
+    script = Path(snapshot_check.__file__).read_text(encoding="utf-8")
+    result = runner.on(host or worker.host, ["python3", "-", args], input=script, timeout=120, mutating=False)
+    if not result.ok:
+        return result, None
+    try:
+        return result, json.loads(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return result, None
+
+
+_NETWORK_ERRORS = re.compile(r"timed out|No route to host|Connection refused|Network is unreachable|"
+                             r"Could not resolve|Connection closed by remote host", re.I)
+
+
+def _unreachable(result: RunResult) -> bool:
+    """ssh failed to connect at all (not: connected and was refused a login, which is no network matter)."""
+    return result.returncode == 255 and bool(_NETWORK_ERRORS.search(result.stderr))
+
+
+def head_manifest(head_cache: str, spec: ModelSpec) -> dict:
+    report = snapshot_check.check(head_cache, spec.repo, spec.revision)
+    if not report["complete"]:
+        raise SparkError(f"{spec.repo} is not complete on the head: {'; '.join(report['problems'][:3])}",
+                         fix=f"sparkhelpers models download {spec.name}")
+    return report
+
+
+# ---- progress -----------------------------------------------------------------------------------
+
+@dataclass
+class Board:
+    """One status line for all workers (redrawn on a terminal; a line every 10 s otherwise)."""
+
+    total: int
+    stream: object = field(default=sys.stderr)
+    state: dict[str, str] = field(default_factory=dict)
+    last: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def update(self, worker: str, line: str) -> None:
+        m = _PROGRESS.match(line)
+        if not m:
+            return
+        with self.lock:
+            self.state[worker] = f"{worker} {m.group(2)}% {m.group(3)}"
+            tty = getattr(self.stream, "isatty", lambda: False)()
+            now = time.monotonic()
+            if tty:
+                self.stream.write("\r\033[K" + " | ".join(self.state.values()))
+                self.stream.flush()
+            elif now - self.last >= 10:
+                self.stream.write("sparkhelpers: sync: " + " | ".join(self.state.values()) + "\n")
+                self.last = now
+
+    def done(self) -> None:
+        if self.state and getattr(self.stream, "isatty", lambda: False)():
+            self.stream.write("\n")
+
+
+# ---- the operation ------------------------------------------------------------------------------
+
+def as_workers(cfg: Config, nodes: list[Worker | Host]) -> list[Worker]:
+    """Workers for ``nodes``; a bare Host (the cluster plan's) is matched to its WORKER_HOST entry
+    (by management or fabric address) so the fabric/management choice and WORKER_HF_CACHE apply."""
+    known = workers_from_config(cfg) if cfg.get("WORKER_HOST") else []
+    cache = cfg.get("WORKER_HF_CACHE") or cfg.require("HF_CACHE")
+    out = []
+    for node in nodes:
+        if isinstance(node, Worker):
+            out.append(node)
+            continue
+        match = [w for w in known if node.address in (w.mgmt.address, w.host.address)]
+        out.append(match[0] if match else Worker(node.address, node, node, cache))
+    return out
+
+
+def ensure_on_nodes(runner: Runner, spec: ModelSpec, nodes: list[Worker | Host], *, head_cache: str | None = None,
+                    idle_timeout: int = IDLE_TIMEOUT_S, bwlimit_kbps: int | None = None,
+                    echo=None) -> list[dict]:  # noqa: ANN001
+    """Make ``spec`` present and verified on every worker in ``nodes`` (Workers, or the Hosts of the
+    cluster plan). Returns one row per worker; raises SparkError (nothing half-copied is reported ok)."""
+    from sparkhelpers.appkit import info, warn
+    from sparkhelpers.config import load_config
+
+    echo = echo or info
+    if head_cache is None or any(not isinstance(n, Worker) for n in nodes):
+        cfg = load_config()
+        head_cache = head_cache or cfg.require("HF_CACHE")
+        nodes = as_workers(cfg, nodes)
+    head = head_manifest(head_cache, spec)
+    manifest, src = head["files"], head["model_dir"]
+    if not nodes:
+        return []
+
+    def probe(worker: Worker) -> tuple[Worker, dict]:
+        result, report = check_on(runner, worker, spec, expected=manifest, preflight=True)
+        if report is None and _unreachable(result) and worker.host != worker.mgmt:
+            warn(f"{worker.name}: fabric address {worker.host.address} unreachable over SSH "
+                 f"({result.last_line}); copying over management {worker.mgmt.address} instead (slower)")
+            worker = replace(worker, host=worker.mgmt)
+            result, report = check_on(runner, worker, spec, expected=manifest, preflight=True)
+        if report is None:
+            raise SparkError(f"cannot check {worker.name} ({worker.host.address}): {result.last_line or 'no answer'}",
+                             fix=f"ssh {worker.host.target} true   (SSH keys, python3 on the worker)")
+        return worker, report
+
+    for w in nodes:
+        if w.host == w.mgmt and not w.host.is_local:
+            warn(f"{w.name}: no fabric address (WORKER_IB_IP); copying over management")
+    probed = runner.parallel(probe, nodes)
+    faults = []
+    for worker, report in probed:
+        if report["complete"]:
+            continue
+        if report.get("not_writable") or report.get("foreign_owned"):
+            bad = (report.get("not_writable") or report.get("foreign_owned"))[0]
+            faults.append((f"{worker.name}: {bad} is not writable by {report['user']}", chown_fix(worker, report)))
+            continue
+        have = {k: v for k, v in report["files"].items() if manifest.get(k) == v}
+        need = head["total_bytes"] - sum(have.values())
+        if need > report.get("free_bytes", need):
+            faults.append((f"{worker.name}: needs {need / 1024**3:.1f} GiB in {worker.cache}, "
+                           f"{report['free_bytes'] / 1024**3:.1f} GiB free", f"free space on {worker.name}"))
+    if faults:
+        raise SparkError("; ".join(f for f, _ in faults) + " (nothing was copied)",
+                         fix=" && ".join(dict.fromkeys(fix for _, fix in faults)))
+
+    rows = {w.name: {"worker": w.name, "address": w.host.address, "via": w.via, "action": "present",
+                     "bytes": 0, "seconds": 0.0, "verified": True} for w, _ in probed}
+    todo = [w for w, report in probed if not report["complete"]]
+    if not todo:
+        echo(f"{spec.repo} already on {len(probed)} worker(s); nothing to copy")
+        return list(rows.values())
+    echo(f"copying {spec.repo} ({head['total_bytes'] / 1024**3:.2f} GiB) to {', '.join(w.name for w in todo)} "
+         "in parallel")
+    board = Board(head["total_bytes"])
+
+    def copy(worker: Worker) -> tuple[Worker, RunResult]:
+        dest = snapshot_check.repo_dir(worker.cache, spec.repo)
+        argv = rsync_argv(src, worker, dest, idle_timeout=idle_timeout, bwlimit_kbps=bwlimit_kbps)
+        rows[worker.name]["started_at"] = round(time.time(), 3)
+        result = runner.stream(argv, lambda line: board.update(worker.name, line), host=worker.name)
+        rows[worker.name]["finished_at"] = round(time.time(), 3)
+        return worker, result
+
+    results = runner.parallel(copy, todo)
+    board.done()
+    failed = [(w, r) for w, r in results if not r.ok]
+    if failed:
+        detail = "; ".join(f"{w.name}: rsync exit {r.returncode}: {r.last_line}" for w, r in failed)
+        raise SparkError(f"copy of {spec.repo} failed ({detail})",
+                         fix=f"run `sparkhelpers models sync {spec.name}` again: it resumes where it stopped")
+    if runner.dry_run:
+        for w in todo:
+            rows[w.name].update(action="would copy", verified=False)
+        return list(rows.values())
+
+    def verify(worker: Worker) -> tuple[Worker, dict | None]:
+        return worker, check_on(runner, worker, spec, expected=manifest)[1]
+
+    for (worker, result), (_, report) in zip(results, runner.parallel(verify, todo), strict=True):
+        stats = parse_stats(result.stdout)
+        rows[worker.name].update(action="copied", bytes=stats.get("literal_bytes", 0),
+                                 seconds=round(result.duration_s, 2), verified=bool(report and report["complete"]))
+        if not rows[worker.name]["verified"]:
+            problems = "; ".join((report or {}).get("problems", ["no answer"])[:3])
+            raise SparkError(f"{worker.name}: {spec.repo} copied but incomplete: {problems}",
+                             fix=f"sparkhelpers models sync {spec.name} --to {worker.name}")
+    return list(rows.values())
