@@ -186,3 +186,22 @@ def test_engine_transport_reads_the_real_logs(tmp_path):
     (logs / "ray-1.log").write_text("NCCL INFO NET/Socket : Using [0]enp1s0f1np1:169.254.101.12<0>\n")
     check = doctor.engine_transport(Runner(), node, str(logs))
     assert check.status == "fail" and "/dev/infiniband" in check.fix
+
+
+def test_gid_index_differing_between_nodes_warns_not_to_pin_it():
+    worker = discover_snapshot(str(SNAPS / "spark2"))
+    for twin in worker.twins:
+        twin.gid_index = 4
+    nodes = [ck.NodeFacts("head", discover_snapshot(str(SNAPS / "spark1")), True), ck.NodeFacts("spark-02", worker)]
+    gid = next(c for c in ck.static_checks(nodes, PLAN) if c.name == "gid-match")
+    assert gid.status == "warn" and "NCCL_IB_GID_INDEX" in gid.fix
+    assert next(c for c in run_checks("spark2") if c.name == "gid-match").status == "pass"
+
+
+def test_setup_rejects_an_unknown_model_without_writing(sparkhelpers_bin, tmp_path):
+    config = tmp_path / "c.env"
+    config.write_text("MODEL=qwen3-8b\n")
+    r = cli(*sparkhelpers_bin, "setup", "--non-interactive", "--model", "not-a-model",
+            env={"SPARK_CONFIG": str(config)})
+    assert r.returncode == 1 and "neither a catalog preset" in r.stderr
+    assert config.read_text() == "MODEL=qwen3-8b\n"

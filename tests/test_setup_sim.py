@@ -115,7 +115,8 @@ def test_interactive_run_answered_through_a_pty(sim_cluster, tmp_path):
     argv = exec_argv(sim_cluster.head, [str(ROOT / "setup-env.sh")], {"SPARK_CONFIG": str(config)})
     code, screen = run_in_pty(argv, [
         (r"SSH user on the workers \[root\]: $", ""),
-        (r"Model .*: $", "qwen3-8b"),
+        (r"Model .*: $", "not-a-model"),  # unknown: explained and asked again
+        (r"neither a catalog preset[\s\S]*Model .*: $", "qwen3-8b"),
         (r"Worker SSH addresses.*: $", "169.254.200.99"),  # nobody there: must be re-asked
         (r"answer again[\s\S]*Worker SSH addresses.*: $", worker.mgmt_ip),
         (r"not echoed.*: $", TOKEN),

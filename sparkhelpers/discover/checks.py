@@ -224,6 +224,7 @@ def cross_node(nodes: list[NodeFacts], plan: Plan) -> list[Check]:
                             "cable the same physical port on every node (port 1, the outermost cage, is usual)"))
         out += _subnets_and_ips(nodes)
         out.append(_mtu_match(nodes, plan.mtu))
+        out.append(_gid_match(nodes))
     if plan.image:
         out.append(_image(nodes, plan.image))
     return out
@@ -278,6 +279,18 @@ def _mtu_match(nodes: list[NodeFacts], mtu: int) -> Check:
                      "dropped and RDMA stalls (IBV_WC_RETRY_EXC_ERR)",
                      f"set `mtu: {mtu}` on both twins of every node in the netplan, then `sudo netplan apply`")
     return Check("mtu-match", CLUSTER, "pass", f"MTU {distinct.pop() if distinct else '?'} on every twin")
+
+
+def _gid_match(nodes: list[NodeFacts]) -> Check:
+    """A GID index that differs between nodes must not be pinned: Ray copies the head's NCCL_* to workers."""
+    values = {f"{n.name}:{t.hca}": t.gid_index for n in nodes for t in n.facts.active_twins}
+    if len(set(values.values())) > 1:
+        shown = ", ".join(f"{k}={'none' if v is None else v}" for k, v in values.items())
+        return Check("gid-match", CLUSTER, "warn", f"the RoCE v2 GID index differs ({shown}); a pinned "
+                     "NCCL_IB_GID_INDEX breaks NCCL init on the nodes where it is wrong",
+                     "leave NCCL_IB_GID_INDEX empty (`sparkhelpers config unset NCCL_IB_GID_INDEX`) so NCCL picks "
+                     "the RoCE v2 GID per device")
+    return Check("gid-match", CLUSTER, "pass", f"RoCE v2 GID index {set(values.values()).pop()} on every twin")
 
 
 def _image(nodes: list[NodeFacts], image: str) -> Check:

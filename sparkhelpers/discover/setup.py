@@ -105,8 +105,7 @@ def run_setup(console: Console, *, workers: str | None = None, user: str | None 
         answers: dict[str, str] = {}
         answers["WORKER_USER"] = user if user is not None else console.ask(
             "SSH user on the workers", cfg.get("WORKER_USER") or head.user)
-        answers["MODEL"] = model if model is not None else console.ask("Model (preset or Hugging Face repo id)",
-                                                                       cfg.get("MODEL"))
+        answers["MODEL"] = _ask_model(console, cfg, model)
         cfg = cfg.with_overrides(WORKER_USER=answers["WORKER_USER"])
         checks: list[Check] = []
         while True:
@@ -145,6 +144,24 @@ def run_setup(console: Console, *, workers: str | None = None, user: str | None 
             set_local("HF_TOKEN", token)
             result.changed.append("HF_TOKEN")
         return result
+
+
+def _ask_model(console: Console, cfg: Config, given: str | None) -> str:
+    """A catalog preset (name or number) or an org/name repo id; asked again until it resolves."""
+    while True:
+        choice = given if given is not None else console.ask("Model (preset or Hugging Face repo id)",
+                                                             cfg.get("MODEL"))
+        try:
+            from sparkhelpers.models.catalog import resolve_model
+        except ImportError:  # the model catalog is optional for set-up
+            return choice
+        try:
+            resolve_model(cfg, choice)
+            return choice
+        except SparkError as exc:
+            if given is not None or not console.interactive:
+                raise
+            console.out(f"  {exc.message}" + (f" (fix: {exc.fix})" if exc.fix else ""))
 
 
 def _read_token(console: Console, cfg: Config, from_stdin: bool) -> str | None:
