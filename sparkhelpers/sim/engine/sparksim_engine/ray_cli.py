@@ -24,8 +24,9 @@ from pathlib import Path
 from sparksim_engine.common import can_connect, keepalive, local_ipv4
 
 VERSION = "2.49.2"
-RUN_DIR = Path("/tmp/ray/sparksim")
-CURRENT = Path("/tmp/ray/ray_current_cluster")
+RAY_TMP = Path(os.environ.get("SPARKSIM_RAY_TMP", "/tmp/ray"))  # Ray's default temp dir
+RUN_DIR = RAY_TMP / "sparksim"
+CURRENT = RAY_TMP / "ray_current_cluster"
 HEARTBEAT_S = 1.0
 HEARTBEAT_TIMEOUT_S = float(os.environ.get("SPARKSIM_RAY_HEARTBEAT_TIMEOUT_S", "6"))
 CONNECT_TIMEOUT_S = float(os.environ.get("SPARKSIM_RAY_CONNECT_TIMEOUT_S", "10"))
