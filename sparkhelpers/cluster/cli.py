@@ -115,6 +115,7 @@ def stop(
     local_only: bool = typer.Option(False, "-l", "--local-only", help="Stop only the containers on this node."),
     force: bool = typer.Option(False, "-f", "--force", help="Kill containers without a clean shutdown."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the commands per node and change nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print per-node results as JSON."),
 ) -> None:
     """Stop this cluster's containers (found by label) on every node in parallel."""
     from sparkhelpers.errors import SparkError
@@ -131,6 +132,9 @@ def stop(
     else:
         with cluster_lock(cfg, what="stop_cluster.sh", wait_s=30):
             results = _stop(cfg, runner, force=force, local_only=local_only, quiet=False)
+    if as_json:
+        print_json([{"node": r.node, "ok": r.ok, "removed": r.removed, "docker_s": round(r.docker_s, 3),
+                     "error": r.error} for r in results])
     failed = [r.node for r in results if not r.ok]
     if failed:
         raise SparkError(f"could not reach {', '.join(failed)}; its containers may still be running",

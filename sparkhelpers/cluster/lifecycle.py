@@ -33,12 +33,17 @@ class StartReport:
     phases: dict[str, float] = field(default_factory=dict)
     answer: str = ""
     already_running: bool = False
+    ready_at: float = 0.0  # epoch seconds when /health first answered 200
 
     def as_dict(self) -> dict:
         return {"cluster": self.plan.cluster, "endpoint": self.plan.endpoint, "model": self.plan.served_name,
                 "mode": self.plan.mode, "config": self.config_hash, "already_running": self.already_running,
                 "nodes": [{"rank": n.rank, "host": n.host.label, "fabric_ip": n.fabric_ip} for n in self.plan.nodes],
-                "phases_s": {k: round(v, 2) for k, v in self.phases.items()}, "answer": self.answer}
+                "phases_s": {k: round(v, 2) for k, v in self.phases.items()}, "answer": self.answer,
+                "ready_at": self.report_ready_at()}
+
+    def report_ready_at(self) -> float:
+        return round(self.ready_at, 3)
 
 
 class Starter:
@@ -341,6 +346,7 @@ class Starter:
                                  fix="a large model can take longer: raise --timeout (START_TIMEOUT); otherwise "
                                      "read `sparkhelpers logs --node 0`")
             time.sleep(POLL_S)
+        self.report.ready_at = time.time()
 
     def smoke_chat(self) -> str:
         return chat_once(self.plan, self.api_key)
@@ -440,6 +446,7 @@ class StopResult:
     ok: bool
     removed: int = 0
     error: str = ""
+    docker_s: float = 0.0  # time docker itself took to stop and remove on that node
 
 
 def stop_nodes(runner: Runner, cluster: str, run_dir: str, hosts: list[tuple[str, Host]], *, force: bool,
@@ -455,7 +462,15 @@ def stop_nodes(runner: Runner, cluster: str, run_dir: str, hosts: list[tuple[str
         if not r.ok or "removed=" not in r.stdout:
             return StopResult(label, False, error=r.last_line or f"exit {r.returncode}")
         count = r.stdout.rsplit("removed=", 1)[1].strip()
-        return StopResult(label, True, removed=int(count) if count.isdigit() else 0)
+        docker_s = 0.0
+        for line in r.stdout.splitlines():
+            if line.startswith("window="):
+                try:
+                    t0, t1 = (float(x) for x in line[7:].split())
+                    docker_s = t1 - t0
+                except ValueError:
+                    pass
+        return StopResult(label, True, removed=int(count) if count.isdigit() else 0, docker_s=docker_s)
 
     return runner.parallel(stop, hosts)
 

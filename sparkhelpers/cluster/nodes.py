@@ -127,9 +127,11 @@ def stop_script(cluster: str, run_dir: str, force: bool, grace_s: int) -> str:
     stop = "" if force else f"docker stop --time {int(grace_s)} $ids >/dev/null 2>&1 || true\n  "
     return ("# shellcheck disable=SC2086 # $ids is a list of container IDs, split on purpose\n"
             f"ids=$(docker ps -aq --filter {shell_quote('label=sparkhelpers.cluster=' + cluster)})\n"
+            "t0=$(date +%s.%N)\n"
             "if [ -n \"$ids\" ]; then\n"
             f"  {stop}docker rm --force $ids >/dev/null\n"
             "fi\n"
+            "echo \"window=$t0 $(date +%s.%N)\"\n"
             f"rm -f {shell_quote(run_dir)}/*/secrets.env\n"
             "echo \"removed=$(echo $ids | wc -w)\"\n")
 
