@@ -44,6 +44,9 @@ def start(
     fabric = resolve_fabric(cfg, runner, nodes=nodes, solo=solo,
                             preset_nodes=spec.nodes if getattr(spec, "preset", None) else None)
     plan = build_plan(cfg, nodes=nodes, solo=solo, timeout_s=timeout, spec=spec, fabric=fabric)
+    if nodes is None and not solo and getattr(spec, "preset", None) and len(cfg.get_list("WORKER_HOST")) + 1 != \
+            len(plan.nodes):
+        info(f"preset {spec.name} runs on {len(plan.nodes)} node(s); use --nodes N to spread it over more")
     secrets = {}
     if api_key:
         secrets["LLAMA_API_KEY" if plan.mode == "llama-cpp" else "VLLM_API_KEY"] = api_key

@@ -22,6 +22,12 @@ def discovered(runner: Runner, host: Host) -> dict[str, str]:
     tmp = tempfile.mkdtemp(prefix="sparkhelpers-fabric-")
     try:
         return nccl_env(discover_snapshot(str(capture(runner, f"{tmp}/snap", host))))
+    except SparkError as exc:
+        if "ssh failed" in exc.message:
+            raise SparkError(f"node {host.label} is unreachable over SSH: {exc.message.rsplit(': ', 1)[-1]}",
+                             fix=f"check that {host.address} is up and `ssh -o BatchMode=yes {host.target} true` "
+                                 "works, or start fewer nodes with --nodes") from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -72,9 +72,9 @@ def entry_scripts(plan: ClusterPlan, node: NodePlan) -> dict[str, str]:
     ctx = {"plan": plan, "node": node, "run_dir": plan.node_run_dir(node), "log_dir": plan.log_dir,
            "arg_lines": arg_lines(plan.engine_args)}
     if plan.mode == "ray":
-        if node.rank == 0:
-            return {"ray.sh": render(PKG, "ray_head.sh.j2", log_name=ray_log, secrets=False, **ctx),
-                    "engine.sh": render(PKG, "vllm_ray.sh.j2", log_name=engine_log, secrets=True, **ctx)}
+        if node.rank == 0:  # the head runs Ray, then (on our signal) vllm serve in the same container
+            return {"ray.sh": render(PKG, "ray_head.sh.j2", log_name=ray_log, engine_log=engine_log,
+                                     secrets=False, **ctx)}
         return {"ray.sh": render(PKG, "ray_worker.sh.j2", log_name=ray_log, secrets=False, **ctx)}
     template = {"native": "vllm_native.sh.j2", "single": "vllm_single.sh.j2",
                 "llama-cpp": "llama_server.sh.j2"}[plan.mode]
@@ -136,9 +136,8 @@ def start_phases(plan: ClusterPlan, config_hash: str, secrets: dict[str, str]) -
         if plan.workers:
             phases.append(Phase("ray-workers", tuple(run[w.rank] for w in plan.workers)))
         phases.append(Phase("ray-join", wait=f"`ray status` shows exactly {n} nodes and {n} GPUs"))
-        engine = (f"docker exec --detach {shell_quote(plan.head.container)} "
-                  f"bash {shell_quote(head_dir + '/engine.sh')}")
-        phases.append(Phase("engine", (Step(plan.head, "start vllm serve in the head container", engine),)))
+        engine = f"touch {shell_quote(head_dir + '/start-engine')}"
+        phases.append(Phase("engine", (Step(plan.head, "signal the head container to start vllm serve", engine),)))
     elif plan.mode == "native":
         phases.append(Phase("workers", tuple(run[w.rank] for w in plan.workers),
                             wait="every worker container is running"))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 from sparkhelpers.cluster import nodes as nd
 from sparkhelpers.cluster.plan import worker_hosts
 from sparkhelpers.cluster.validate import cluster_name
@@ -68,11 +71,10 @@ def collect(cfg: Config, runner: Runner) -> dict:
     running = [c for c in containers if c["state"] == "running"]
     mode = running[0]["mode"] if running else ""
     data: dict = {"cluster": cluster, "running": bool(running), "mode": mode, "nodes": per_node}
-    if mode == "ray":
-        head = next((c for c in running if c["rank"] == "0"), None)
-        if head:
-            r = runner.run(["docker", "exec", head["name"], "ray", "status"], timeout=30, mutating=False)
-            data["ray_nodes"], data["ray_gpus"] = nd.parse_ray_status(r.stdout) if r.ok else (0, 0)
+    if mode == "ray":  # the head container publishes `ray status` once a second on the host
+        path = Path(f"{state_dir(cfg)}/run/{cluster}/0/ray-status.txt")
+        fresh = path.is_file() and time.time() - path.stat().st_mtime < 30
+        data["ray_nodes"], data["ray_gpus"] = nd.parse_ray_status(path.read_text()) if fresh else (0, 0)
     port = cfg.get_int("VLLM_PORT", 8000)
     host = cfg.get("VLLM_HOST", "0.0.0.0")
     endpoint = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
