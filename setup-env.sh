@@ -11,6 +11,7 @@
 #   --model NAME        Model preset or Hugging Face repo id.
 #   --hf-token-stdin    Read the Hugging Face token from one line of standard input.
 #   --worker            Worker mode: check this node and print what the head needs.
+#   --dry-run           Ask and validate, then show what would be written; write nothing.
 #   -h, --help          Show this help.
 #
 # Every answer is validated (SSH in batch mode, the worker's fabric IP, a no-fragment ping over
@@ -37,7 +38,7 @@ args=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h | --help) usage ;;
-    --non-interactive | --worker | --print-exports | --hf-token-stdin) args+=("$1") ;;
+    --non-interactive | --worker | --print-exports | --hf-token-stdin | --dry-run) args+=("$1") ;;
     --workers | --user | --model)
       need_value "$1" $#
       args+=("$1" "$2")

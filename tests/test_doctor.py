@@ -205,3 +205,13 @@ def test_setup_rejects_an_unknown_model_without_writing(sparkhelpers_bin, tmp_pa
             env={"SPARK_CONFIG": str(config)})
     assert r.returncode == 1 and "neither a catalog preset" in r.stderr
     assert config.read_text() == "MODEL=qwen3-8b\n"
+
+
+def test_setup_dry_run_writes_nothing(tmp_path):
+    config = tmp_path / "c.env"
+    config.write_text("MODEL=qwen3-8b\n")
+    r = cli(ROOT / "setup-env.sh", "--non-interactive", "--model", "qwen3-0.6b", "--dry-run",
+            env={"SPARK_CONFIG": str(config)})
+    assert r.returncode == 0, r.stderr
+    assert "[dry-run] would write MODEL=qwen3-0.6b" in r.stderr
+    assert config.read_text() == "MODEL=qwen3-8b\n"

@@ -126,6 +126,7 @@ def setup(
     worker: bool = typer.Option(False, "--worker", help="Worker mode: check this node, print what the head needs."),
     hf_token_stdin: bool = typer.Option(False, "--hf-token-stdin", help="Read the HF token from one stdin line."),
     print_exports: bool = typer.Option(False, "--print-exports", help="Print export lines (for a sourced script)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Ask and validate, then show what would be written."),
 ) -> None:
     """Validate each answer (SSH, fabric IP, no-fragment ping) and write config.local.env (mode 0600)."""
     import tempfile
@@ -146,13 +147,19 @@ def setup(
             raise typer.Exit(1)
         return
     console = setupmod.Console(interactive=not non_interactive)
-    result = setupmod.run_setup(console, workers=workers, user=user, model=model, token_from_stdin=hf_token_stdin)
+    result = setupmod.run_setup(console, workers=workers, user=user, model=model, token_from_stdin=hf_token_stdin,
+                                dry_run=dry_run)
     if result.failed:
         bad = [c for c in result.checks if c.status == "fail"]
         from sparkhelpers.errors import SparkError
 
         raise SparkError(f"nothing written: {len(bad)} check(s) failed ({bad[0].node}: {bad[0].message})",
                          fix=bad[0].fix or "fix the failures above and run setup-env.sh again")
+    if dry_run:
+        for key in result.changed:
+            console.out(f"[dry-run] would write {key}={'********' if key == 'HF_TOKEN' else result.written[key]}")
+        console.out(f"[dry-run] {local_file()} not changed")
+        return
     if result.changed:
         console.out(f"wrote {', '.join(result.changed)} to {local_file()} (mode 0600)")
     else:

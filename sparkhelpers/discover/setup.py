@@ -88,7 +88,7 @@ class Result:
 
 
 def run_setup(console: Console, *, workers: str | None = None, user: str | None = None, model: str | None = None,
-              token_from_stdin: bool = False, runner: Runner | None = None) -> Result:
+              token_from_stdin: bool = False, runner: Runner | None = None, dry_run: bool = False) -> Result:
     """Ask, validate, write. Values given as flags win; otherwise the existing config is the default."""
     import tempfile
 
@@ -137,11 +137,13 @@ def run_setup(console: Console, *, workers: str | None = None, user: str | None 
             return result
         for key, value in answers.items():
             if value != saved.get(key):
-                set_local(key, value)
+                if not dry_run:
+                    set_local(key, value)
                 result.changed.append(key)
             result.written[key] = value
         if token is not None:
-            set_local("HF_TOKEN", token)
+            if not dry_run:
+                set_local("HF_TOKEN", token)
             result.changed.append("HF_TOKEN")
         return result
 
