@@ -398,4 +398,4 @@ def test_cli_profile_and_seed_model(sim_cluster, sparkhelpers_bin, sim_state_dir
     on(sim_cluster, "spark2", "rm -rf /raid/hf-cache/hub/models--org--seeded")
     r = subprocess.run([*base, "seed-model", "--name", sim_cluster.name, "spark2", "noslash"],
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and "not an org/name repo id" in r.stderr
+    assert r.returncode == 1 and "give an org/name repo id" in r.stderr

@@ -14,6 +14,7 @@ ROOT=$PWD
 SH=$ROOT/.venv/bin/sparkhelpers
 NAME=demo
 LOG=$(mktemp)
+RUN_ENV=()
 trap 'rm -f "$LOG"' EXIT
 
 step() { printf '\n== %s\n' "$*"; }
@@ -27,7 +28,7 @@ on_head() { "$SH" sim exec --name "$NAME" spark1 -- "$@"; }
 # or 3 (the script says its feature is not available yet in this version).
 run_script() {
   local rc=0
-  on_head env SPARK_CONFIG="$PROFILE" "$ROOT/$1" "${@:2}" 2>&1 | tee "$LOG" || rc=${PIPESTATUS[0]}
+  on_head env SPARK_CONFIG="$PROFILE" "${RUN_ENV[@]}" "$ROOT/$1" "${@:2}" 2>&1 | tee "$LOG" || rc=${PIPESTATUS[0]}
   if [[ $rc -ne 0 ]] && grep -q "not available yet" "$LOG"; then return 3; fi
   return "$rc"
 }
@@ -46,10 +47,12 @@ IMAGE=$(SPARK_CONFIG=$PROFILE "$SH" config get VLLM_IMAGE)
 step "2/6 model $MODEL in the head's cache (a placeholder: the sim's engine really generates with SmolLM2-135M)"
 "$SH" sim seed-model --name "$NAME" spark1 "$MODEL"
 
-step "3/6 start_cluster.sh on the head (SPARK_CONFIG=$PROFILE)"
+step "3/6 start_cluster.sh --nodes 2 on the head (SPARK_CONFIG=$PROFILE TENSOR_PARALLEL=2)"
 manual=0
 rc=0
-run_script start_cluster.sh || rc=$?
+RUN_ENV=(TENSOR_PARALLEL=2) # one model across both nodes, as on two real Sparks
+run_script start_cluster.sh --nodes 2 || rc=$?
+RUN_ENV=()
 if [[ $rc -eq 3 ]]; then
   echo "start_cluster.sh is not available in this version yet: starting one engine on the head by hand instead"
   manual=1

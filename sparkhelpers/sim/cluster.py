@@ -9,16 +9,18 @@ through its name (netns, cgroup) or the cluster's state directory, so ``down`` w
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
+import struct
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sparkhelpers.errors import SparkError
-from sparkhelpers.runner import Runner, RunResult, shell_quote
+from sparkhelpers.runner import Runner, RunResult
 from sparkhelpers.sim import facts as factmod
 from sparkhelpers.sim import netplan
 
@@ -86,24 +88,33 @@ class Cluster:
                                         host=n.name, interactive=interactive)
 
     def seed_model(self, node: str, model: str, *, gguf: bool = False, hf_cache: str = "/raid/hf-cache") -> str:
-        """Put a placeholder snapshot of ``model`` (org/name) in a node's HF cache, so engines and the
-        lifecycle find it offline (the sim cannot download). The sim's engine always generates with
-        SmolLM2; with ``gguf`` the real SmolLM2 GGUF goes in, for llama-server. Returns the path."""
+        """Put a placeholder snapshot of ``model`` (org/name) in a node's HF cache, laid out like a real
+        download (refs/main -> snapshots/<commit> with config.json, tokenizer.json and a valid tiny
+        model.safetensors), so engines and the lifecycle find it complete offline (the sim cannot
+        download). The sim's engine always generates with SmolLM2; with ``gguf`` the real SmolLM2 GGUF
+        goes in too, for llama-server. Returns the snapshot path as the node sees it."""
         from sparkhelpers.sim.image import MODEL_NAME, sources
 
-        if "/" not in model or model.startswith("/"):
-            raise SparkError(f"model {model!r} is not an org/name repo id", fix="e.g. Qwen/Qwen3-0.6B")
-        revision = "sparksim" + "0" * 32
-        repo = f"{hf_cache}/hub/models--{model.replace('/', '--')}"
-        snap = f"{repo}/snapshots/{revision}"
-        config = json.dumps({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
-                             "_sparksim": "placeholder: the emulated engine serves SmolLM2-135M under this name"})
-        script = (f"set -e; mkdir -p {snap} && printf '%s' {shell_quote(config)} > {snap}/config.json && "
-                  f"mkdir -p {repo}/refs && echo {revision} > {repo}/refs/main")
+        if "/" not in model or model.startswith("/") or not hf_cache.startswith("/raid/"):
+            raise SparkError(f"cannot seed {model!r} in {hf_cache}", fix="give an org/name repo id, e.g. "
+                             "Qwen/Qwen3-0.6B, and a cache under /raid")
+        commit = hashlib.sha1(f"sparksim {model}".encode()).hexdigest()
+        repo_rel = f"{hf_cache[len('/raid/'):]}/hub/models--{model.replace('/', '--')}"
+        repo = self.node_dir(node) / "raid" / repo_rel
+        snap = repo / "snapshots" / commit
+        snap.mkdir(parents=True, exist_ok=True)
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+        note = "placeholder written by sparkhelpers sim: the emulated engine serves SmolLM2-135M under this name"
+        (snap / "config.json").write_text(json.dumps({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+                                                      "_sparksim": note}))
+        (snap / "tokenizer.json").write_text(json.dumps({"version": "1.0", "_sparksim": note}))
+        header = json.dumps({"__metadata__": {"sparksim": note},
+                             "placeholder": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+        (snap / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
         if gguf:
-            script += f" && cp {shell_quote(str(sources()['model']))} {snap}/{MODEL_NAME}"
-        self.exec(node, script).check(f"seeding {model} on {node}")
-        return snap
+            shutil.copy2(sources()["model"], snap / MODEL_NAME)
+        return f"/raid/{repo_rel}/snapshots/{commit}"
 
     def down(self, runner: Runner | None = None) -> None:
         down(self.name, Path(self.dir).parent.parent, runner=runner)
