@@ -210,3 +210,30 @@ def test_cli_json_and_exit_codes(sparkhelpers_bin, monkeypatch):
     r = subprocess.run([*sparkhelpers_bin, "discover", "--snapshot", str(SNAPS / "spark1"), "--exports"],
                        capture_output=True, text=True)
     assert "export NCCL_SOCKET_IFNAME=enp1s0f1np1" in r.stdout.splitlines()
+
+
+class _LoopbackSsh(Runner):
+    """Runs what would go over ssh in a local bash instead, and records every command."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, ...]] = []
+
+    def run(self, argv, **kwargs):  # noqa: ANN001, ANN003, ANN201
+        self.calls.append(tuple(argv))
+        if argv[0] == "ssh":
+            argv = ["bash", "-c", argv[-1]]
+        return super().run(argv, **kwargs)
+
+
+def test_remote_capture_is_one_ssh_round_trip_with_nothing_secret_in_argv(tmp_path):
+    from sparkhelpers.discover import capture_remote
+    from sparkhelpers.runner import Host
+
+    runner = _LoopbackSsh()
+    snap = capture_remote(runner, Host("spark-02", user="spark"), tmp_path / "s", hf_cache="/raid/hf-cache",
+                          image="img:1")
+    assert len(runner.calls) == 1
+    argv = runner.calls[0]
+    assert argv[0] == "ssh" and "BatchMode=yes" in argv and argv[-1] == "bash -s -- /raid/hf-cache img:1"
+    assert discover_snapshot(str(snap)).kernel == os.uname().release
