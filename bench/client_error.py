@@ -117,6 +117,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8199)
     ap.add_argument("--benchy-runs", type=int, default=3)
     ap.add_argument("--no-llama-benchy", action="store_true")
+    ap.add_argument("--open-loop", default="", help="also Poisson arrivals at these rates (req/s), 16-token replies")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     ncpu = os.cpu_count() or 1
@@ -135,6 +136,12 @@ def main() -> None:
             doc, _ = execute(opts)
             srv = server_stats(args.port)
             rows.append((c, doc, srv))
+        open_rows = []
+        for rate in [float(x) for x in args.open_loop.split(",") if x]:
+            opts = RunOptions(base_url=f"http://127.0.0.1:{args.port}", model="truth", random_input_len=64,
+                              random_output_len=16, num_prompts=int(rate * 5), request_rate=rate, num_warmups=8)
+            doc, _ = execute(opts)
+            open_rows.append((rate, doc))
         benchy = {}
         if not args.no_llama_benchy:
             py = ensure_benchy()
@@ -170,6 +177,17 @@ def main() -> None:
             line += (f" || {b['e2e_ttft']:>15.1f} {b['e2e_ttft'] - args.ttft_ms:>+7.1f} {b['ttfr'] or 0:>7.1f} "
                      f"{tg:>10.2f} {100 * (tg - true_tg) / true_tg:>+6.2f}")
         print(line)
+
+    if open_rows:
+        print(f"\nopen loop (Poisson), 16-token replies, 5 s per rate: truth TTFT {args.ttft_ms:g} ms")
+        print(f"{'rate':>6} | {'achieved req/s':>14} | {'dispatch lag p99':>16} | {'TTFT bias mean':>14} "
+              f"{'p99':>7} | {'cpu %':>5} | valid")
+        for rate, d in open_rows:
+            c = d["extra"]["client"]
+            verdict = "yes" if d["run"]["valid"] else "NO: " + "; ".join(d["run"]["invalid_reasons"])
+            print(f"{rate:>6g} | {d['request_throughput']:>14.1f} | {c['dispatch_lag_p99_ms']:>13.1f} ms | "
+                  f"{d['mean_ttft_ms'] - args.ttft_ms:>+11.1f} ms {d['p99_ttft_ms'] - args.ttft_ms:>+7.1f} | "
+                  f"{c['cpu_pct']:>5.0f} | {verdict}")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,8 @@ if [[ "$3" == cat || "$4" == cat ]]; then cat {VLLM_FILE}; fi
     docker.chmod(docker.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("WORKER_HOST", "w1")
+    monkeypatch.setenv("MODEL", "org/some-model")
+    monkeypatch.setenv("TENSOR_PARALLEL", "2")
     monkeypatch.setenv("VLLM_IMAGE", "img:1")
     paths = frameworks.run_framework("vllm", opts(), load_config(), out_dir=tmp_path / "out", api_key="s3cret")
     calls = log.read_text()
@@ -73,7 +75,8 @@ if [[ "$3" == cat || "$4" == cat ]]; then cat {VLLM_FILE}; fi
     assert "s3cret" not in calls
     doc = json.loads(paths[1].read_text())
     assert paths[0].name.startswith("original-") and doc["run"]["tool"] == "vllm bench serve"
-    assert doc["target"]["nodes"] == 2 and doc["target"]["image"] == "img:1" and doc["p99_ttft_ms"] > 0
+    assert doc["target"]["nodes"] == 2 and doc["target"]["tp"] == 2 and doc["target"]["image"] == "img:1"
+    assert doc["p99_ttft_ms"] > 0
 
 
 def test_vllm_framework_dry_run_prints_and_runs_nothing(tmp_path, sparkhelpers_bin):

@@ -31,16 +31,26 @@ def cluster_target(cfg, base_url: str, model: str, variant: str = "") -> dict:
     """What was benchmarked, from the configuration: model, nodes, TP/PP, image, engine options."""
     workers = cfg.get_list("WORKER_HOST")
     nodes = 1 + len(workers)
-    tp = cfg.get("TENSOR_PARALLEL")
+    tp, pp = cfg.get("TENSOR_PARALLEL"), cfg.get_int("PIPELINE_PARALLEL", 1)
+    tp_value = int(tp) if tp.isdigit() else None
+    image = cfg.get("VLLM_IMAGE")
+    try:  # the effective sizes (preset defaults, explicit config wins), not the node count
+        from sparkhelpers.models.catalog import resolve_model
+
+        spec = resolve_model(cfg)
+        tp_value, pp, nodes = spec.tensor_parallel or tp_value, spec.pipeline_parallel or pp, spec.nodes or nodes
+        image = spec.image or image
+    except Exception:  # noqa: BLE001 - an unknown model must not stop a benchmark from being recorded
+        pass
     return {
         "base_url": base_url,
         "model": model,
         "configured_model": cfg.get("MODEL"),
         "served_model_name": cfg.get("SERVED_MODEL_NAME"),
         "nodes": nodes,
-        "tp": int(tp) if tp.isdigit() else None,
-        "pp": cfg.get_int("PIPELINE_PARALLEL", 1),
-        "image": cfg.get("VLLM_IMAGE"),
+        "tp": tp_value,
+        "pp": pp,
+        "image": image,
         "variant": variant or "default",
         "engine_options": {k.lower(): cfg.get(k) for k in ENGINE_OPTION_KEYS if cfg.get(k) != ""},
     }
