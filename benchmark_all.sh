@@ -41,4 +41,4 @@ while [[ $# -gt 0 ]]; do
 done
 
 spark_load_config
-sparkhelpers bench sweep "${args[@]}"
+sparkhelpers_exec bench sweep "${args[@]}"

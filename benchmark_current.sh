@@ -44,4 +44,4 @@ while [[ $# -gt 0 ]]; do
 done
 
 spark_load_config
-sparkhelpers bench current "${args[@]}"
+sparkhelpers_exec bench current "${args[@]}"

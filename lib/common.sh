@@ -2,7 +2,7 @@
 # Summary: Shared shell library for the sparkhelpers entry scripts (sourced, never run).
 #
 # Provides: SPARK_HOME, spark_load_config, log, warn, die, usage, usage_error, require_cmd,
-# sparkhelpers (runs the Python core), not_available, spark_state_dir, spark_lock (the cluster lock).
+# sparkhelpers (runs the Python core), sparkhelpers_exec, not_available, spark_state_dir, spark_lock.
 # Exit codes: 0 success, 1 failure, 2 usage.
 
 if [[ -n "${SPARK_DEBUG:-}" && "${SPARK_DEBUG}" != 0 ]]; then
@@ -84,6 +84,17 @@ sparkhelpers() {
   else
     die "the sparkhelpers Python package is not installed" "cd $SPARK_HOME && make venv"
   fi
+}
+
+# sparkhelpers_exec ARGS...: replace this script with the Python core, so signals (cron, systemd,
+# timeout) reach it directly and it can clean up; use it as a script's last command.
+sparkhelpers_exec() {
+  if [[ -x "$SPARK_HOME/.venv/bin/sparkhelpers" ]]; then
+    exec "$SPARK_HOME/.venv/bin/sparkhelpers" "$@"
+  elif command -v sparkhelpers >/dev/null 2>&1; then
+    exec sparkhelpers "$@"
+  fi
+  die "the sparkhelpers Python package is not installed" "cd $SPARK_HOME && make venv"
 }
 
 # not_available WHAT: a feature that is not built yet fails honestly.

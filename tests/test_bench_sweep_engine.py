@@ -31,6 +31,7 @@ def standin_home(tmp_path, isolated_env, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(ROOT / "config.env", home / "config.env")
+    (home / ".venv").symlink_to(Path(sys.executable).parents[1])  # benchmark_all.sh runs this venv's CLI
     for script in ("switch_model.sh", "start_cluster.sh", "stop_cluster.sh", "common.sh"):
         shutil.copy(STANDINS / script, home / script)
     with socket.socket() as s:
@@ -46,16 +47,16 @@ def standin_home(tmp_path, isolated_env, monkeypatch):
     subprocess.run([str(home / "stop_cluster.sh")], timeout=30)  # never leave an engine behind
 
 
-def sweep_cmd(sparkhelpers_bin, *extra):
-    return [*sparkhelpers_bin, "bench", "sweep", "--yes", "--name", "t", *extra]
+def sweep_cmd(*extra):
+    return [str(ROOT / "benchmark_all.sh"), "--yes", "--name", "t", *extra]
 
 
-def test_two_models_two_variants_killed_resumed_rendered(standin_home, sparkhelpers_bin):
+def test_two_models_two_variants_killed_resumed_rendered(standin_home):
     home, local = standin_home
     original = local.read_text()
     results = Path(os.environ["RESULTS_DIR"]) / "sweeps" / "t"
     state_file = results / "sweep-state.json"
-    args = sweep_cmd(sparkhelpers_bin, "--models", "test/tiny-a,test/tiny-b", "--variants", "tier1-off,tier1-on",
+    args = sweep_cmd("--models", "test/tiny-a,test/tiny-b", "--variants", "tier1-off,tier1-on",
                      "--profile", "smoke")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
@@ -66,7 +67,7 @@ def test_two_models_two_variants_killed_resumed_rendered(standin_home, sparkhelp
             if sum(c["status"] == "SUCCESS" for c in cells.values()) >= 2:
                 break
         time.sleep(0.3)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)  # the script execs the CLI, so the signal reaches it
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
     assert "interrupted by SIGTERM" in err and "--resume --name t" in err
@@ -75,7 +76,7 @@ def test_two_models_two_variants_killed_resumed_rendered(standin_home, sparkhelp
     assert steps[-1] == "stop"  # nothing was serving before the sweep: it is stopped again
     assert "switch test/tiny-a ENABLE_PREFIX_CACHING=false lock=held" in steps[0]
 
-    r = subprocess.run(sweep_cmd(sparkhelpers_bin, "--resume"), capture_output=True, text=True, timeout=300,
+    r = subprocess.run(sweep_cmd("--resume"), capture_output=True, text=True, timeout=300,
                        stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr
     state = json.loads(state_file.read_text())
@@ -93,10 +94,10 @@ def test_two_models_two_variants_killed_resumed_rendered(standin_home, sparkhelp
     assert doc["target"]["engine_options"]["enable_prefix_caching"] in ("false", "true")
 
 
-def test_a_failing_switch_is_start_failed_and_exits_1(standin_home, sparkhelpers_bin):
+def test_a_failing_switch_is_start_failed_and_exits_1(standin_home):
     home, _ = standin_home
     (home / "switch_model.sh").write_text("#!/usr/bin/env bash\necho 'engine exited: CUDA OOM' >&2\nexit 1\n")
-    r = subprocess.run(sweep_cmd(sparkhelpers_bin, "--models", "test/tiny-a", "--profile", "smoke"),
+    r = subprocess.run(sweep_cmd("--models", "test/tiny-a", "--profile", "smoke"),
                        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert r.returncode == 1
     assert "START_FAILED" in r.stdout and "CUDA OOM" in r.stdout
