@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -33,8 +32,9 @@ def test_sweep_two_presets_two_variants_killed_resumed(make_sim):
         cluster.seed_model("spark1", repo)
     profile = cluster.profile
     original = Path(profile).read_text()
-    results = on_head(cluster, f"env SPARK_CONFIG={profile} {ROOT}/.venv/bin/sparkhelpers config get RESULTS_DIR")
-    sweep_dir = f"{results.stdout.strip()}/{SWEEP_DIR}"
+    get = f"env SPARK_CONFIG={profile} {ROOT}/.venv/bin/sparkhelpers config get"
+    sweep_dir = f"{on_head(cluster, f'{get} RESULTS_DIR').stdout.strip()}/{SWEEP_DIR}"
+    lock = f"{on_head(cluster, f'{get} SPARK_STATE_DIR').stdout.strip()}/cluster.lock"
     sweep = [f"{ROOT}/benchmark_all.sh", "--yes", "--name", "simt"]
     args = [*sweep, "--models", ",".join(PRESETS), "--variants", "tier1-off,tier1-on", "--profile", "smoke"]
     node = cluster.node("spark1")
@@ -48,7 +48,10 @@ def test_sweep_two_presets_two_variants_killed_resumed(make_sim):
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and sum(c["status"] == "SUCCESS" for c in state().values()) < 2:
         time.sleep(1)
-    proc.send_signal(signal.SIGTERM)  # nsenter -> env -> bash exec'd the CLI: the signal reaches it
+    # SIGTERM to the sweep itself (benchmark_all.sh exec'd the CLI; the lock file names its pid)
+    holder = on_head(cluster, f"cat {lock}").stdout
+    assert "(benchmark_all.sh)" in holder, holder
+    on_head(cluster, f"kill -TERM {holder.split()[1]}").check("signalling the sweep")
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 1, err
     assert "interrupted by SIGTERM" in err
