@@ -22,7 +22,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_DIR = "/raid/hf-cache/hub/models--Qwen--Qwen3-0.6B"
 
 
 def on_head(cluster, argv: list[str], timeout: float = 600):  # noqa: ANN001, ANN201
@@ -36,9 +35,9 @@ def engine_started_at(log: Path) -> float:
     return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
 
 
-def one_run(cluster, state: Path, mode: str) -> tuple[float, float, float, float]:  # noqa: ANN001
+def one_run(cluster, state: Path, mode: str, nodes: int) -> tuple[float, float, float, float]:  # noqa: ANN001
     t0 = time.monotonic()
-    r = on_head(cluster, ["env", f"LAUNCH_MODE={mode}", str(ROOT / "start_cluster.sh")])
+    r = on_head(cluster, ["env", f"LAUNCH_MODE={mode}", str(ROOT / "start_cluster.sh"), "--nodes", str(nodes)])
     start_wall = time.monotonic() - t0
     if not r.ok:
         raise SystemExit(f"start failed:\n{r.stdout}\n{r.stderr}")
@@ -65,10 +64,15 @@ def main() -> None:
     name = f"b{os.getpid()}"
     cluster = sim.up(name, args.nodes, state_dir=state_dir, image_on="head")
     try:
-        snap = f"{MODEL_DIR}/snapshots/0123456789abcdef0123456789abcdef01234567"
-        cluster.exec("spark1", f"mkdir -p {snap} && echo '{{}}' >{snap}/config.json").check("seeding the model")
+        snap = cluster.seed_model("spark1", "Qwen/Qwen3-0.6B")
+        floats = 64 * 1024 * 1024  # 256 MiB of weights to copy on the cold run
+        weights = (f"import json,struct,sys; h=json.dumps({{'w':{{'dtype':'F32','shape':[{floats}],"
+                   f"'data_offsets':[0,{4 * floats}]}}}}).encode(); "
+                   f"sys.stdout.buffer.write(struct.pack('<Q',len(h))+h+bytes({4 * floats}))")
+        cluster.exec("spark1", f"echo '{{}}' >{snap}/tokenizer.json && python3 -c \"{weights}\" "
+                               f">{snap}/model.safetensors").check("completing the snapshot")
         state = Path(cluster.dir) / "spark1" / "state" / "run" / f"sim-{name}"
-        rows = [one_run(cluster, state, args.mode) for _ in range(args.runs)]
+        rows = [one_run(cluster, state, args.mode, args.nodes) for _ in range(args.runs)]
     finally:
         sim.down(name, state_dir=state_dir)
     print(f"{args.nodes}-node {args.mode} start/stop on the emulated cluster ({os.cpu_count()} cores), seconds:")

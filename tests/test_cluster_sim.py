@@ -21,17 +21,21 @@ MODEL_DIR = "/raid/hf-cache/hub/models--Qwen--Qwen3-0.6B"
 API_KEY = "sk-sim-api-key-7c1d9e"
 HF_TOKEN = "hf_sim_token_4b8a2f"
 FAULT_FILE = "/raid/hf-cache/.sparksim-fault"
+# A valid one-tensor safetensors file of N floats (the models helper verifies weights' headers).
+SAFETENSORS = ("python3 -c 'import json,struct,sys; h=json.dumps({\"w\":{\"dtype\":\"F32\",\"shape\":[N],"
+               "\"data_offsets\":[0,4*N]}}).encode(); "
+               "sys.stdout.buffer.write(struct.pack(\"<Q\",len(h))+h+bytes(4*N))'")
 
 pytestmark = [pytest.mark.sim, pytest.mark.engine]
 
 
 def seed_model(cluster, node: str = "spark1") -> None:
     """A model snapshot in the head's HF cache (the sim engine serves SmolLM2 under its name)."""
-    snap = f"{MODEL_DIR}/snapshots/0123456789abcdef0123456789abcdef01234567"
-    cluster.exec(node, f"mkdir -p {snap} {MODEL_DIR}/refs && printf '%s' 0123456789abcdef0123456789abcdef01234567 "
-                       f">{MODEL_DIR}/refs/main && echo '{{\"model_type\": \"llama\"}}' >{snap}/config.json && "
-                       f"echo '{{}}' >{snap}/tokenizer.json && umask 077 && printf '%s\\n' {API_KEY} >/root/api-key"
-                 ).check("seeding the model")
+    snap = cluster.seed_model(node, "Qwen/Qwen3-0.6B")
+    # what the models helper's verify wants of a complete snapshot: a tokenizer and weights
+    cluster.exec(node, f"echo '{{}}' >{snap}/tokenizer.json && {SAFETENSORS.replace('N', '4096')} "
+                       f">{snap}/model.safetensors").check("completing the snapshot")
+    cluster.exec(node, f"umask 077 && printf '%s\\n' {API_KEY} >/root/api-key").check("writing the API key file")
 
 
 def env_for(cluster, **extra: str) -> list[str]:
@@ -118,7 +122,7 @@ def test_two_nodes_native_start_chat_status_logs_stop_and_secrets(sim_cluster):
         r = script(c, "start_cluster.sh", "--nodes", "2")
         assert r.ok, f"{r.stdout}\n{r.stderr}"
         assert "is ready" in r.stdout and "native, 2 node(s)" in r.stdout
-        assert "copying model" in r.stderr
+        assert "copying Qwen/Qwen3-0.6B" in r.stderr, "the model is synced to the worker that lacks it"
         assert "phases: preflight" in r.stdout
 
         # what ran is what --dry-run showed (the container commands, node by node, in order)
