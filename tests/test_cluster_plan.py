@@ -32,7 +32,7 @@ def scripts_of(plan):
         out[f"{node.label}:docker-run"] = "#!/usr/bin/env bash\n" + rd.docker_run(plan, node, h)
     for phase in rd.start_phases(plan, h, {"VLLM_API_KEY": "k"}):
         for i, step in enumerate(phase.steps):
-            out[f"{phase.name}:{i}:{step.node.label}"] = "#!/usr/bin/env bash\n" + step.script
+            out[f"{phase.name}:{i}:{step.node.label}"] = "#!/usr/bin/env bash\n" + (step.stdin or step.script)
     return out
 
 
@@ -66,10 +66,10 @@ def test_modes_single_ray_and_llama():
 
 def test_ray_mode_keeps_per_node_and_secret_variables_on_their_node():
     plan = plan_for(nodes=2, LAUNCH_MODE="ray")
-    files = [s for p in rd.start_phases(plan, "h", {}) for s in p.steps if "ray_non_carry_over" in s.title]
-    assert len(files) == 1 and files[0].node.rank == 0
+    steps = [s for p in rd.start_phases(plan, "h", {}) for s in p.steps if "ray_non_carry_over" in (s.stdin or "")]
+    assert len(steps) == 1 and steps[0].node.rank == 0
     for var in ("VLLM_HOST_IP", "NCCL_SOCKET_IFNAME", "NCCL_IB_HCA", "HF_TOKEN", "VLLM_API_KEY"):
-        assert var in PER_NODE_VARS and var in files[0].stdin
+        assert var in PER_NODE_VARS and var in steps[0].stdin
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -185,10 +185,10 @@ def test_dry_run_prints_every_command_and_no_secret(sparkhelpers_bin, tmp_path):
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "sk-very-secret-value" not in out + r.stderr and "hf_secret_token_value" not in out + r.stderr
-    assert "# [head] start container sparkhelpers-spark-0" in out
-    assert "# [spark2] start container sparkhelpers-spark-1" in out
-    assert out.index("sparkhelpers-spark-1\n") < out.index("# [head] start container"), "native: workers first"
-    assert "(secret values: not shown)" in out and "--headless" in out
+    assert "# [head] prepare the node and start container sparkhelpers-spark-0" in out
+    assert "# [spark2] prepare the node and start container sparkhelpers-spark-1" in out
+    assert out.index("# [spark2]") < out.index("# [head]"), "native: workers first"
+    assert "with VLLM_API_KEY, HF_TOKEN: values not shown" in out and "--headless" in out
     assert not (tmp_path / "state").exists()
 
 

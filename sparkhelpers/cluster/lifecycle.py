@@ -18,7 +18,7 @@ from sparkhelpers.cluster.plan import ClusterPlan, NodePlan
 from sparkhelpers.errors import SparkError
 from sparkhelpers.runner import Host, Runner, build_ssh_cmd, shell_join, shell_quote
 
-POLL_S = 1.0
+POLL_S = 0.5
 LOG_TAIL = 25
 
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 
@@ -28,13 +29,13 @@ class Step:
     script: str
     stdin: str | None = None
     secret: bool = False
+    shown: str = ""  # what --dry-run prints for stdin (the stdin itself, minus secret values)
 
     def show(self) -> str:
-        text = f"# [{self.node.label}] {self.title}\n{self.script.rstrip()}\n"
-        if self.stdin is not None:
-            body = "# (secret values: not shown)\n" if self.secret else self.stdin
-            text += f"# stdin:\n{_comment(body)}"
-        return text
+        if self.stdin is None:
+            return f"# [{self.node.label}] {self.title}\n{self.script.rstrip()}\n"
+        body = self.shown or ("# (secret values: not shown)\n" if self.secret else self.stdin)
+        return f"# [{self.node.label}] {self.title}: {self.script}, with this script on stdin:\n{body.rstrip()}\n"
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,6 @@ class Phase:
     steps: tuple[Step, ...] = ()
     wait: str = ""
     extra: dict[str, str] = field(default_factory=dict)
-
-
-def _comment(text: str) -> str:
-    return "".join(f"#   {line}\n" for line in text.rstrip("\n").splitlines())
 
 
 def labels_filter(plan_cluster: str) -> str:
@@ -91,56 +88,68 @@ def docker_run(plan: ClusterPlan, node: NodePlan, config_hash: str) -> str:
                   entry=container_entry(plan), fabric=plan.mode in ("ray", "native"))
 
 
-def write_file(node: NodePlan, path: str, content: str, mode: str = "0644", secret: bool = False) -> Step:
-    tmp = f"{path}.tmp"
-    script = f"umask 077 && cat >{shell_quote(tmp)} && chmod {mode} {shell_quote(tmp)} && mv -f {shell_quote(tmp)} " \
-             f"{shell_quote(path)}"
-    return Step(node, f"write {path}", script, stdin=content, secret=secret)
+def write_file(path: str, content: str, mode: str = "0644") -> str:
+    """Shell that writes ``content`` to ``path`` atomically (a quoted here-document: nothing expands)."""
+    tag = "SPARKHELPERS_EOF_" + hashlib.sha256(content.encode()).hexdigest()[:12]
+    body = content if content.endswith("\n") else content + "\n"
+    tmp = shell_quote(f"{path}.tmp")
+    return (f"cat >{tmp} <<'{tag}'\n{body}{tag}\n"
+            f"chmod {mode} {tmp} && mv -f {tmp} {shell_quote(path)}\n")
 
 
-def prepare(plan: ClusterPlan, node: NodePlan) -> Step:
+def prepare(plan: ClusterPlan, node: NodePlan) -> str:
     """Directories on the node, and last run's logs kept as *.log.1 (logs live on the host)."""
     run_dir = plan.node_run_dir(node)
     dirs = [run_dir, plan.log_dir, f"{plan.cache_dir}/vllm", f"{plan.cache_dir}/flashinfer", f"{plan.cache_dir}/triton"]
-    script = (f"mkdir -p {' '.join(shell_quote(d) for d in dirs)} && chmod 700 {shell_quote(plan.run_dir)} "
-              f"{shell_quote(run_dir)}\n"
-              f"for f in {shell_quote(plan.log_dir)}/*-{node.rank}.log; do if [ -f \"$f\" ]; then "
-              "mv -f \"$f\" \"$f.1\"; fi; done\n"
-              f"rm -f {shell_quote(run_dir)}/*.pid")
-    return Step(node, "prepare run and log directories", script)
+    return (f"mkdir -p {' '.join(shell_quote(d) for d in dirs)}\nchmod 700 {shell_quote(plan.run_dir)} "
+            f"{shell_quote(run_dir)}\n"
+            f"for f in {shell_quote(plan.log_dir)}/*-{node.rank}.log; do if [ -f \"$f\" ]; then "
+            "mv -f \"$f\" \"$f.1\"; fi; done\n")
 
 
 def secrets_file(secrets: dict[str, str]) -> str:
     return "".join(f"{k}={shell_quote(val)}\n" for k, val in secrets.items())
 
 
+def node_step(plan: ClusterPlan, node: NodePlan, config_hash: str, secrets: dict[str, str]) -> Step:
+    """Everything one node needs, in ONE round trip: directories, its entry scripts (and on the head the
+    secrets file), then its container. Sent to ``bash -s`` on stdin, so no secret is ever in argv."""
+    run_dir = plan.node_run_dir(node)
+    parts = ["set -euo pipefail\numask 077\n", prepare(plan, node)]
+    for name, text in entry_scripts(plan, node).items():
+        parts.append(write_file(f"{run_dir}/{name}", text))
+    if plan.mode == "ray" and node.rank == 0:
+        parts.append(f"mkdir -p {shell_quote(run_dir + '/vllm-config')}\n")
+        parts.append(write_file(f"{run_dir}/vllm-config/ray_non_carry_over_env_vars.json",
+                                json.dumps(sorted(PER_NODE_VARS)) + "\n"))
+    shown = list(parts)
+    if node.rank == 0 and secrets:
+        path = f"{run_dir}/secrets.env"
+        parts.append(write_file(path, secrets_file(secrets), "0600"))
+        shown.append(f"# write {path} (mode 0600) with {', '.join(secrets)}: values not shown\n")
+    run = docker_run(plan, node, config_hash)
+    parts.append(run)
+    shown.append(run)
+    return Step(node, f"prepare the node and start container {node.container}", "bash -s", stdin="".join(parts),
+                secret=bool(node.rank == 0 and secrets), shown="".join(shown))
+
+
 def start_phases(plan: ClusterPlan, config_hash: str, secrets: dict[str, str]) -> list[Phase]:
     """Everything start does to the nodes, in order. ``secrets`` values go only into the head's 0600 file."""
-    files: list[Step] = []
-    for node in plan.nodes:
-        for name, text in entry_scripts(plan, node).items():
-            files.append(write_file(node, f"{plan.node_run_dir(node)}/{name}", text))
-    head_dir = plan.node_run_dir(plan.head)
-    if plan.mode == "ray":
-        non_carry = json.dumps(sorted(PER_NODE_VARS)) + "\n"
-        files.append(write_file(plan.head, f"{head_dir}/vllm-config/ray_non_carry_over_env_vars.json",
-                                non_carry))
-        files.insert(0, Step(plan.head, "vLLM config dir", f"mkdir -p {shell_quote(head_dir + '/vllm-config')}"))
-    if secrets:
-        files.append(write_file(plan.head, f"{head_dir}/secrets.env", secrets_file(secrets), "0600", secret=True))
-    phases = [Phase("prepare", tuple(prepare(plan, n) for n in plan.nodes)), Phase("files", tuple(files))]
-    run = {n.rank: Step(n, f"start container {n.container}", docker_run(plan, n, config_hash)) for n in plan.nodes}
+    run = {n.rank: node_step(plan, n, config_hash, secrets) for n in plan.nodes}
     n = len(plan.nodes)
+    phases: list[Phase] = []
     if plan.mode == "ray":
         phases.append(Phase("ray-head", (run[0],), wait="the Ray head answers `ray status`"))
         if plan.workers:
             phases.append(Phase("ray-workers", tuple(run[w.rank] for w in plan.workers)))
         phases.append(Phase("ray-join", wait=f"`ray status` shows exactly {n} nodes and {n} GPUs"))
-        engine = f"touch {shell_quote(head_dir + '/start-engine')}"
+        engine = f"touch {shell_quote(plan.node_run_dir(plan.head) + '/start-engine')}"
         phases.append(Phase("engine", (Step(plan.head, "signal the head container to start vllm serve", engine),)))
     elif plan.mode == "native":
-        phases.append(Phase("workers", tuple(run[w.rank] for w in plan.workers),
-                            wait="every worker container is running"))
+        if plan.workers:
+            phases.append(Phase("workers", tuple(run[w.rank] for w in plan.workers),
+                                wait="every worker container is running"))
         phases.append(Phase("engine", (run[0],)))
     else:
         phases.append(Phase("engine", (run[0],)))
