@@ -54,7 +54,8 @@ def host_problems(facts: HostFacts, *, single_node: bool = False, mtu: int = REC
     """What is wrong with this host's fabric on its own (cross-node checks live in checks.py)."""
     problems: list[Problem] = []
     severity = "info" if single_node else "error"
-    none_needed = " (single node: no fabric is needed)" if single_node else ""
+    none_needed = (" (single node: no fabric is needed; on a worker check with `setup-env.sh --worker`)"
+                   if single_node else "")
     if not facts.hcas:
         problems.append(Problem(severity, "no-rdma-device",
                                 "no RoCE/RDMA device in /sys/class/infiniband" + none_needed,
