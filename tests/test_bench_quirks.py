@@ -111,9 +111,10 @@ def quirks():
 
 
 def run(quirks, model, n=4, c=2, api_key="", **kw):
+    kw.setdefault("random_input_len", 8)
+    kw.setdefault("random_output_len", 6)
     opts = RunOptions(base_url=f"http://127.0.0.1:{quirks.port}/v1", model=model, backend="openai-chat",
-                      random_input_len=8, random_output_len=6, num_prompts=n, max_concurrency=c,
-                      request_timeout_s=20, **kw)
+                      num_prompts=n, max_concurrency=c, request_timeout_s=20, **kw)
     return execute(opts, api_key=api_key)
 
 
@@ -214,3 +215,26 @@ def test_cli_saves_vllm_keys_and_requests_jsonl(quirks, sparkhelpers_bin, tmp_pa
     lines = next(f for f in files if f.name.endswith(".requests.jsonl")).read_text().splitlines()
     assert len(lines) == 3 and json.loads(lines[0])["finish_reason"] == "length"
     assert "from-env" not in json.dumps(doc)
+
+
+def test_open_loop_records_dispatch_lag(quirks):
+    doc, _ = run(quirks, "normal", n=6, c=None, request_rate=40.0, burstiness=1.0)
+    assert doc["completed"] == 6 and doc["request_rate"] == 40.0
+    assert doc["extra"]["client"]["dispatch_lag_p99_ms"] is not None
+    assert doc["duration"] >= 6 / 40.0  # the last request leaves at n/rate
+
+
+def test_local_sharegpt_custom_and_prefix_repetition_datasets(quirks, tmp_path):
+    share = tmp_path / "sharegpt.json"
+    share.write_text(json.dumps([{"conversations": [{"from": "human", "value": f"question number {i} " * 3},
+                                                    {"from": "gpt", "value": "an answer of several words"}]}
+                                 for i in range(5)]))
+    custom = tmp_path / "prompts.jsonl"
+    custom.write_text('{"prompt": "first custom prompt here", "output_tokens": 3}\n{"prompt": "second one"}\n')
+    quirks.requests.clear()
+    doc, _ = run(quirks, "normal", n=3, dataset_name="sharegpt", dataset_path=str(share))
+    assert doc["completed"] == 3 and "question number" in quirks.requests[0]["body"]["messages"][0]["content"]
+    doc, _ = run(quirks, "normal", n=2, dataset_name="custom", dataset_path=str(custom))
+    assert doc["completed"] == 2 and doc["total_output_tokens"] == 3 + 256
+    doc, _ = run(quirks, "normal", n=4, dataset_name="prefix-repetition")
+    assert doc["completed"] == 4 and doc["workload"]["num_prefixes"] == 10
