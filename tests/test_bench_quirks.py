@@ -238,3 +238,10 @@ def test_local_sharegpt_custom_and_prefix_repetition_datasets(quirks, tmp_path):
     assert doc["completed"] == 2 and doc["total_output_tokens"] == 3 + 256
     doc, _ = run(quirks, "normal", n=4, dataset_name="prefix-repetition")
     assert doc["completed"] == 4 and doc["workload"]["num_prefixes"] == 10
+
+
+def test_cli_dry_run_sends_nothing(quirks, sparkhelpers_bin):
+    quirks.requests.clear()
+    r = subprocess.run([*sparkhelpers_bin, "bench", "run", "--dry-run", "--base-url", f"http://127.0.0.1:{quirks.port}",
+                        "--model", "normal", "--num-prompts", "7"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and json.loads(r.stdout)["num_prompts"] == 7 and quirks.requests == []

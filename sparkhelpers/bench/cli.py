@@ -92,7 +92,8 @@ def run_cmd(
     framework: str = typer.Option("sparkhelpers", "--framework",
                                   help="sparkhelpers (this client), vllm (vllm bench serve in the head "
                                        "container) or llama-benchy (when installed)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the other framework's command, run nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the workload (or the other framework's "
+                                 "command), send nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print the result document as JSON."),
 ) -> None:
     """Run one benchmark against an OpenAI-compatible server, with vllm bench serve's definitions."""
@@ -129,6 +130,13 @@ def run_cmd(
                                          api_key=_api_key(cfg))
         for p in paths:
             info(f"saved {p}")
+        return
+    if dry_run:
+        from sparkhelpers.bench.run import workload_section
+
+        opts.validate()
+        info(f"would send {opts.num_prompts} request(s) to {opts.base_url} (nothing sent):")
+        print_json(workload_section(opts, opts.ignore_eos or opts.dataset_name == "random"))
         return
     doc, records = execute(opts, api_key=_api_key(cfg), progress=_progress("bench"))
     if not as_json:
