@@ -8,6 +8,7 @@ hash of everything that goes in, so a warm ``sim up`` only runs ``docker import`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.resources
 import importlib.util
@@ -113,9 +114,10 @@ def build(force: bool = False, progress=None, runner: Runner | None = None) -> B
         os.replace(tmp_tar, tar)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    for old in cache.glob("engine-*.tar"):
-        if old not in (tar, saved_tar(built)) and time.time() - old.stat().st_mtime > 3600:
-            old.unlink(missing_ok=True)  # keep the cache small; recent ones may be in use by parallel runs
+    for old in cache.glob("engine-*.tar"):  # keep the cache small; recent ones may serve parallel runs
+        with contextlib.suppress(OSError):
+            if old not in (tar, saved_tar(built)) and time.time() - old.stat().st_mtime > 86400:
+                old.unlink()
     say(f"engine image built in {time.monotonic() - t0:.1f} s ({tar.stat().st_size / 1e6:.0f} MB)")
     return built
 
