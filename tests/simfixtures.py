@@ -30,10 +30,14 @@ def sim_unavailable() -> str:
     from sparkhelpers.runner import Runner
     from sparkhelpers.sim.cluster import check_host
 
+    runner = Runner()
     try:
-        check_host(Runner())
+        check_host(runner)
     except SparkError as exc:
         return f"{exc.message} ({exc.fix})"
+    probe = runner.run(["unshare", "--net", "--mount", "--pid", "--fork", "true"], timeout=30)
+    if not probe.ok:
+        return f"cannot create namespaces here: {probe.last_line}"
     return ""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -399,3 +400,27 @@ def test_cli_profile_and_seed_model(sim_cluster, sparkhelpers_bin, sim_state_dir
     r = subprocess.run([*base, "seed-model", "--name", sim_cluster.name, "spark2", "noslash"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "give an org/name repo id" in r.stderr
+
+
+@pytest.mark.sim
+def test_a_failing_test_still_tears_its_cluster_down(tmp_path, sim_state_dir):
+    """Run a pytest session whose test fails while its cluster is up; nothing may be left behind."""
+    from sparkhelpers.runner import Runner
+    from sparkhelpers.sim import cluster as cl
+
+    marker = tmp_path / "cluster.txt"
+    (tmp_path / "test_inner.py").write_text(
+        "def test_fails(make_sim):\n"
+        "    c = make_sim(nodes=1)\n"
+        f"    open({str(marker)!r}, 'w').write(c.name + ' ' + c.dir)\n"
+        "    assert c.exec('spark1', ['true']).ok\n"
+        "    raise AssertionError('deliberate failure with a cluster up')\n")
+    tests_dir = Path(__file__).resolve().parent
+    env = {**__import__("os").environ, "PYTHONPATH": str(tests_dir)}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "simfixtures", "-p", "no:cacheprovider",
+                        "--rootdir", str(tmp_path), str(tmp_path / "test_inner.py")],
+                       capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert r.returncode == 1 and "deliberate failure" in r.stdout, r.stdout + r.stderr
+    name, cdir = marker.read_text().split()
+    assert not any(netplan.owns_netns(name, ns) for ns in cl.netns_list(Runner()))
+    assert not Path(cdir).exists()
