@@ -424,3 +424,13 @@ def test_a_failing_test_still_tears_its_cluster_down(tmp_path, sim_state_dir):
     name, cdir = marker.read_text().split()
     assert not any(netplan.owns_netns(name, ns) for ns in cl.netns_list(Runner()))
     assert not Path(cdir).exists()
+
+
+def test_up_dry_run_shows_the_plan_and_changes_nothing(sparkhelpers_bin, isolated_env):
+    r = subprocess.run([*sparkhelpers_bin, "sim", "up", "--dry-run", "--name", "dry", "--nodes", "3",
+                        "--fact", "spark3:mtu=1500"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "ip netns add sparksim-dry-spark3" in r.stdout
+    assert "addr add 169.254.102.13/24 dev enP2p1s0f1np1" in r.stdout
+    assert "link set enp1s0f1np1 mtu 1500 up" in r.stdout
+    assert not (isolated_env / "state" / "sim").exists()

@@ -35,14 +35,20 @@ def up(
     facts_file: str = typer.Option("", "--facts-file", help='JSON file: {"spark2": {"mtu": 1500}}.'),
     image_on: str = typer.Option("head", "--image-on", help="Load the engine image on: head, all or none."),
     as_json: bool = typer.Option(False, "--json", help="Print the cluster as JSON."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the namespaces, links and node commands; "
+                                                          "change nothing."),
 ) -> None:
     """Start N emulated nodes and print the config profile that points the scripts at them."""
     from sparkhelpers.sim import api
+    from sparkhelpers.sim.cluster import dry_run_plan
     from sparkhelpers.sim.facts import load_facts_file, parse_fact_args
 
     facts = load_facts_file(facts_file) if facts_file else {}
     for node, values in parse_fact_args(fact, nodes).items():
         facts.setdefault(node, {}).update(values)
+    if dry_run:
+        typer.echo(dry_run_plan(name, nodes, facts))
+        return
     cluster = api.up(name, nodes, facts=facts, image_on=image_on, state_dir=_state(), progress=info)
     if as_json:
         print_json(cluster.to_json())

@@ -247,6 +247,23 @@ def _start(name: str, nodes: int, cdir: Path, node_facts: dict[str, dict[str, An
     return cluster
 
 
+def dry_run_plan(name: str, nodes: int, facts: dict[str, dict[str, Any]] | None = None) -> str:
+    """What ``up`` would run, as text (``sim up --dry-run``): namespaces, link batches, node commands."""
+    netplan.check_name(name)
+    netplan.check_nodes(nodes)
+    node_facts = {netplan.node_name(i): factmod.merge_facts((facts or {}).get(netplan.node_name(i)))
+                  for i in range(1, nodes + 1)}
+    out = [f"ip netns add {ns}" for ns in [netplan.switch_ns(name)] +
+           [netplan.node_ns(name, i) for i in range(1, nodes + 1)]]
+    out += ["# ip -batch (root namespace)", netplan.root_batch(name, nodes).rstrip(),
+            f"# ip -n {netplan.switch_ns(name)} -batch", netplan.switch_batch(nodes, node_facts).rstrip()]
+    for i in range(1, nodes + 1):
+        batch = netplan.node_batch(i, node_facts[netplan.node_name(i)]).rstrip()
+        out += [f"# ip -n {netplan.node_ns(name, i)} -batch", batch,
+                " ".join(node_command(name, i)) + f"   # SIM_NODE={netplan.node_name(i)}"]
+    return "\n".join(out)
+
+
 def node_command(name: str, index: int) -> list[str]:
     """The node's PID 1 (node-init.sh) in fresh mount/uts/ipc/pid namespaces inside its netns."""
     return ["nsenter", f"--net=/run/netns/{netplan.node_ns(name, index)}", "unshare", "--mount", "--uts", "--ipc",
