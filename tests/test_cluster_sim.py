@@ -21,6 +21,7 @@ MODEL_DIR = "/raid/hf-cache/hub/models--Qwen--Qwen3-0.6B"
 API_KEY = "sk-sim-api-key-7c1d9e"
 HF_TOKEN = "hf_sim_token_4b8a2f"
 FAULT_FILE = "/raid/hf-cache/.sparksim-fault"
+GGUF_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
 # A valid one-tensor safetensors file of N floats (the models helper verifies weights' headers).
 SAFETENSORS = ("python3 -c 'import json,struct,sys; h=json.dumps({\"w\":{\"dtype\":\"F32\",\"shape\":[N],"
                "\"data_offsets\":[0,4*N]}}).encode(); "
@@ -169,7 +170,7 @@ def test_two_nodes_native_start_chat_status_logs_stop_and_secrets(sim_cluster):
     finally:
         script(c, "stop_cluster.sh", "--force")
         for node in ("spark1", "spark2"):
-            c.exec(node, f"rm -rf {MODEL_DIR} {FAULT_FILE}")
+            c.exec(node, f"rm -rf {MODEL_DIR} {FAULT_FILE} /raid/hf-cache/hub/models--{GGUF_REPO.replace('/', '--')}")
 
 
 def test_ray_mode_then_solo(sim_cluster):
@@ -189,10 +190,16 @@ def test_ray_mode_then_solo(sim_cluster):
         solo = script(c, "start_cluster.sh", "--solo", "--replace")
         assert solo.ok, f"{solo.stdout}\n{solo.stderr}"
         assert "(single, 1 node(s)" in solo.stdout and ours(c, "spark2") == []
+
+        c.seed_model("spark1", GGUF_REPO, gguf=True)
+        llama = script(c, "start_cluster.sh", "--solo", "--replace", RUNTIME="llama-cpp", MODEL=GGUF_REPO)
+        assert llama.ok, f"{llama.stdout}\n{llama.stderr}"
+        assert f"serving {GGUF_REPO} (llama-cpp, 1 node(s)" in llama.stdout and "test answer" in llama.stdout
+        assert "llama-server -m" in Path(state_dir(c), f"run/sim-{c.name}/0/engine.sh").read_text()
     finally:
         script(c, "stop_cluster.sh", "--force")
         for node in ("spark1", "spark2"):
-            c.exec(node, f"rm -rf {MODEL_DIR} {FAULT_FILE}")
+            c.exec(node, f"rm -rf {MODEL_DIR} {FAULT_FILE} /raid/hf-cache/hub/models--{GGUF_REPO.replace('/', '--')}")
 
 
 def test_three_nodes_and_faults(make_sim):

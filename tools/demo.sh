@@ -67,6 +67,11 @@ step "4/6 a chat request to http://$HEAD_IP:$PORT (streamed, real tokens)"
 on_head "$ROOT/.venv/bin/python" "$ROOT/tools/demo_chat.py" "http://$HEAD_IP:$PORT" ||
   fail "the chat request failed" "see the engine logs: $SH sim exec --name $NAME spark1 -- docker logs \$(docker ps -q | head -1)"
 
+if [[ $manual -eq 0 ]]; then
+  echo
+  on_head env SPARK_CONFIG="$PROFILE" "$SH" status || true
+fi
+
 step "5/6 quick benchmark (benchmark_current.sh ${DEMO_BENCH_ARGS:---quick -n 4 -c 4})"
 # The sim's engine is one CPU thread: 4 requests at concurrency 4 keep this step under a minute.
 read -r -a bench_args <<<"${DEMO_BENCH_ARGS:---quick -n 4 -c 4}"
@@ -93,7 +98,9 @@ cat <<EOF
 == keep playing (the emulated cluster '$NAME' is still up)
   $SH sim status --name $NAME
   $SH sim exec --name $NAME spark1 -- bash                 # a shell on the head
-  $SH sim exec --name $NAME spark1 -- env SPARK_CONFIG=$PROFILE $ROOT/start_cluster.sh
+  $SH sim exec --name $NAME spark1 -- env SPARK_CONFIG=$PROFILE $ROOT/start_cluster.sh --nodes 2
+  $SH sim exec --name $NAME spark1 -- env SPARK_CONFIG=$PROFILE LAUNCH_MODE=ray $ROOT/start_cluster.sh --nodes 2 --replace
+  $SH sim exec --name $NAME spark1 -- env SPARK_CONFIG=$PROFILE $SH logs --node 1 --follow
   $SH sim fault --name $NAME spark2 link-down twin1        # then: ... spark2 clear
   $SH sim down --name $NAME                                # remove everything
 EOF
