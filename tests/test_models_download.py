@@ -146,3 +146,15 @@ def test_unknown_repo_and_unreachable_hub(sparkhelpers_bin, env):
 def test_verify_of_a_model_never_downloaded(sparkhelpers_bin, env):
     r = cli(sparkhelpers_bin, env, "verify", "phi-4")
     assert r.returncode == 1 and "not in the cache" in r.stdout
+
+
+def test_gguf_snapshot_needs_no_separate_tokenizer(tmp_path):
+    from hubstub import write_cached_model
+
+    from sparkhelpers.models import snapshot_check
+
+    write_cached_model(tmp_path, "acme/gguf", {"config.json": b"{}", "model-Q4_1.gguf": b"GGUF" + b"\0" * 60})
+    assert snapshot_check.check(str(tmp_path), "acme/gguf")["complete"]
+    write_cached_model(tmp_path, "acme/bare", {"config.json": b"{}"})
+    problems = snapshot_check.check(str(tmp_path), "acme/bare")["problems"]
+    assert any("no tokenizer" in p for p in problems) and any("no weights" in p for p in problems)

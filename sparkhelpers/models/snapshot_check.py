@@ -137,7 +137,8 @@ def check(cache: str, repo: str, revision: str | None = None, expected: dict | N
     report["total_bytes"] = sum(files.values())
     if "config.json" not in files:
         problems.append("config.json missing")
-    if not any(t in files for t in TOKENIZER_FILES) and not any(f.endswith(".tiktoken") for f in files):
+    gguf = any(f.endswith(".gguf") for f in files)  # a GGUF carries its own tokenizer
+    if not gguf and not any(t in files for t in TOKENIZER_FILES) and not any(f.endswith(".tiktoken") for f in files):
         problems.append("no tokenizer (tokenizer.json, tokenizer.model, vocab.json or *.tiktoken)")
     shards = set()
     if "model.safetensors.index.json" in files:
@@ -148,8 +149,8 @@ def check(cache: str, repo: str, revision: str | None = None, expected: dict | N
             problems.append("model.safetensors.index.json unreadable")
         for shard in sorted(shards - set(files)):
             problems.append(f"{shard}: missing (listed in the safetensors index)")
-    elif not any(f.endswith(".safetensors") for f in files) and not any(f.endswith(".gguf") for f in files):
-        problems.append("no weights (*.safetensors)")
+    elif not any(f.endswith(".safetensors") for f in files) and not gguf:
+        problems.append("no weights (*.safetensors or *.gguf)")
     for rel, size in sorted(files.items()):
         if rel.endswith(".safetensors"):
             want = _safetensors_expected_size(os.path.join(snap, rel))
