@@ -148,7 +148,7 @@ class Board:
     total: int
     stream: object = field(default=sys.stderr)
     state: dict[str, str] = field(default_factory=dict)
-    last: float = 0.0
+    last: float = field(default_factory=time.monotonic)  # off a terminal the first line comes after 10 s
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def update(self, worker: str, line: str) -> None:
@@ -245,8 +245,8 @@ def ensure_on_nodes(runner: Runner, spec: ModelSpec, nodes: list[Worker | Host],
     if not todo:
         echo(f"{spec.repo} already on {len(probed)} worker(s); nothing to copy")
         return list(rows.values())
-    echo(f"copying model {spec.repo} ({head['total_bytes'] / 1024**3:.2f} GiB) to "
-         f"{', '.join(w.name for w in todo)} in parallel")
+    echo(f"copying {spec.repo} ({head['total_bytes'] / 1024**3:.2f} GiB) to {', '.join(w.name for w in todo)} "
+         "in parallel")
     board = Board(head["total_bytes"])
 
     def copy(worker: Worker) -> tuple[Worker, RunResult]:
