@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -90,10 +91,22 @@ def test_interrupted_copy_resumes(sim_cluster):
     c = sim_cluster
     files = seed(c, repo="acme/big", shard_values=5_000_000, shards=1)  # one 10 MB shard
     try:
-        # start a slow copy in its own process group on the head, then kill the whole group mid-file
+        # start a slow copy in its own process group on the head; once the worker holds part of the
+        # shard (polled, not a fixed sleep: a loaded machine starts rsync late), kill the whole group
         env = " ".join(f"{k}={v}" for k, v in {"SPARK_CONFIG": c.profile, "SPARK_HOME": ROOT}.items())
         r = c.exec("spark1", f"env {env} setsid {EXE} models sync acme/big --bwlimit 1000 >/dev/null 2>&1 & "
-                              "pid=$!; sleep 4; kill -TERM -- -$pid; wait; true", timeout=60)
+                              "echo $! > /tmp/interrupted-sync.pid", timeout=60)
+        assert r.ok, r.stderr
+        model_dir = host_cache(c, "spark2") / "hub" / "models--acme--big"
+        deadline = time.monotonic() + 120
+        def copy_in_flight() -> bool:  # rsync's hidden temp file (or a partial) with bytes in it
+            return any(p.is_file() and p.stat().st_size > 0 and (p.name.startswith(".") or ".rsync-partial"
+                       in p.parts) for p in model_dir.rglob("*")) if model_dir.exists() else False
+
+        while time.monotonic() < deadline and not copy_in_flight():
+            time.sleep(0.2)
+        r = c.exec("spark1", "pid=$(cat /tmp/interrupted-sync.pid); kill -TERM -- -$pid; "
+                             "while kill -0 $pid 2>/dev/null; do sleep 0.1; done; true", timeout=60)
         assert r.ok, r.stderr
         partial = list((host_cache(c, "spark2") / "hub" / "models--acme--big").rglob(".rsync-partial/*"))
         assert partial and partial[0].stat().st_size > 0, "no partial file kept on the worker"
