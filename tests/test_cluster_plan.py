@@ -95,6 +95,19 @@ def test_bad_values_are_refused_before_anything_runs(flags, message):
         plan_for(nodes=2, **flags)
 
 
+def test_launch_mode_follows_what_the_image_supports():
+    from sparkhelpers.cluster.fabric import NATIVE_MIN_VLLM, parse_version
+
+    assert parse_version("0.19.0\n") == (0, 19, 0) and parse_version("vllm 0.10.1rc1") == (0, 10, 1)
+    assert parse_version("no version") is None
+    assert (0, 10, 1) < NATIVE_MIN_VLLM <= (0, 19, 0)
+    cfg = load_config(flags=FABRIC)
+    assert build_plan(cfg, nodes=2, native_supported=False).mode == "ray"
+    assert build_plan(cfg, nodes=2, native_supported=None).mode == "native"
+    assert build_plan(load_config(flags={**FABRIC, "LAUNCH_MODE": "native"}), nodes=2,
+                      native_supported=False).mode == "native", "an explicit choice wins"
+
+
 def test_more_nodes_than_configured_is_refused():
     with pytest.raises(SparkError, match="more nodes than configured"):
         plan_for(nodes=4)

@@ -31,8 +31,9 @@ def start(
 ) -> None:
     """Start the cluster: preflight, image, model, containers, health, one chat request."""
     from sparkhelpers.cluster import lifecycle, render
-    from sparkhelpers.cluster.fabric import resolve_fabric
+    from sparkhelpers.cluster.fabric import native_supported, resolve_fabric
     from sparkhelpers.cluster.plan import build_plan
+    from sparkhelpers.config import state_dir
     from sparkhelpers.locking import cluster_lock
     from sparkhelpers.runner import Runner
 
@@ -43,7 +44,14 @@ def start(
     runner = Runner()
     fabric = resolve_fabric(cfg, runner, nodes=nodes, solo=solo,
                             preset_nodes=spec.nodes if getattr(spec, "preset", None) else None)
-    plan = build_plan(cfg, nodes=nodes, solo=solo, timeout_s=timeout, spec=spec, fabric=fabric)
+    native = None
+    if len(fabric) > 1 and cfg.get("LAUNCH_MODE", "auto") == "auto" and cfg.get("RUNTIME", "vllm") == "vllm":
+        image = getattr(spec, "image", None) or cfg.get("VLLM_IMAGE")
+        native = native_supported(runner, image, state_dir(cfg) / "image-probe.json", probe=not dry_run)
+    plan = build_plan(cfg, nodes=nodes, solo=solo, timeout_s=timeout, spec=spec, fabric=fabric,
+                      native_supported=native)
+    if native is False:
+        info("the image's vLLM is older than 0.10.2 (no Ray-less multi-node launch): using Ray")
     if nodes is None and not solo and getattr(spec, "preset", None) and len(cfg.get_list("WORKER_HOST")) + 1 != \
             len(plan.nodes):
         info(f"preset {spec.name} runs on {len(plan.nodes)} node(s); use --nodes N to spread it over more")

@@ -6,8 +6,12 @@ each, only when the configuration leaves something open (fabric IP, interface or
 
 from __future__ import annotations
 
+import contextlib
+import json
+import re
 import shutil
 import tempfile
+from pathlib import Path
 
 from sparkhelpers.cluster.plan import NodeNet, fabric_from_config, node_count, worker_hosts
 from sparkhelpers.config import Config
@@ -52,3 +56,37 @@ def resolve_fabric(cfg: Config, runner: Runner, *, nodes: int | None, solo: bool
                             hcas=net.hcas or env.get("NCCL_IB_HCA", ""),
                             gid_index=net.gid_index or env.get("NCCL_IB_GID_INDEX", ""))
     return out
+
+
+# vLLM's Ray-less multi-node launch (`--nnodes/--node-rank/--master-addr/--headless`) arrived with
+# "[V1] Support MP Executor for multi node distributed inference" (vllm-project/vllm#23691, merged
+# 2025-08-26), first released in 0.10.2. Older images need LAUNCH_MODE=ray.
+NATIVE_MIN_VLLM = (0, 10, 2)
+
+
+def parse_version(text: str) -> tuple[int, ...] | None:
+    m = re.search(r"\b(\d+)\.(\d+)\.(\d+)", text)
+    return tuple(int(x) for x in m.groups()) if m else None
+
+
+def native_supported(runner: Runner, image: str, cache: Path, *, probe: bool = True) -> bool | None:
+    """Whether the head's image can launch Ray-less (None = unknown: the default, native, is used).
+    The answer is cached per image ID, because `vllm --version` imports vLLM (seconds on a Spark)."""
+    r = runner.run(["docker", "image", "inspect", "--format", "{{.Id}}", image], timeout=30, mutating=False)
+    image_id = r.stdout.strip()
+    if not r.ok or not image_id:
+        return None  # preflight reports the missing image with its fix
+    known = {}
+    with contextlib.suppress(OSError, ValueError):
+        known = json.loads(cache.read_text())
+    if image_id not in known:
+        if not probe:
+            return None
+        v = runner.run(["docker", "run", "--rm", "--pull", "never", "--network", "none", "--entrypoint", "vllm",
+                        image, "--version"], timeout=300, mutating=False)
+        version = parse_version(v.stdout) if v.ok else None
+        known[image_id] = ".".join(map(str, version)) if version else ""
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(known, indent=1) + "\n")
+    version = parse_version(known[image_id])
+    return None if version is None else version >= NATIVE_MIN_VLLM
