@@ -8,6 +8,7 @@ nothing. Results are ``RunResult`` objects; nothing here raises on a non-zero ex
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -129,10 +130,14 @@ class Runner:
         host: str = "local",
         mutating: bool = True,
         interactive: bool = False,
+        own_group: bool = False,
     ) -> RunResult:
         """Run argv. ``env`` is added to os.environ. ``mutating=False`` runs even under --dry-run
         (read-only probes such as ``docker image inspect``), so a dry run shows real decisions.
-        ``interactive`` hands the caller's stdin/stdout/stderr to the command (nothing captured)."""
+        ``interactive`` hands the caller's stdin/stdout/stderr to the command (nothing captured).
+        ``own_group`` runs it in its own process group, and on a timeout or an exception here (a
+        signal handler raising, Ctrl-C) the whole group is ended before we return or re-raise, so no
+        grandchild (a script's own children) keeps working behind our back."""
         argv = tuple(str(a) for a in argv)
         if self.dry_run and mutating:
             self.echo(f"[dry-run] {host}: {shell_join(argv)}")
@@ -143,6 +148,8 @@ class Runner:
         capture = capture and not interactive
         stdin = None if input is not None or interactive else subprocess.DEVNULL
         t0 = time.monotonic()
+        if own_group:
+            return self._run_group(argv, input, timeout, full_env, cwd, capture, stdin, text, host, t0)
         try:
             proc = subprocess.run(argv, input=input, env=full_env, cwd=cwd, timeout=timeout, text=text,
                                   stdout=subprocess.PIPE if capture else None,
@@ -157,6 +164,26 @@ class Runner:
                              duration_s=time.monotonic() - t0)
         return RunResult(argv, proc.returncode, _text(proc.stdout), _text(proc.stderr),
                          time.monotonic() - t0, host)
+
+    def _run_group(self, argv, input, timeout, env, cwd, capture, stdin, text, host, t0) -> RunResult:  # noqa: ANN001
+        pipe = subprocess.PIPE if capture else None
+        try:
+            proc = subprocess.Popen(argv, env=env, cwd=cwd, text=text, stdout=pipe, stderr=pipe,
+                                    stdin=subprocess.PIPE if input is not None else stdin, start_new_session=True)
+        except FileNotFoundError:
+            return RunResult(argv, 127, stderr=f"{argv[0]}: command not found", host=host,
+                             duration_s=time.monotonic() - t0)
+        try:
+            out, err = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _end_group(proc)
+            out, _ = proc.communicate()
+            return RunResult(argv, 124, stdout=_text(out), stderr=f"timed out after {timeout:g}s", host=host,
+                             duration_s=time.monotonic() - t0)
+        except BaseException:
+            _end_group(proc)
+            raise
+        return RunResult(argv, proc.returncode, _text(out), _text(err), time.monotonic() - t0, host)
 
     def spawn(self, argv: Sequence[str], *, log_path: str, env: Mapping[str, str] | None = None,
               cwd: str | None = None) -> int:
@@ -239,6 +266,30 @@ class Runner:
             return [func(i) for i in items]
         with ThreadPoolExecutor(max_workers=min(max_workers, len(items))) as pool:
             return list(pool.map(func, items))
+
+
+def _end_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM the process group led by ``proc``, SIGKILL what is left after ``grace_s``, reap the leader."""
+    import signal
+
+    def group_alive() -> bool:
+        proc.poll()  # reap the leader, so only living members keep the group
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        if not group_alive():
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and group_alive():
+            time.sleep(0.05)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
 
 
 def _text(value: str | bytes | None) -> str:

@@ -112,3 +112,43 @@ def test_ssh_transport_is_build_ssh_cmd_without_target():
 
     host = Host("10.0.0.2", user="spark", key="/k", options=("-p", "2222"))
     assert build_ssh_cmd(host, ["true"]) == [*ssh_transport(host), "spark@10.0.0.2", "--", "true"]
+
+
+def test_own_group_timeout_ends_grandchildren(tmp_path):
+    marker = tmp_path / "late"
+    # the grandchild would write the marker after the leader is gone, unless its group is ended
+    script = f"(sleep 1.5; touch {marker}) & sleep 30"
+    r = Runner().run(["bash", "-c", script], timeout=0.5, own_group=True)
+    assert r.returncode == 124
+    time.sleep(2)
+    assert not marker.exists()
+
+
+def test_own_group_exception_ends_the_group_and_propagates(tmp_path):
+    import signal
+
+    import pytest
+
+    marker = tmp_path / "late"
+
+    class Stop(Exception):
+        pass
+
+    def raise_stop(signum, frame):
+        raise Stop
+
+    old = signal.signal(signal.SIGALRM, raise_stop)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        with pytest.raises(Stop):
+            Runner().run(["bash", "-c", f"(sleep 1.5; touch {marker}) & sleep 30"], own_group=True)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    time.sleep(2)
+    assert not marker.exists()
+
+
+def test_own_group_normal_run_captures_output():
+    r = Runner().run(["bash", "-c", "cat; echo err >&2; exit 2"], input="in\n", own_group=True)
+    assert (r.returncode, r.stdout, r.stderr) == (2, "in\n", "err\n")

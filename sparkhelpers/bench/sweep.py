@@ -228,7 +228,9 @@ class ScriptSteps:
             return False
 
     def _script(self, name: str, args: list[str], env: dict[str, str] | None, timeout: float) -> StepResult:
-        r = self.runner.run([str(self.home / name), *args], env=env, timeout=timeout)
+        # own_group: on SIGTERM or a timeout the script's children (a `config set`, a start) end too,
+        # before the sweep puts config.local.env back.
+        r = self.runner.run([str(self.home / name), *args], env=env, timeout=timeout, own_group=True)
         for line in (r.stdout + r.stderr).splitlines()[-40:]:
             self.log(f"  {name}: {line}")
         if r.ok:
