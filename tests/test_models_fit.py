@@ -163,3 +163,18 @@ def test_bad_inputs_are_one_clear_line(sparkhelpers_bin, tmp_path):
     assert r.returncode == 2 and "not a multiple" in r.stderr
     with pytest.raises(SparkError):
         fit.estimate(fit.FitInput("x", fit.Arch(layers=1)), kv_cache_dtype="fp3")
+
+
+def test_raw_repo_id_uses_its_cached_config(sparkhelpers_bin, isolated_env):
+    import os
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hubstub import write_cached_model
+
+    config = (FIX / "llama-3.1-70b" / "config.json").read_bytes()
+    write_cached_model(os.environ["HF_CACHE"], "acme/llama-like", {"config.json": config})
+    _, d = run_fit(sparkhelpers_bin, "acme/llama-like", "--params", "70.6e9", "--tp", "2")
+    assert d["model"] == "acme/llama-like" and d["kv_bytes_per_token"] == 327680  # from the cached config.json
+    _, d = run_fit(sparkhelpers_bin, "acme/not-cached")
+    assert d["fits"] is None and d["kv_bytes_per_token"] is None  # nothing known, nothing guessed

@@ -106,7 +106,7 @@ def fit_cmd(
 ) -> None:
     """Estimate whether a model fits: weights and KV cache per node against usable GB10 memory."""
     from sparkhelpers.models import catalog as cat
-    from sparkhelpers.models import fit
+    from sparkhelpers.models import fit, snapshot_check
 
     path = Path(target).expanduser()
     if path.is_dir():
@@ -115,8 +115,13 @@ def fit_cmd(
     elif "/" in target and not cat.REPO_RE.match(target) or target.startswith((".", "~")):
         raise UsageError(f"{target} is not a directory", fix="give a model directory with config.json, or a preset")
     else:
-        spec = cat.resolve_model(_cfg(), target)
+        cfg = _cfg()
+        spec = cat.resolve_model(cfg, target)
         inp = fit.FitInput(spec.name, spec.arch)
+        snap = None if spec.preset else snapshot_check.snapshot_dir(cfg.get("HF_CACHE"), spec.repo, spec.revision)
+        if snap and Path(snap, "config.json").is_file():  # a raw repo id: its cached config.json has the facts
+            inp = fit.fit_input_from_dir(Path(snap))
+            inp.label = spec.name
         p_tp, p_pp, p_len, p_util = spec.tensor_parallel, spec.pipeline_parallel, spec.max_model_len, \
             spec.gpu_memory_util
     if nodes and tp and nodes % tp:

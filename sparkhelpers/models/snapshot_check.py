@@ -38,6 +38,14 @@ def _commit(model_dir: str, revision: str | None) -> str | None:
         return None
 
 
+def snapshot_dir(cache: str, repo: str, revision: str | None = None) -> str | None:
+    """The snapshot directory of ``repo`` at ``revision`` in ``cache``, if it is there."""
+    model_dir = repo_dir(cache, repo)
+    commit = _commit(model_dir, revision)
+    snap = os.path.join(model_dir, "snapshots", commit) if commit else None
+    return snap if snap and os.path.isdir(snap) else None
+
+
 def _safetensors_expected_size(path: str) -> int | None:
     """8 + header length + the end of the last tensor; None if the header is unreadable."""
     try:
