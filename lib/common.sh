@@ -2,7 +2,7 @@
 # Summary: Shared shell library for the sparkhelpers entry scripts (sourced, never run).
 #
 # Provides: SPARK_HOME, spark_load_config, log, warn, die, usage, usage_error, require_cmd,
-# sparkhelpers (runs the Python core), sparkhelpers_exec, not_available, spark_state_dir, spark_lock.
+# sparkhelpers (runs the Python core), sparkhelpers_exec, spark_state_dir, spark_lock.
 # Exit codes: 0 success, 1 failure, 2 usage.
 
 if [[ -n "${SPARK_DEBUG:-}" && "${SPARK_DEBUG}" != 0 ]]; then
@@ -95,11 +95,6 @@ sparkhelpers_exec() {
     exec sparkhelpers "$@"
   fi
   die "the sparkhelpers Python package is not installed" "cd $SPARK_HOME && make venv"
-}
-
-# not_available WHAT: a feature that is not built yet fails honestly.
-not_available() {
-  die "$1 is not available yet in this version of sparkhelpers" "see CHANGELOG.md for what is available"
 }
 
 # need_value FLAG COUNT: a flag that takes a value was given as the last argument.

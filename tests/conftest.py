@@ -14,6 +14,18 @@ ROOT = Path(__file__).resolve().parents[1]
 pytest_plugins = ["simfixtures"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def sim_image_cache(tmp_path_factory):
+    """The sim's image cache goes to this run's tmp dir, unless the developer points at a lasting one."""
+    if os.environ.get("SPARK_SIM_CACHE"):
+        yield Path(os.environ["SPARK_SIM_CACHE"])
+        return
+    path = tmp_path_factory.mktemp("sim-image-cache")
+    os.environ["SPARK_SIM_CACHE"] = str(path)
+    yield path
+    del os.environ["SPARK_SIM_CACHE"]
+
+
 def config_keys() -> list[str]:
     keys = []
     for line in (ROOT / "config.env").read_text().splitlines():
