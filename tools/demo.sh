@@ -6,16 +6,13 @@
 # Needs root (network namespaces) and the packages `make deps` installs; no GPU, no internet and no
 # Docker Hub. The real scripts run on the emulated head node exactly as on a Spark, pointed at the
 # workers by the profile `sparkhelpers sim up` writes (see README "Emulated cluster (sim)").
-# A step whose script is not built yet in this version is reported as such and skipped honestly.
 # DEMO_BENCH_ARGS overrides the benchmark arguments (default: --quick -n 4 -c 4).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 SH=$ROOT/.venv/bin/sparkhelpers
 NAME=demo
-LOG=$(mktemp)
 RUN_ENV=()
-trap 'rm -f "$LOG"' EXIT
 
 step() { printf '\n== %s\n' "$*"; }
 fail() {
@@ -24,14 +21,8 @@ fail() {
   exit 1
 }
 on_head() { "$SH" sim exec --name "$NAME" spark1 -- "$@"; }
-# run_script SCRIPT ARGS...: run a root script on the head with the sim profile; returns 0, 1 (failed)
-# or 3 (the script says its feature is not available yet in this version).
-run_script() {
-  local rc=0
-  on_head env SPARK_CONFIG="$PROFILE" "${RUN_ENV[@]}" "$ROOT/$1" "${@:2}" 2>&1 | tee "$LOG" || rc=${PIPESTATUS[0]}
-  if [[ $rc -ne 0 ]] && grep -q "not available yet" "$LOG"; then return 3; fi
-  return "$rc"
-}
+# run_script SCRIPT ARGS...: run a root script on the head with the sim profile, as a user would.
+run_script() { on_head env SPARK_CONFIG="$PROFILE" "${RUN_ENV[@]}" "$ROOT/$1" "${@:2}"; }
 
 [[ $(id -u) -eq 0 ]] || fail "the demo needs root (it creates network namespaces)" "sudo make demo"
 
@@ -42,23 +33,16 @@ PROFILE=$("$SH" sim profile --name "$NAME")
 MODEL=$(SPARK_CONFIG=$PROFILE "$SH" config get MODEL)
 PORT=$(SPARK_CONFIG=$PROFILE "$SH" config get VLLM_PORT)
 HEAD_IP=$(SPARK_CONFIG=$PROFILE "$SH" config get HEAD_IP)
-IMAGE=$(SPARK_CONFIG=$PROFILE "$SH" config get VLLM_IMAGE)
 
 step "2/6 model $MODEL in the head's cache (a placeholder: the sim's engine really generates with SmolLM2-135M)"
 "$SH" sim seed-model --name "$NAME" spark1 "$MODEL"
 
 step "3/6 start_cluster.sh --nodes 2 on the head (SPARK_CONFIG=$PROFILE TENSOR_PARALLEL=2)"
-manual=0
-rc=0
 RUN_ENV=(TENSOR_PARALLEL=2) # one model across both nodes, as on two real Sparks
+rc=0
 run_script start_cluster.sh --nodes 2 || rc=$?
 RUN_ENV=()
-if [[ $rc -eq 3 ]]; then
-  echo "start_cluster.sh is not available in this version yet: starting one engine on the head by hand instead"
-  manual=1
-  on_head docker run -d --name demo-engine --pull never --network host --gpus all -e HF_HUB_OFFLINE=1 \
-    -v /raid/hf-cache:/root/.cache/huggingface "$IMAGE" vllm serve "$MODEL" --port "$PORT" >/dev/null
-elif [[ $rc -ne 0 ]]; then
+if [[ $rc -ne 0 ]]; then
   fail "start_cluster.sh failed (exit $rc), see above" \
     "inspect with: $SH sim exec --name $NAME spark1 -- bash; clean up with: $SH sim down --name $NAME"
 fi
@@ -67,31 +51,22 @@ step "4/6 a chat request to http://$HEAD_IP:$PORT (streamed, real tokens)"
 on_head "$ROOT/.venv/bin/python" "$ROOT/tools/demo_chat.py" "http://$HEAD_IP:$PORT" ||
   fail "the chat request failed" "see the engine logs: $SH sim exec --name $NAME spark1 -- docker logs \$(docker ps -q | head -1)"
 
-if [[ $manual -eq 0 ]]; then
-  echo
-  on_head env SPARK_CONFIG="$PROFILE" "$SH" status || true
-fi
+echo
+on_head env SPARK_CONFIG="$PROFILE" "$SH" status || true
 
 step "5/6 quick benchmark (benchmark_current.sh ${DEMO_BENCH_ARGS:---quick -n 4 -c 4})"
 # The sim's engine is one CPU thread: 4 requests at concurrency 4 keep this step under a minute.
 read -r -a bench_args <<<"${DEMO_BENCH_ARGS:---quick -n 4 -c 4}"
 rc=0
 run_script benchmark_current.sh "${bench_args[@]}" || rc=$?
-if [[ $rc -eq 3 ]]; then
-  echo "benchmark_current.sh is not available in this version yet (skipped)."
-elif [[ $rc -ne 0 ]]; then
+if [[ $rc -ne 0 ]]; then
   fail "benchmark_current.sh failed (exit $rc), see above" "$SH sim down --name $NAME when done"
 fi
 
 step "6/6 stop"
-if [[ $manual -eq 1 ]]; then
-  on_head docker rm -f demo-engine >/dev/null
-  echo "engine stopped"
-else
-  rc=0
-  run_script stop_cluster.sh || rc=$?
-  [[ $rc -eq 0 ]] || fail "stop_cluster.sh failed (exit $rc), see above" "$SH sim down --name $NAME"
-fi
+rc=0
+run_script stop_cluster.sh || rc=$?
+[[ $rc -eq 0 ]] || fail "stop_cluster.sh failed (exit $rc), see above" "$SH sim down --name $NAME"
 
 cat <<EOF
 
