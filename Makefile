@@ -4,7 +4,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SHELL_FILES := $(wildcard *.sh) lib/common.sh .ci/run tools/install-deps.sh tools/demo.sh $(wildcard bench/*.sh) \
-	$(wildcard sparkhelpers/*/*.sh) sparkhelpers/sim/fakes/ibdev2netdev sparkhelpers/sim/fakes/show_gids
+	$(wildcard sparkhelpers/*/*.sh) sparkhelpers/sim/fakes/ibdev2netdev sparkhelpers/sim/fakes/show_gids \
+	sparkhelpers/sim/fakes/nvidia-container-runtime-hook $(wildcard tests/fixtures/*/*.sh)
 APT_PACKAGES := shellcheck rsync openssh-server openssh-client docker.io iproute2 tini iputils-ping \
 	procps iptables kmod python3 util-linux
 
