@@ -299,6 +299,9 @@ def background_start(cluster, *args: str) -> subprocess.Popen:
     from sparkhelpers.sim.cluster import exec_argv
 
     argv = exec_argv(cluster.head, ["env", *env_for(cluster), str(ROOT / "start_cluster.sh"), *args])
+    # SIGINT back to its default, as at a terminal: a test run started in the background (`cmd &`)
+    # inherits SIGINT ignored, and the Ctrl-C below would then reach nobody.
+    argv = ["env", "--default-signal=INT", *argv]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
