@@ -103,9 +103,9 @@ def _model_spec(cfg):  # noqa: ANN001, ANN202
 def _stop(cfg, runner, *, force: bool, local_only: bool, quiet: bool) -> list:  # noqa: ANN001
     from sparkhelpers.cluster import lifecycle
     from sparkhelpers.cluster.plan import worker_hosts
-    from sparkhelpers.cluster.validate import cluster_name
     from sparkhelpers.config import state_dir
     from sparkhelpers.runner import LOCAL
+    from sparkhelpers.validate import cluster_name
 
     cluster = cluster_name(cfg.get("CLUSTER_NAME", "spark"))
     hosts = [("head", LOCAL)] + ([] if local_only else [(h.address, h) for h in worker_hosts(cfg)])

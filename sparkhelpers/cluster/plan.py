@@ -12,7 +12,7 @@ import shlex
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sparkhelpers.cluster import validate as v
+from sparkhelpers import validate as v
 from sparkhelpers.config import Config, state_dir
 from sparkhelpers.errors import SparkError
 from sparkhelpers.runner import Host

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from sparkhelpers.cluster import nodes as nd
 from sparkhelpers.cluster.plan import worker_hosts
-from sparkhelpers.cluster.validate import cluster_name
 from sparkhelpers.config import Config, state_dir
 from sparkhelpers.errors import UsageError
 from sparkhelpers.runner import LOCAL, Host, Runner
+from sparkhelpers.validate import cluster_name
 
 
 def all_nodes(cfg: Config) -> list[tuple[str, Host]]:
