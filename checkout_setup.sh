@@ -33,4 +33,4 @@ done
 
 spark_load_config
 # The doctor probes every node in parallel and prints one line per check with its fix.
-sparkhelpers doctor "${level:---quick}" "${args[@]}"
+sparkhelpers_exec doctor "${level:---quick}" "${args[@]}"

@@ -50,4 +50,5 @@ while [[ $# -gt 0 ]]; do
 done
 
 spark_load_config
-sparkhelpers setup "${args[@]}"
+# Run: the core replaces this script. Sourced: the child bash above execs it, the caller's shell stays.
+sparkhelpers_exec setup "${args[@]}"

@@ -2,6 +2,7 @@
 # Summary: Start the vLLM cluster on the head and every worker, wait until it serves, and prove it.
 #
 # Usage: start_cluster.sh [--dry-run] [--nodes N | --solo] [--replace] [--keep-on-failure] [--timeout SECONDS]
+#                       [--json]
 #
 # Options:
 #   --dry-run           Print every command per node and change nothing.
@@ -10,18 +11,17 @@
 #   --replace           Stop a different running configuration first.
 #   --keep-on-failure   Leave containers running after a failure, for debugging.
 #   --timeout SECONDS   Seconds to wait for the engine to be healthy (default: START_TIMEOUT).
+#   --json              Print the result as JSON.
 #   -h, --help          Show this help.
 set -euo pipefail
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 args=()
-dry_run=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h | --help) usage ;;
-    --dry-run) dry_run=1; args+=("$1") ;;
-    --solo | --replace | --keep-on-failure) args+=("$1") ;;
+    --dry-run | --solo | --replace | --keep-on-failure | --json) args+=("$1") ;;
     --nodes | --timeout)
       need_value "$1" $#
       [[ "$2" =~ ^[0-9]+$ ]] || usage_error "$1 needs a whole number, not '$2'"
@@ -34,10 +34,9 @@ while [[ $# -gt 0 ]]; do
 done
 
 spark_load_config
-# One start, stop, switch or benchmark at a time (the kernel frees the lock when we exit).
-[[ $dry_run -eq 1 ]] || spark_lock start_cluster.sh
 # Phases (each printed with its time): preflight (SSH, Docker, fabric address, running cluster, port),
 # image (same ID everywhere; copied head -> worker where missing), model (on every node; synced where
 # missing), containers (in the order the launch mode needs), health (watching every engine process),
-# one chat request. On failure: the node's last log lines, cleanup, exit 1. Ctrl-C stops what started.
-sparkhelpers cluster start "${args[@]}"
+# one chat request. On failure: the node's last log lines, cleanup, exit 1. Ctrl-C or SIGTERM stops what
+# started. Under the cluster lock (one start, stop, switch or sweep at a time), taken by the core this execs.
+sparkhelpers_exec cluster start "${args[@]}"

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Summary: Stop this cluster's containers on the head and every worker.
 #
-# Usage: stop_cluster.sh [--local-only] [--force] [--dry-run]
+# Usage: stop_cluster.sh [--local-only] [--force] [--dry-run] [--json]
 #
 # Options:
 #   -l, --local-only   Stop only the containers on this node.
-#   -f, --force        Kill containers at once, even while a start holds the cluster lock.
+#   -f, --force        End whatever holds the cluster lock (a hung start, a sweep), then kill the
+#                      containers at once.
+#   --json             Print per-node results as JSON.
 #   --dry-run          Print the commands per node and change nothing.
 #   -h, --help         Show this help.
 set -euo pipefail
@@ -18,15 +20,15 @@ while [[ $# -gt 0 ]]; do
     -h | --help) usage ;;
     -l | --local-only) args+=(--local-only) ;;
     -f | --force) args+=(--force) ;;
-    --dry-run) args+=(--dry-run) ;;
+    --dry-run | --json) args+=("$1") ;;
     *) usage_error "unknown argument: $1" ;;
   esac
   shift
 done
 
 spark_load_config
-# --force does not wait for the lock: it must be able to end a hung start (which then fails cleanly).
-[[ " ${args[*]} " == *" --dry-run "* || " ${args[*]} " == *" --force "* ]] || spark_lock stop_cluster.sh 30
+# Waits up to 30 s for the cluster lock; --force does not wait: it ends the lock holder (SIGTERM, it
+# cleans up as for Ctrl-C), then kills the containers.
 # Only containers labelled sparkhelpers.cluster=$CLUSTER_NAME, every node in parallel, STOP_TIMEOUT
 # each; an unreachable node is reported and makes the exit code 1. Running it twice is harmless.
-sparkhelpers cluster stop "${args[@]}"
+sparkhelpers_exec cluster stop "${args[@]}"

@@ -2,7 +2,8 @@
 # Summary: Shared shell library for the sparkhelpers entry scripts (sourced, never run).
 #
 # Provides: SPARK_HOME, spark_load_config, log, warn, die, usage, usage_error, require_cmd,
-# sparkhelpers (runs the Python core), sparkhelpers_exec, spark_state_dir, spark_lock.
+# sparkhelpers (runs the Python core), sparkhelpers_exec (replaces the script with it). The cluster lock
+# is the Python core's alone (sparkhelpers.locking): scripts exec the core, so the PID it records is theirs.
 # Exit codes: 0 success, 1 failure, 2 usage.
 
 if [[ -n "${SPARK_DEBUG:-}" && "${SPARK_DEBUG}" != 0 ]]; then
@@ -99,31 +100,3 @@ sparkhelpers_exec() {
 
 # need_value FLAG COUNT: a flag that takes a value was given as the last argument.
 need_value() { [[ "$2" -ge 2 ]] || usage_error "$1 needs a value"; }
-
-# spark_state_dir: where locks and run state live (same rule as sparkhelpers.config.state_dir).
-spark_state_dir() {
-  if [[ -n "${SPARK_STATE_DIR:-}" ]]; then
-    printf '%s\n' "$SPARK_STATE_DIR"
-  else
-    printf '%s\n' "${XDG_STATE_HOME:-$HOME/.local/state}/sparkhelpers"
-  fi
-}
-
-# spark_lock WHAT [WAIT_SECONDS]: take the cluster lock ($SPARK_STATE_DIR/cluster.lock, flock) for the
-# rest of this script; the kernel frees it when the script exits, however it exits. Python commands
-# (sparkhelpers.locking) lock the same file; SPARK_CLUSTER_LOCK_HELD tells our children we hold it.
-spark_lock() {
-  local what_="$1" wait_="${2:-0}" dir_ path_
-  dir_="$(spark_state_dir)"
-  path_="$dir_/cluster.lock"
-  [[ "${SPARK_CLUSTER_LOCK_HELD:-}" == "$path_" ]] && return 0
-  mkdir -p "$dir_" || die "cannot create the state directory $dir_" "set SPARK_STATE_DIR to a writable directory"
-  require_cmd flock util-linux
-  exec {SPARK_LOCK_FD}<>"$path_" || die "cannot open the lock file $path_" "check the permissions of $dir_"
-  if ! flock -w "$wait_" "$SPARK_LOCK_FD"; then
-    die "the cluster is busy: $(cat "$path_" 2>/dev/null || echo 'another command') holds $path_" \
-      "wait for it to finish (the lock frees itself when it exits)"
-  fi
-  printf 'pid %s (%s) since %s\n' "$$" "$what_" "$(date +%Y-%m-%dT%H:%M:%S%z)" >"$path_"
-  export SPARK_CLUSTER_LOCK_HELD="$path_"
-}

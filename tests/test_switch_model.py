@@ -120,3 +120,129 @@ def test_smoke_times_out_honestly(sparkhelpers_bin):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "did not answer 200 within 2 s" in r.stderr
     assert time.monotonic() - t0 < 30
+
+
+# ---- the switch in Python, under the cluster lock ------------------------------------------------
+
+HOLDER = """
+import sys, time
+from sparkhelpers.locking import cluster_lock
+with cluster_lock(what="start_cluster.sh"):
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[1]))
+"""
+
+
+def hold_lock(seconds: float) -> subprocess.Popen:
+    from sparkhelpers.locking import HELD_ENV
+
+    env = {k: v for k, v in os.environ.items() if k != HELD_ENV}
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(seconds)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_held_lock_is_refused_naming_the_holder_and_nothing_is_written():
+    proc = hold_lock(60)
+    try:
+        r = run("--skip-download", "--skip-restart", "qwen3-8b")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert r.returncode == 1
+    assert f"the cluster is busy: pid {proc.pid} (start_cluster.sh)" in r.stderr
+    assert "stop_cluster.sh --force" in r.stderr
+    assert "MODEL=" not in local_config()
+
+
+def test_wait_takes_the_lock_once_the_holder_is_done():
+    proc = hold_lock(2)
+    try:
+        t0 = time.monotonic()
+        r = run("--wait", "30", "--skip-download", "--skip-restart", "qwen3-8b")
+        assert r.returncode == 0, r.stderr
+        assert time.monotonic() - t0 >= 1
+        assert "MODEL=qwen3-8b" in local_config()
+    finally:
+        proc.wait(30)
+
+
+def test_the_wrapper_holds_no_decisions():
+    text = SCRIPT.read_text()
+    body = text.split("source ")[1]
+    assert body.count("sparkhelpers") == 1 and "sparkhelpers_exec cluster switch" in body
+    for decision in ("models show", "models download", "models sync", "config set", "stop_cluster.sh\"",
+                     "start_cluster.sh\"", "WORKER_HOST"):
+        assert decision not in body
+
+
+class Recorder:
+    """Start/stop stand-ins that record what the switch asked for (the real ones need a cluster)."""
+
+    def __init__(self, fail_start: str = ""):
+        self.calls: list[tuple] = []
+        self.fail_start = fail_start
+
+    def stop(self, cfg, runner):
+        self.calls.append(("stop", cfg.get("MODEL")))
+        return []
+
+    def start(self, cfg, *, runner, say, spec):
+        from types import SimpleNamespace
+
+        from sparkhelpers.errors import SparkError
+
+        self.calls.append(("start", cfg.get("MODEL"), spec.name))
+        if self.fail_start:
+            raise SparkError(self.fail_start, fix="read the log")
+        return SimpleNamespace(plan=SimpleNamespace(endpoint="http://127.0.0.1:8000"),
+                               report=SimpleNamespace(answer="Blue."))
+
+
+def switch(choice: str, rec: Recorder, **flags):
+    from sparkhelpers.cluster import switch as sw
+    from sparkhelpers.config import load_config
+
+    return sw.switch(load_config(), sw.SwitchRequest(choice, **flags), start=rec.start, stop=rec.stop,
+                     say=lambda _m: None)
+
+
+def test_switch_resolves_once_writes_then_stops_then_starts_with_the_new_model(monkeypatch):
+    from sparkhelpers.models import catalog
+
+    resolved = []
+    real = catalog.resolve_model
+    monkeypatch.setattr(catalog, "resolve_model", lambda cfg, choice=None, *a: resolved.append(choice) or
+                        real(cfg, choice, *a))
+    rec = Recorder()
+    report = switch("3", rec, skip_download=True)
+    assert resolved == ["3"]
+    assert "MODEL=qwen3-8b" in local_config() and report.config_written
+    assert rec.calls == [("stop", "qwen3-8b"), ("start", "qwen3-8b", "qwen3-8b")]
+    assert report.answer == "Blue." and report.restarted
+
+
+def test_switch_checks_the_layout_before_touching_anything(monkeypatch):
+    from sparkhelpers.errors import SparkError
+
+    rec = Recorder()
+    with pytest.raises(SparkError, match="needs 2 nodes; this cluster has 1"):
+        switch("llama-3.1-70b", rec)
+    assert rec.calls == [] and "MODEL=" not in local_config()
+    monkeypatch.setenv("WORKER_HOST", "192.0.2.10")
+    report = switch("llama-3.1-70b", rec, skip_download=True, skip_restart=True)
+    assert report.nodes == 2 and rec.calls == []
+
+
+def test_a_failed_start_says_the_choice_is_saved():
+    from sparkhelpers.errors import SparkError
+
+    with pytest.raises(SparkError, match="engine exited; MODEL=qwen3-8b is saved"):
+        switch("qwen3-8b", Recorder(fail_start="engine exited"), skip_download=True)
+
+
+def test_the_sweep_style_switch_leaves_config_local_env_alone():
+    rec = Recorder()
+    before = local_config()
+    switch("qwen3-8b", rec, skip_download=True, persist=False)
+    assert local_config() == before and rec.calls[-1] == ("start", "qwen3-8b", "qwen3-8b")

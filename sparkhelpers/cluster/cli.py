@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from sparkhelpers.appkit import info, new_app, print_json, warn
+from sparkhelpers.appkit import info, new_app, print_json
+from sparkhelpers.errors import SparkError, UsageError
 
 app = new_app("Start and stop the vLLM cluster (what start_cluster.sh and stop_cluster.sh run).")
 status_app = new_app("Show the cluster: containers per node, Ray, the served model and health, NCCL transport.",
@@ -30,60 +31,34 @@ def start(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Start the cluster: preflight, image, model, containers, health, one chat request."""
-    from sparkhelpers.cluster import lifecycle, render
-    from sparkhelpers.cluster.fabric import native_supported, resolve_fabric
-    from sparkhelpers.cluster.plan import build_plan
-    from sparkhelpers.config import state_dir
-    from sparkhelpers.locking import cluster_lock
-    from sparkhelpers.runner import Runner
-
-    cfg = _config()
-    api_key = lifecycle.read_secret(cfg.get("API_KEY"), cfg.get("API_KEY_FILE"), "API_KEY")
-    hf_token = lifecycle.read_secret(cfg.get("HF_TOKEN"), cfg.get("HF_TOKEN_FILE"), "HF_TOKEN")
-    spec = _model_spec(cfg)
-    runner = Runner()
-    fabric = resolve_fabric(cfg, runner, nodes=nodes, solo=solo,
-                            preset_nodes=spec.nodes if getattr(spec, "preset", None) else None)
-    native = None
-    if len(fabric) > 1 and cfg.get("LAUNCH_MODE", "auto") == "auto" and cfg.get("RUNTIME", "vllm") == "vllm":
-        image = getattr(spec, "image", None) or cfg.get("VLLM_IMAGE")
-        native = native_supported(runner, image, state_dir(cfg) / "image-probe.json", probe=not dry_run)
-    plan = build_plan(cfg, nodes=nodes, solo=solo, timeout_s=timeout, spec=spec, fabric=fabric,
-                      native_supported=native)
-    if native is False:
-        info("the image's vLLM is older than 0.10.2 (no Ray-less multi-node launch): using Ray")
-    if nodes is None and not solo and getattr(spec, "preset", None) and len(cfg.get_list("WORKER_HOST")) + 1 != \
-            len(plan.nodes):
-        info(f"preset {spec.name} runs on {len(plan.nodes)} node(s); use --nodes N to spread it over more")
-    secrets = {}
-    if api_key:
-        secrets["LLAMA_API_KEY" if plan.mode == "llama-cpp" else "VLLM_API_KEY"] = api_key
-    if hf_token:
-        secrets["HF_TOKEN"] = hf_token
-    if dry_run:
-        config_hash = plan.config_hash()
-        typer.echo(render.describe(plan, render.start_phases(plan, config_hash, secrets), config_hash), nl=False)
-        return
-
-    def stop_all() -> None:
-        _stop(cfg, runner, force=False, local_only=False, quiet=False)
-
     import signal
 
-    def terminated(signum, frame):  # noqa: ANN001, ANN202
-        raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: never leave a half-started cluster
+    from sparkhelpers.cluster import control
+    from sparkhelpers.locking import cluster_lock
 
-    signal.signal(signal.SIGTERM, terminated)
+    cfg = _config()
+    if dry_run:
+        outcome = control.start_cluster(cfg, nodes=nodes, solo=solo, timeout=timeout, dry_run=True)
+        typer.echo(outcome.dry_run_text, nl=False)
+        return
+    signal.signal(signal.SIGTERM, _terminated)
     with cluster_lock(cfg, what="start_cluster.sh"):
-        starter = lifecycle.Starter(plan, runner, secrets=secrets, replace=replace, keep_on_failure=keep_on_failure,
-                                    drop_caches=cfg.get_bool("DROP_CACHES", False), api_key=api_key,
-                                    say=info, stop_all=stop_all)
-        report = starter.start()
+        outcome = control.start_cluster(cfg, nodes=nodes, solo=solo, replace=replace,
+                                        keep_on_failure=keep_on_failure, timeout=timeout)
+    plan, report = outcome.plan, outcome.report
     if as_json:
         print_json(report.as_dict())
         return
     if report.already_running:
         return
+    _print_ready(plan, report)
+
+
+def _terminated(signum, frame):  # noqa: ANN001, ANN202
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: never leave a half-started cluster
+
+
+def _print_ready(plan, report) -> None:  # noqa: ANN001
     typer.echo(f"cluster {plan.cluster} is ready: {plan.endpoint}/v1 serving {plan.served_name} "
                f"({plan.mode}, {len(plan.nodes)} node(s): "
                f"{', '.join(n.fabric_ip or n.host.label for n in plan.nodes)})")
@@ -91,65 +66,105 @@ def start(
     typer.echo("phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.phases.items()))
 
 
-def _model_spec(cfg):  # noqa: ANN001, ANN202
-    """The models helper's ModelSpec when it is installed (catalog presets), else None."""
-    try:
-        from sparkhelpers.models import resolve_model  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return resolve_model(cfg)
-
-
-def _stop(cfg, runner, *, force: bool, local_only: bool, quiet: bool) -> list:  # noqa: ANN001
-    from sparkhelpers.cluster import lifecycle
-    from sparkhelpers.cluster.plan import worker_hosts
-    from sparkhelpers.config import state_dir
-    from sparkhelpers.runner import LOCAL
-    from sparkhelpers.validate import cluster_name
-
-    cluster = cluster_name(cfg.get("CLUSTER_NAME", "spark"))
-    hosts = [("head", LOCAL)] + ([] if local_only else [(h.address, h) for h in worker_hosts(cfg)])
-    results = lifecycle.stop_nodes(runner, cluster, f"{state_dir(cfg)}/run/{cluster}", hosts, force=force,
-                                   grace_s=cfg.get_int("STOP_TIMEOUT", 20))
-    if not quiet:
-        for r in results:
-            if r.ok:
-                info(f"{r.node}: {r.removed} container(s) of cluster {cluster} removed" if r.removed
-                     else f"{r.node}: nothing of cluster {cluster} running")
-            else:
-                warn(f"{r.node}: could not stop (unreachable?): {r.error}")
-    return results
-
-
 @app.command("stop")
 def stop(
     local_only: bool = typer.Option(False, "-l", "--local-only", help="Stop only the containers on this node."),
-    force: bool = typer.Option(False, "-f", "--force", help="Kill containers without a clean shutdown."),
+    force: bool = typer.Option(False, "-f", "--force",
+                               help="End the command holding the cluster lock, then kill the containers at once."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the commands per node and change nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print per-node results as JSON."),
 ) -> None:
     """Stop this cluster's containers (found by label) on every node in parallel."""
-    from sparkhelpers.errors import SparkError
-    from sparkhelpers.locking import cluster_lock
+    from sparkhelpers.cluster import control
+    from sparkhelpers.locking import cluster_lock, end_holder, lock_path
     from sparkhelpers.runner import Runner
 
     cfg = _config()
     runner = Runner(dry_run=dry_run, echo=typer.echo)
     if dry_run:
-        _stop(cfg, runner, force=force, local_only=local_only, quiet=True)
+        control.stop_cluster(cfg, runner, force=force, local_only=local_only, quiet=True)
         return
-    if force:  # --force must work even while a hung start holds the lock (that start then fails cleanly)
-        results = _stop(cfg, runner, force=force, local_only=local_only, quiet=False)
+    if force:  # --force must work while a hung start or a sweep holds the lock: end the holder, then stop
+        end_holder(lock_path(cfg))
+        results = control.stop_cluster(cfg, runner, force=force, local_only=local_only)
     else:
         with cluster_lock(cfg, what="stop_cluster.sh", wait_s=30):
-            results = _stop(cfg, runner, force=force, local_only=local_only, quiet=False)
+            results = control.stop_cluster(cfg, runner, force=force, local_only=local_only)
     if as_json:
         print_json([{"node": r.node, "ok": r.ok, "removed": r.removed, "docker_s": round(r.docker_s, 3),
                      "error": r.error} for r in results])
-    failed = [r.node for r in results if not r.ok]
+    failed = control.stop_failures(results)
     if failed:
         raise SparkError(f"could not reach {', '.join(failed)}; its containers may still be running",
                          fix="bring the node back and run stop_cluster.sh again (stopping twice is harmless)")
+
+
+@app.command("switch")
+def switch_cmd(
+    name: str = typer.Argument(None, help="Preset name, its number from --list, or a Hugging Face repo id."),
+    list_: bool = typer.Option(False, "-l", "--list", help="List the model presets (numbered) and exit."),
+    download_only: bool = typer.Option(False, "-d", "--download-only",
+                                       help="Download (and sync) the model; leave the config and cluster alone."),
+    skip_download: bool = typer.Option(False, "--skip-download",
+                                       help="Do not download or sync; the model must already be on every node."),
+    skip_restart: bool = typer.Option(False, "-s", "--skip-restart",
+                                      help="Write the choice into config.local.env; do not restart the cluster."),
+    wait: int = typer.Option(0, "--wait", min=0, help="Seconds to wait for a start, stop or sweep holding "
+                                                          "the cluster lock (default: refuse at once)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Serve another model: resolve, check the layout, download/sync, write MODEL, stop, start, smoke chat.
+
+    Example: sparkhelpers cluster switch qwen3-8b --skip-download
+    """
+    import signal
+
+    from sparkhelpers.cluster import switch as sw
+    from sparkhelpers.locking import cluster_lock
+
+    if list_:
+        return _list_models()
+    if not name:
+        name = _menu_choice()
+    req = sw.SwitchRequest(name, download_only=download_only, skip_download=skip_download,
+                           skip_restart=skip_restart)
+    req.check()
+    cfg = _config()
+    signal.signal(signal.SIGTERM, _terminated)
+    if download_only:  # touches neither the config nor the cluster: no lock (a download may take an hour)
+        report = sw.switch(cfg, req)
+    else:
+        with cluster_lock(cfg, what="switch_model.sh", wait_s=wait):
+            report = sw.switch(cfg, req)
+    if as_json:
+        print_json(report.as_dict())
+    elif download_only:
+        info(f"{report.name} is downloaded (and on every worker it needs); config unchanged")
+    elif skip_restart:
+        info(f"MODEL={report.name} written to config.local.env; serve it with: ./stop_cluster.sh && "
+             "./start_cluster.sh")
+    else:
+        typer.echo(f"{report.name} is serving at {report.endpoint}/v1; test answer: {report.answer[:200]!r}")
+
+
+def _list_models() -> None:
+    from sparkhelpers.models.cli import list_
+
+    list_(as_json=False)
+
+
+def _menu_choice() -> str:
+    """No model named: on a terminal, the numbered list and a prompt; otherwise a usage error."""
+    import sys
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("name a model: a preset, its number from --list, or a Hugging Face repo id",
+                         fix="switch_model.sh --list, then switch_model.sh NAME")
+    _list_models()
+    choice = typer.prompt("Model (number or name; empty to cancel)", default="", show_default=False).strip()
+    if not choice:
+        raise typer.Exit(1)
+    return choice
 
 
 @status_app.command("status")

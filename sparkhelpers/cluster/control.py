@@ -1,0 +1,97 @@
+"""Start and stop as functions: what `cluster start|stop`, `cluster switch` and the sweep call in-process.
+
+The callers hold the cluster lock (sparkhelpers.locking); these functions assume it. ``cfg`` is the whole
+configuration, variant overrides included (``Config.with_overrides``), so nothing travels through the
+environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sparkhelpers.appkit import info, warn
+from sparkhelpers.config import Config
+
+
+@dataclass
+class StartOutcome:
+    plan: object  # cluster.plan.ClusterPlan
+    report: object | None  # lifecycle.StartReport; None for a dry run
+    dry_run_text: str = ""
+
+
+def model_spec(cfg: Config):  # noqa: ANN201
+    from sparkhelpers.models.catalog import resolve_model
+
+    return resolve_model(cfg)
+
+
+def start_cluster(cfg: Config, *, nodes: int | None = None, solo: bool = False, replace: bool = False,
+                  keep_on_failure: bool = False, timeout: int | None = None, dry_run: bool = False,
+                  runner=None, say: Callable[[str], None] = info, spec=None) -> StartOutcome:  # noqa: ANN001
+    """Preflight, image, model, containers, health, one chat request (or, with ``dry_run``, the commands)."""
+    from sparkhelpers.cluster import lifecycle, render
+    from sparkhelpers.cluster.fabric import native_supported, resolve_fabric
+    from sparkhelpers.cluster.plan import build_plan
+    from sparkhelpers.config import state_dir
+    from sparkhelpers.runner import Runner
+
+    runner = runner or Runner()
+    api_key = lifecycle.read_secret(cfg.get("API_KEY"), cfg.get("API_KEY_FILE"), "API_KEY")
+    hf_token = lifecycle.read_secret(cfg.get("HF_TOKEN"), cfg.get("HF_TOKEN_FILE"), "HF_TOKEN")
+    spec = spec or model_spec(cfg)
+    fabric = resolve_fabric(cfg, runner, nodes=nodes, solo=solo,
+                            preset_nodes=spec.nodes if getattr(spec, "preset", None) else None)
+    native = None
+    if len(fabric) > 1 and cfg.get("LAUNCH_MODE", "auto") == "auto" and cfg.get("RUNTIME", "vllm") == "vllm":
+        image = getattr(spec, "image", None) or cfg.get("VLLM_IMAGE")
+        native = native_supported(runner, image, state_dir(cfg) / "image-probe.json", probe=not dry_run)
+    plan = build_plan(cfg, nodes=nodes, solo=solo, timeout_s=timeout, spec=spec, fabric=fabric,
+                      native_supported=native)
+    if native is False:
+        say("the image's vLLM is older than 0.10.2 (no Ray-less multi-node launch): using Ray")
+    if nodes is None and not solo and getattr(spec, "preset", None) and len(cfg.get_list("WORKER_HOST")) + 1 != \
+            len(plan.nodes):
+        say(f"preset {spec.name} runs on {len(plan.nodes)} node(s); use --nodes N to spread it over more")
+    secrets = {}
+    if api_key:
+        secrets["LLAMA_API_KEY" if plan.mode == "llama-cpp" else "VLLM_API_KEY"] = api_key
+    if hf_token:
+        secrets["HF_TOKEN"] = hf_token
+    if dry_run:
+        config_hash = plan.config_hash()
+        return StartOutcome(plan, None, render.describe(plan, render.start_phases(plan, config_hash, secrets),
+                                                        config_hash))
+    starter = lifecycle.Starter(plan, runner, secrets=secrets, replace=replace, keep_on_failure=keep_on_failure,
+                                drop_caches=cfg.get_bool("DROP_CACHES", False), api_key=api_key, say=say,
+                                stop_all=lambda: stop_cluster(cfg, runner))
+    return StartOutcome(plan, starter.start())
+
+
+def stop_cluster(cfg: Config, runner=None, *, force: bool = False, local_only: bool = False,  # noqa: ANN001
+                 quiet: bool = False) -> list:
+    """Remove this cluster's containers on every node in parallel; one result per node."""
+    from sparkhelpers.cluster import lifecycle
+    from sparkhelpers.cluster.plan import worker_hosts
+    from sparkhelpers.config import state_dir
+    from sparkhelpers.runner import LOCAL, Runner
+    from sparkhelpers.validate import cluster_name
+
+    runner = runner or Runner()
+    cluster = cluster_name(cfg.get("CLUSTER_NAME", "spark"))
+    hosts = [("head", LOCAL)] + ([] if local_only else [(h.address, h) for h in worker_hosts(cfg)])
+    results = lifecycle.stop_nodes(runner, cluster, f"{state_dir(cfg)}/run/{cluster}", hosts, force=force,
+                                   grace_s=cfg.get_int("STOP_TIMEOUT", 20))
+    if not quiet:
+        for r in results:
+            if r.ok:
+                info(f"{r.node}: {r.removed} container(s) of cluster {cluster} removed" if r.removed
+                     else f"{r.node}: nothing of cluster {cluster} running")
+            else:
+                warn(f"{r.node}: could not stop (unreachable?): {r.error}")
+    return results
+
+
+def stop_failures(results: list) -> list[str]:
+    return [r.node for r in results if not r.ok]

@@ -1,0 +1,147 @@
+"""Switch the served model (switch_model.sh, `sparkhelpers cluster switch`, the sweep): one function.
+
+The model is resolved once, the layout checked against the nodes this cluster has, the model downloaded
+and synced per the flags, the choice written to config.local.env, the cluster stopped and started with
+it, and the start's own chat request is the smoke test. The caller holds the cluster lock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sparkhelpers.appkit import info, warn
+from sparkhelpers.config import Config
+from sparkhelpers.errors import SparkError, UsageError
+
+
+@dataclass(frozen=True)
+class SwitchRequest:
+    choice: str
+    download_only: bool = False
+    skip_download: bool = False
+    skip_restart: bool = False
+    persist: bool = True  # write MODEL to config.local.env (the sweep passes the model as an override instead)
+
+    def check(self) -> None:
+        if self.download_only and self.skip_download:
+            raise UsageError("--download-only and --skip-download exclude each other",
+                             fix="give one of them")
+        if self.download_only and self.skip_restart:
+            raise UsageError("--download-only never restarts; --skip-restart is redundant with it",
+                             fix="drop --skip-restart")
+
+
+@dataclass
+class SwitchReport:
+    name: str
+    repo: str
+    nodes: int
+    steps: dict[str, float] = field(default_factory=dict)
+    config_written: bool = False
+    restarted: bool = False
+    endpoint: str = ""
+    answer: str = ""
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "repo": self.repo, "nodes": self.nodes, "config_written": self.config_written,
+                "restarted": self.restarted, "endpoint": self.endpoint, "answer": self.answer,
+                "steps_s": {k: round(v, 2) for k, v in self.steps.items()}}
+
+
+def available_nodes(cfg: Config) -> int:
+    """The head plus every configured worker."""
+    return 1 + len(cfg.get_list("WORKER_HOST"))
+
+
+def check_layout(spec, cfg: Config) -> None:  # noqa: ANN001
+    have = available_nodes(cfg)
+    if spec.nodes > have:
+        raise SparkError(f"{spec.name} needs {spec.nodes} nodes; this cluster has {have} (head + WORKER_HOST)",
+                         fix="add workers to WORKER_HOST, or pick a model for fewer nodes (switch_model.sh --list)")
+
+
+def fit_warning(spec) -> str:  # noqa: ANN001
+    """A warning line when the estimate says the model does not fit ("" when it fits or is unknown)."""
+    from sparkhelpers.models import fit
+
+    try:
+        result = fit.estimate(fit.FitInput(spec.name, spec.arch), tp=spec.tensor_parallel,
+                              pp=spec.pipeline_parallel, max_model_len=spec.max_model_len,
+                              gpu_memory_util=spec.gpu_memory_util)
+    except SparkError:
+        return ""
+    return f"{spec.name} may not fit in memory: see 'sparkhelpers models fit {spec.name}'" \
+        if result.fits is False else ""
+
+
+def fetch(cfg: Config, spec, runner, say: Callable[[str], None]) -> None:  # noqa: ANN001
+    """Download to the head's cache, then copy to the workers a multi-node model needs."""
+    from sparkhelpers.models import sync
+    from sparkhelpers.models.download import download
+
+    try:
+        download(cfg, spec, progress=False, echo=say)
+    except SparkError as exc:
+        raise SparkError(f"download of {spec.name} failed: {exc.message}",
+                         fix=exc.fix or "run the same command again: it resumes") from None
+    if spec.nodes > 1:
+        workers = sync.workers_from_config(cfg)[: spec.nodes - 1]
+        sync.ensure_on_nodes(runner, spec, workers, head_cache=cfg.require("HF_CACHE"), echo=say)
+
+
+def switch(cfg: Config, req: SwitchRequest, *, runner=None, say: Callable[[str], None] = info,  # noqa: ANN001
+           start: Callable | None = None, stop: Callable | None = None) -> SwitchReport:
+    """Resolve, check, fetch, write, stop, start (whose chat request is the smoke test)."""
+    from sparkhelpers.cluster import control
+    from sparkhelpers.config import set_local
+    from sparkhelpers.models.catalog import resolve_model
+    from sparkhelpers.runner import Runner
+
+    req.check()
+    runner = runner or Runner()
+    start, stop = start or control.start_cluster, stop or control.stop_cluster
+    spec = resolve_model(cfg, req.choice)
+    check_layout(spec, cfg)
+    report = SwitchReport(spec.name, spec.repo, spec.nodes)
+    if note := fit_warning(spec):
+        warn(note)
+
+    def step(name: str, func: Callable[[], object]) -> object:
+        t0 = time.monotonic()
+        result = func()
+        report.steps[name] = time.monotonic() - t0
+        return result
+
+    if not req.skip_download:
+        step("fetch", lambda: fetch(cfg, spec, runner, say))
+    if req.download_only:
+        return report
+    if req.persist:
+        set_local("MODEL", spec.name)
+        report.config_written = True
+        if cfg.source("MODEL") == "environment":
+            warn(f"MODEL is set in the environment ({cfg.get('MODEL')}); it wins over config.local.env for "
+                 f"later commands: unset MODEL")
+    if req.skip_restart:
+        return report
+    serving = cfg.with_overrides(MODEL=spec.name)
+    say(f"restarting the cluster with {spec.name}")
+    failed = control.stop_failures(step("stop", lambda: stop(serving, runner)))
+    if failed:
+        raise SparkError(f"could not stop the cluster on {', '.join(failed)}; {_saved(report)}",
+                         fix="bring the node back, then: ./stop_cluster.sh && ./start_cluster.sh")
+    try:
+        outcome = step("start", lambda: start(serving, runner=runner, say=say, spec=spec))
+    except SparkError as exc:
+        exc.message = f"{exc.message}; {_saved(report)}"
+        raise
+    report.restarted = True
+    report.endpoint = getattr(outcome.plan, "endpoint", "")
+    report.answer = getattr(outcome.report, "answer", "")
+    return report
+
+
+def _saved(report: SwitchReport) -> str:
+    return f"MODEL={report.name} is saved" if report.config_written else "config.local.env is unchanged"
