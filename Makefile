@@ -3,13 +3,13 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SHELL_FILES := $(wildcard *.sh) lib/common.sh .ci/run tools/install-deps.sh tools/demo.sh $(wildcard bench/*.sh) \
+SHELL_FILES := $(wildcard *.sh) lib/common.sh .ci/run tools/install-deps.sh tools/demo.sh $(wildcard perf/*.sh) \
 	$(wildcard sparkhelpers/*/*.sh) sparkhelpers/sim/fakes/ibdev2netdev sparkhelpers/sim/fakes/show_gids \
 	sparkhelpers/sim/fakes/nvidia-container-runtime-hook $(wildcard tests/fixtures/*/*.sh)
 APT_PACKAGES := shellcheck rsync openssh-server openssh-client docker.io iproute2 tini iputils-ping \
 	procps iptables kmod python3 util-linux
 
-.PHONY: help deps venv test pytest lint docs docs-check demo bench clean
+.PHONY: help deps venv test pytest lint docs docs-check demo perf clean
 
 help: ## List the targets.
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  %-11s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -34,7 +34,7 @@ pytest: venv ## Run the Python tests only (PYTEST_ARGS="-k config" to filter).
 
 lint: venv ## shellcheck every shell file, ruff the Python.
 	shellcheck -S style $(SHELL_FILES)
-	$(VENV)/bin/ruff check sparkhelpers tests tools bench
+	$(VENV)/bin/ruff check sparkhelpers tests tools perf
 
 docs: venv ## Regenerate docs/cli.md and the README tables from --help and config.env.
 	$(PY) tools/gendocs.py
@@ -45,9 +45,9 @@ docs-check: venv ## Fail when the generated docs are stale.
 demo: deps venv ## The main job on the built-in defaults (see README).
 	@tools/demo.sh
 
-bench: venv ## Run the benchmarks under bench/ that need no cluster.
-	$(PY) bench/startup.py
-	$(PY) bench/client_error.py
+perf: venv ## Run the performance harness under perf/ (the benchmarks that need no cluster).
+	$(PY) perf/startup.py
+	$(PY) perf/client_error.py
 
 clean: ## Remove the venv and caches.
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

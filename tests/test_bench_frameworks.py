@@ -87,8 +87,8 @@ def test_vllm_framework_dry_run_prints_and_runs_nothing(tmp_path, sparkhelpers_b
     assert "[dry-run] local: docker exec sparkhelpers-spark-0 vllm bench serve" in r.stderr
 
 
-@pytest.mark.skipif(not (ROOT / "bench" / ".venv-benchy" / "bin" / "llama-benchy").exists(),
-                    reason="llama-benchy is not installed (bench/client_error.py installs it into bench/.venv-benchy)")
+@pytest.mark.skipif(not (ROOT / "perf" / ".venv-benchy" / "bin" / "llama-benchy").exists(),
+                    reason="llama-benchy is not installed (perf/client_error.py installs it into perf/.venv-benchy)")
 def test_llama_benchy_framework_against_the_truth_server(tmp_path, monkeypatch):
     import socket
     import time
@@ -97,7 +97,7 @@ def test_llama_benchy_framework_against_the_truth_server(tmp_path, monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([os.sys.executable, str(ROOT / "bench" / "truth_server.py"), "--port", str(port),
+    server = subprocess.Popen([os.sys.executable, str(ROOT / "perf" / "truth_server.py"), "--port", str(port),
                                "--ttft-ms", "50", "--itl-ms", "5"])
     try:
         for _ in range(100):
@@ -106,9 +106,9 @@ def test_llama_benchy_framework_against_the_truth_server(tmp_path, monkeypatch):
                 break
             except OSError:
                 time.sleep(0.1)
-        py = ROOT / "bench" / ".venv-benchy" / "bin" / "python"
+        py = ROOT / "perf" / ".venv-benchy" / "bin" / "python"
         tok = tmp_path / "tokenizer.json"
-        spec = importlib.util.spec_from_file_location("client_error", ROOT / "bench" / "client_error.py")
+        spec = importlib.util.spec_from_file_location("client_error", ROOT / "perf" / "client_error.py")
         client_error = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(client_error)
         subprocess.run([str(py), "-c", client_error.TOKENIZER_SNIPPET, str(tok)], check=True)

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
-"""How wrong is our benchmark client? Measured vs true TTFT and TPOT against bench/truth_server.py.
+"""How wrong is our benchmark client? Measured vs true TTFT and TPOT against perf/truth_server.py.
 
-Usage: bench/client_error.py [--levels 1,4,16,64] [--ttft-ms 200] [--itl-ms 20] [--tokens 128]
+Usage: perf/client_error.py [--levels 1,4,16,64] [--ttft-ms 200] [--itl-ms 20] [--tokens 128]
                              [--no-llama-benchy] [--port 8199]
 
 Starts the ground-truth server (known TTFT, one token every ITL ms, deadlines absolute from arrival) on
 127.0.0.1, pinned to the last CPU, runs `sparkhelpers bench run`'s client in this process pinned to CPU 0 at
 each concurrency (warm-up at the target concurrency first), and prints measured vs true figures side by side.
-When llama-benchy can be installed (PyPI) it is installed into bench/.venv-benchy (not a project
+When llama-benchy can be installed (PyPI) it is installed into perf/.venv-benchy (not a project
 dependency) and run against the same server with a local word-level tokenizer and the server's own
 /book.txt, so nothing is fetched from outside.
 """

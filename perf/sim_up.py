@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Cold and warm `sparkhelpers sim up` (2 nodes) and `sim down`, as a user runs them.
 
-Usage: bench/sim_up.py [WARM_RUNS]   (root; default 3 warm runs)
+Usage: perf/sim_up.py [WARM_RUNS]   (root; default 3 warm runs)
 
 Cold = empty image cache: the engine image is built from host files, imported into the head and
 saved into the cache. Warm = cache present: nodes start and `docker load` the cached image.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Ground-truth OpenAI-compatible streaming server: known TTFT and per-token interval.
 
-Usage: bench/truth_server.py [--port 8199] [--ttft-ms 200] [--itl-ms 20] [--tokens N] [--cpu N]
+Usage: perf/truth_server.py [--port 8199] [--ttft-ms 200] [--itl-ms 20] [--tokens N] [--cpu N]
 
 Every request gets its first token TTFT ms after the server received it, then one token every ITL ms,
 each deadline absolute from arrival (no drift), then a usage chunk and [DONE]. ``--tokens`` fixes the

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Model sync against a raw copy over the same shaped sim fabric link, and re-sync of an unchanged model.
 
-Usage: bench/model_sync.py [--rate 400mbit] [--copy-mib 768] [--resync-gib 8] [--runs 3]   (root; the sim)
+Usage: perf/model_sync.py [--rate 400mbit] [--copy-mib 768] [--resync-gib 8] [--runs 3]   (root; the sim)
 
 1. Throughput: a model of COPY_MIB of random data (2 shards) on the head of an emulated 2-node cluster
    whose head fabric twins are shaped with tc (tbf, RATE). `sparkhelpers models sync` (preflight, rsync,
@@ -94,7 +94,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     if os.geteuid() != 0:
-        sys.exit("bench/model_sync.py: needs root (the emulated cluster); fix: run it as root")
+        sys.exit("perf/model_sync.py: needs root (the emulated cluster); fix: run it as root")
     from sparkhelpers import sim
     from sparkhelpers.sim import faults
 

@@ -2,7 +2,7 @@
 """Wall time of discovery and the doctor: local capture + parse, the doctor on two fixture snapshots,
 and (as root, when the sim can run) `checkout_setup.sh --quick` on an emulated 2-node cluster.
 
-Usage: bench/doctor.py [RUNS]   Prints median and max wall time in milliseconds for each step.
+Usage: perf/doctor.py [RUNS]   Prints median and max wall time in milliseconds for each step.
 """
 
 from __future__ import annotations

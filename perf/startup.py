@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Start-up time of the CLI as scripts call it: `sparkhelpers --help` and `sparkhelpers config show`.
 
-Usage: bench/startup.py [RUNS]   Prints median and p90 wall time in milliseconds for each command.
+Usage: perf/startup.py [RUNS]   Prints median and p90 wall time in milliseconds for each command.
 """
 
 from __future__ import annotations

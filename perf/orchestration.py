@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Orchestration overhead of start_cluster.sh and stop_cluster.sh, measured on the emulated cluster.
 
-Usage: bench/orchestration.py [--nodes N] [--runs R] [--mode native|ray]   (as root: it runs the sim)
+Usage: perf/orchestration.py [--nodes N] [--runs R] [--mode native|ray]   (as root: it runs the sim)
 
 start overhead = wall time of start_cluster.sh (run on the head, to "ready" including the chat check)
                  minus the engine's own time to ready (its first log line on the head to /health 200).
