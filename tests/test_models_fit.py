@@ -178,3 +178,19 @@ def test_raw_repo_id_uses_its_cached_config(sparkhelpers_bin, isolated_env):
     assert d["model"] == "acme/llama-like" and d["kv_bytes_per_token"] == 327680  # from the cached config.json
     _, d = run_fit(sparkhelpers_bin, "acme/not-cached")
     assert d["fits"] is None and d["kv_bytes_per_token"] is None  # nothing known, nothing guessed
+
+
+def test_catalog_and_fit_do_not_import_each_other():
+    """Arch lives in models/arch.py: the catalog validates it, the fit estimate reads it, no circle."""
+    import ast
+
+    import sparkhelpers.models.catalog as catalog_mod
+
+    def imported(module) -> set[str]:
+        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+
+    assert "sparkhelpers.models.fit" not in imported(catalog_mod)
+    assert "sparkhelpers.models.catalog" not in imported(fit)
+    assert fit.Arch is catalog_mod.Arch

@@ -13,9 +13,9 @@ from typing import Any
 
 from sparkhelpers.config import Config
 from sparkhelpers.errors import SparkError
+from sparkhelpers.models.arch import ARCH_FIELDS, ATTENTION_KINDS, Arch, dtype_bytes
 
 BUILTIN = Path(__file__).with_name("catalog.yaml")
-ATTENTION_KINDS = ("dense", "mla", "hybrid")
 REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 # Config keys whose preset value loses only to a value the user gave (flag, env, config.local.env).
@@ -39,44 +39,6 @@ _ENTRY_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "notes": ((str,), False),
     "arch": ((dict,), False),
 }
-_ARCH_FIELDS: dict[str, tuple[type, ...]] = {
-    "params": (float, int),
-    "weight_dtype": (str,),
-    "bytes_per_param": (float, int),
-    "checkpoint_gib": (float, int),
-    "layers": (int,),
-    "kv_heads": (int,),
-    "head_dim": (int,),
-    "attention": (str,),
-    "kv_lora_rank": (int,),
-    "qk_rope_head_dim": (int,),
-    "attention_layers": (int,),
-    "recurrent_state_bytes": (int,),
-    "max_position_embeddings": (int,),
-    "kv_dtype": (str,),
-}
-
-
-@dataclass(frozen=True)
-class Arch:
-    """Architecture facts for the fit estimate. None = unknown (never guessed)."""
-
-    params: float | None = None
-    weight_dtype: str | None = None
-    bytes_per_param: float | None = None
-    checkpoint_gib: float | None = None
-    layers: int | None = None
-    kv_heads: int | None = None
-    head_dim: int | None = None
-    attention: str | None = None
-    kv_lora_rank: int | None = None
-    qk_rope_head_dim: int | None = None
-    attention_layers: int | None = None
-    recurrent_state_bytes: int | None = None
-    max_position_embeddings: int | None = None
-    kv_dtype: str | None = None
-
-
 @dataclass(frozen=True)
 class Preset:
     name: str
@@ -178,13 +140,13 @@ def parse_entry(name: str, raw: Any, origin: str, base: Preset | None = None) ->
     if "gpu_memory_util" in values:
         values["gpu_memory_util"] = float(values["gpu_memory_util"])
     arch_raw = raw.get("arch") or {}
-    unknown = sorted(set(arch_raw) - set(_ARCH_FIELDS))
+    unknown = sorted(set(arch_raw) - set(ARCH_FIELDS))
     if unknown:
         raise SparkError(f"{where}: unknown arch field(s) {', '.join(unknown)}",
-                         fix=f"known arch fields: {', '.join(_ARCH_FIELDS)}")
-    arch_raw = {k: _number(v) if float in _ARCH_FIELDS[k] else v for k, v in arch_raw.items()}
+                         fix=f"known arch fields: {', '.join(ARCH_FIELDS)}")
+    arch_raw = {k: _number(v) if float in ARCH_FIELDS[k] else v for k, v in arch_raw.items()}
     for key, value in arch_raw.items():
-        _check_type(f"{where} arch", key, value, _ARCH_FIELDS[key])
+        _check_type(f"{where} arch", key, value, ARCH_FIELDS[key])
     arch_vals = {k: (float(v) if k in ("params", "bytes_per_param", "checkpoint_gib") else v)
                  for k, v in arch_raw.items()}
     arch = replace(base.arch, **arch_vals) if base else Arch(**arch_vals)
@@ -217,11 +179,9 @@ def _check_consistency(where: str, p: Preset) -> None:
     if a.attention == "hybrid" and a.attention_layers is None:
         raise SparkError(f"{where}: hybrid attention needs arch attention_layers",
                          fix="count the attention layers in the model's config.json")
-    if a.weight_dtype is not None:
-        from sparkhelpers.models.fit import dtype_bytes
-        if dtype_bytes(a.weight_dtype) is None and a.bytes_per_param is None:
-            raise SparkError(f"{where}: unknown weight_dtype {a.weight_dtype!r}",
-                             fix="use bf16, fp16, fp32, fp8, int8, nvfp4, mxfp4 or int4, or give bytes_per_param")
+    if a.weight_dtype is not None and dtype_bytes(a.weight_dtype) is None and a.bytes_per_param is None:
+        raise SparkError(f"{where}: unknown weight_dtype {a.weight_dtype!r}",
+                         fix="use bf16, fp16, fp32, fp8, int8, nvfp4, mxfp4 or int4, or give bytes_per_param")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
