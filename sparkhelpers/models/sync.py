@@ -188,41 +188,25 @@ def as_workers(cfg: Config, nodes: list[Worker | Host]) -> list[Worker]:
     return out
 
 
-def ensure_on_nodes(runner: Runner, spec: ModelSpec, nodes: list[Worker | Host], *, head_cache: str | None = None,
-                    idle_timeout: int = IDLE_TIMEOUT_S, bwlimit_kbps: int | None = None,
-                    echo=None) -> list[dict]:  # noqa: ANN001
-    """Make ``spec`` present and verified on every worker in ``nodes`` (Workers, or the Hosts of the
-    cluster plan). Returns one row per worker; raises SparkError (nothing half-copied is reported ok)."""
-    from sparkhelpers.appkit import info, warn
-    from sparkhelpers.config import load_config
+def _probe(runner: Runner, worker: Worker, spec: ModelSpec, manifest: dict) -> tuple[Worker, dict]:
+    """The worker's preflight report; an unreachable fabric address falls back to management."""
+    from sparkhelpers.appkit import warn
 
-    echo = echo or info
-    if head_cache is None or any(not isinstance(n, Worker) for n in nodes):
-        cfg = load_config()
-        head_cache = head_cache or cfg.require("HF_CACHE")
-        nodes = as_workers(cfg, nodes)
-    head = head_manifest(head_cache, spec)
-    manifest, src = head["files"], head["model_dir"]
-    if not nodes:
-        return []
-
-    def probe(worker: Worker) -> tuple[Worker, dict]:
+    result, report = check_on(runner, worker, spec, expected=manifest, preflight=True)
+    if report is None and _unreachable(result) and worker.host != worker.mgmt:
+        warn(f"{worker.name}: fabric address {worker.host.address} unreachable over SSH "
+             f"({result.last_line}); copying over management {worker.mgmt.address} instead (slower)")
+        worker = replace(worker, host=worker.mgmt)
         result, report = check_on(runner, worker, spec, expected=manifest, preflight=True)
-        if report is None and _unreachable(result) and worker.host != worker.mgmt:
-            warn(f"{worker.name}: fabric address {worker.host.address} unreachable over SSH "
-                 f"({result.last_line}); copying over management {worker.mgmt.address} instead (slower)")
-            worker = replace(worker, host=worker.mgmt)
-            result, report = check_on(runner, worker, spec, expected=manifest, preflight=True)
-        if report is None:
-            raise SparkError(f"cannot check {worker.name} ({worker.host.address}): {result.last_line or 'no answer'}",
-                             fix=f"ssh {worker.host.target} true   (SSH keys, python3 on the worker)")
-        return worker, report
+    if report is None:
+        raise SparkError(f"cannot check {worker.name} ({worker.host.address}): {result.last_line or 'no answer'}",
+                         fix=f"ssh {worker.host.target} true   (SSH keys, python3 on the worker)")
+    return worker, report
 
-    for w in nodes:
-        if w.host == w.mgmt and not w.host.is_local:
-            warn(f"{w.name}: no fabric address (WORKER_IB_IP); copying over management")
-    probed = runner.parallel(probe, nodes)
-    faults = []
+
+def _refuse_faults(probed: list[tuple[Worker, dict]], head: dict) -> None:
+    """Stop before a byte is copied when any worker cannot take the model (ownership, free space)."""
+    manifest, faults = head["files"], []
     for worker, report in probed:
         if report["complete"]:
             continue
@@ -239,15 +223,11 @@ def ensure_on_nodes(runner: Runner, spec: ModelSpec, nodes: list[Worker | Host],
         raise SparkError("; ".join(f for f, _ in faults) + " (nothing was copied)",
                          fix=" && ".join(dict.fromkeys(fix for _, fix in faults)))
 
-    rows = {w.name: {"worker": w.name, "address": w.host.address, "via": w.via, "action": "present",
-                     "bytes": 0, "seconds": 0.0, "verified": True} for w, _ in probed}
-    todo = [w for w, report in probed if not report["complete"]]
-    if not todo:
-        echo(f"{spec.repo} already on {len(probed)} worker(s); nothing to copy")
-        return list(rows.values())
-    echo(f"copying {spec.repo} ({head['total_bytes'] / 1024**3:.2f} GiB) to {', '.join(w.name for w in todo)} "
-         "in parallel")
-    board = Board(head["total_bytes"])
+
+def _copy_all(runner: Runner, spec: ModelSpec, todo: list[Worker], src: str, rows: dict[str, dict], *,
+              total_bytes: int, idle_timeout: int, bwlimit_kbps: int | None) -> list[tuple[Worker, RunResult]]:
+    """rsync to every worker in ``todo`` at once, one progress line for all; raises when any copy failed."""
+    board = Board(total_bytes)
 
     def copy(worker: Worker) -> tuple[Worker, RunResult]:
         dest = snapshot_check.repo_dir(worker.cache, spec.repo)
@@ -264,15 +244,16 @@ def ensure_on_nodes(runner: Runner, spec: ModelSpec, nodes: list[Worker | Host],
         detail = "; ".join(f"{w.name}: rsync exit {r.returncode}: {r.last_line}" for w, r in failed)
         raise SparkError(f"copy of {spec.repo} failed ({detail})",
                          fix=f"run `sparkhelpers models sync {spec.name}` again: it resumes where it stopped")
-    if runner.dry_run:
-        for w in todo:
-            rows[w.name].update(action="would copy", verified=False)
-        return list(rows.values())
+    return results
 
+
+def _verify_copies(runner: Runner, spec: ModelSpec, results: list[tuple[Worker, RunResult]], manifest: dict,
+                   rows: dict[str, dict]) -> None:
     def verify(worker: Worker) -> tuple[Worker, dict | None]:
         return worker, check_on(runner, worker, spec, expected=manifest)[1]
 
-    for (worker, result), (_, report) in zip(results, runner.parallel(verify, todo), strict=True):
+    reports = runner.parallel(verify, [w for w, _ in results])
+    for (worker, result), (_, report) in zip(results, reports, strict=True):
         stats = parse_stats(result.stdout)
         rows[worker.name].update(action="copied", bytes=stats.get("literal_bytes", 0),
                                  seconds=round(result.duration_s, 2), verified=bool(report and report["complete"]))
@@ -280,4 +261,43 @@ def ensure_on_nodes(runner: Runner, spec: ModelSpec, nodes: list[Worker | Host],
             problems = "; ".join((report or {}).get("problems", ["no answer"])[:3])
             raise SparkError(f"{worker.name}: {spec.repo} copied but incomplete: {problems}",
                              fix=f"sparkhelpers models sync {spec.name} --to {worker.name}")
+
+
+def ensure_on_nodes(runner: Runner, spec: ModelSpec, nodes: list[Worker | Host], *, head_cache: str | None = None,
+                    idle_timeout: int = IDLE_TIMEOUT_S, bwlimit_kbps: int | None = None,
+                    echo=None) -> list[dict]:  # noqa: ANN001
+    """Make ``spec`` present and verified on every worker in ``nodes`` (Workers, or the Hosts of the
+    cluster plan). Returns one row per worker; raises SparkError (nothing half-copied is reported ok)."""
+    from sparkhelpers.appkit import info, warn
+    from sparkhelpers.config import load_config
+
+    echo = echo or info
+    if head_cache is None or any(not isinstance(n, Worker) for n in nodes):
+        cfg = load_config()
+        head_cache = head_cache or cfg.require("HF_CACHE")
+        nodes = as_workers(cfg, nodes)
+    head = head_manifest(head_cache, spec)
+    manifest = head["files"]
+    if not nodes:
+        return []
+    for w in nodes:
+        if w.host == w.mgmt and not w.host.is_local:
+            warn(f"{w.name}: no fabric address (WORKER_IB_IP); copying over management")
+    probed = runner.parallel(lambda w: _probe(runner, w, spec, manifest), nodes)
+    _refuse_faults(probed, head)
+    rows = {w.name: {"worker": w.name, "address": w.host.address, "via": w.via, "action": "present",
+                     "bytes": 0, "seconds": 0.0, "verified": True} for w, _ in probed}
+    todo = [w for w, report in probed if not report["complete"]]
+    if not todo:
+        echo(f"{spec.repo} already on {len(probed)} worker(s); nothing to copy")
+        return list(rows.values())
+    echo(f"copying {spec.repo} ({head['total_bytes'] / 1024**3:.2f} GiB) to {', '.join(w.name for w in todo)} "
+         "in parallel")
+    results = _copy_all(runner, spec, todo, head["model_dir"], rows, total_bytes=head["total_bytes"],
+                        idle_timeout=idle_timeout, bwlimit_kbps=bwlimit_kbps)
+    if runner.dry_run:
+        for w in todo:
+            rows[w.name].update(action="would copy", verified=False)
+        return list(rows.values())
+    _verify_copies(runner, spec, results, manifest, rows)
     return list(rows.values())
