@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
 import typer
 
 from sparkhelpers.appkit import info, new_app, print_json, warn
+from sparkhelpers.bench import runflags
 
 app = new_app("Benchmark an OpenAI-compatible server (vllm bench serve's metrics and flags), compare results.")
 
@@ -33,172 +33,39 @@ def _api_key(cfg) -> str:
     return key
 
 
-def _progress(total_label: str):
-    last = [0.0]
-
-    def show(done: int, total: int) -> None:
-        import time
-
-        now = time.monotonic()
-        if done == total or now - last[0] > 2.0:
-            last[0] = now
-            sys.stderr.write(f"\r{total_label}: {done}/{total} requests")
-            if done == total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-
-    return show if sys.stderr.isatty() else None
-
-
 @app.command("run")
-def run_cmd(
-    base_url: str = typer.Option("", "--base-url", help="Server root, e.g. http://127.0.0.1:8000 "
-                                 "(a trailing /v1 is accepted; default: 127.0.0.1:VLLM_PORT)."),
-    model: str = typer.Option("", "--model", help="Model name to request (default: the first of /v1/models)."),
-    endpoint: str = typer.Option("", "--endpoint", help="API path (default: from --backend)."),
-    backend: str = typer.Option("openai", "--backend", help="openai (/v1/completions) or openai-chat."),
-    dataset_name: str = typer.Option("random", "--dataset-name", help="random, sharegpt, prefix-repetition, custom."),
-    dataset_path: str = typer.Option("", "--dataset-path", help="Local file for sharegpt (JSON) or custom (JSONL)."),
-    random_input_len: int = typer.Option(1024, "--random-input-len", help="Prompt length (approx. tokens)."),
-    random_output_len: int = typer.Option(128, "--random-output-len", help="Output tokens (max_tokens)."),
-    random_range_ratio: float = typer.Option(0.0, "--random-range-ratio",
-                                             help="Lengths uniform in [L(1-r), L(1+r)], 0 <= r < 1."),
-    random_prefix_len: int = typer.Option(0, "--random-prefix-len", help="Shared prefix before each prompt."),
-    sharegpt_output_len: int = typer.Option(None, "--sharegpt-output-len", help="Override ShareGPT reply lengths."),
-    custom_output_len: int = typer.Option(256, "--custom-output-len", help="Output tokens for custom prompts."),
-    prefix_len: int = typer.Option(256, "--prefix-repetition-prefix-len", help="prefix-repetition: prefix."),
-    suffix_len: int = typer.Option(256, "--prefix-repetition-suffix-len", help="prefix-repetition: suffix."),
-    num_prefixes: int = typer.Option(10, "--prefix-repetition-num-prefixes", help="prefix-repetition: prefixes."),
-    rep_output_len: int = typer.Option(128, "--prefix-repetition-output-len", help="prefix-repetition: output."),
-    num_prompts: int = typer.Option(1000, "--num-prompts", help="Requests in the measured run."),
-    max_concurrency: int = typer.Option(None, "--max-concurrency", help="Closed loop: requests in flight at most."),
-    request_rate: float = typer.Option(math.inf, "--request-rate", help="Open loop: requests/s (inf = all at t=0)."),
-    burstiness: float = typer.Option(1.0, "--burstiness", help="Gamma shape of the gaps; 1.0 = Poisson."),
-    seed: int = typer.Option(0, "--seed", help="Seed for prompts and arrivals."),
-    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Generate max tokens (always on for random)."),
-    temperature: float = typer.Option(0.0, "--temperature", help="Sampling temperature."),
-    num_warmups: int = typer.Option(0, "--num-warmups", help="Warm-up requests at the target concurrency first."),
-    goodput: list[str] = typer.Option(None, "--goodput", help="SLOs, e.g. ttft:500 tpot:50 e2el:10000 (ms)."),
-    percentile_metrics: str = typer.Option("ttft,tpot,itl,e2el", "--percentile-metrics",
-                                           help="Metrics to report percentiles for."),
-    metric_percentiles: str = typer.Option("50,90,95,99", "--metric-percentiles",
-                                           help="Percentiles (vLLM's own default is 99 alone)."),
-    save_result: bool = typer.Option(False, "--save-result", help="Save the JSON (+ per-request JSONL)."),
-    result_dir: str = typer.Option("", "--result-dir", help="Where to save (default: RESULTS_DIR)."),
-    result_filename: str = typer.Option("", "--result-filename", help="File name (default: vLLM's scheme)."),
-    label: str = typer.Option("", "--label", help="Label for the result (file name prefix)."),
-    metadata: list[str] = typer.Option(None, "--metadata", help="KEY=VALUE pairs recorded in the result."),
-    request_timeout: float = typer.Option(600.0, "--request-timeout", help="Seconds one request may take."),
-    framework: str = typer.Option("sparkhelpers", "--framework",
-                                  help="sparkhelpers (this client), vllm (vllm bench serve in the head "
-                                       "container) or llama-benchy (when installed)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the workload (or the other framework's "
-                                 "command), send nothing."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result document as JSON."),
-) -> None:
+@runflags.command
+def run_cmd(**flags) -> None:  # noqa: ANN003
     """Run one benchmark against an OpenAI-compatible server, with vllm bench serve's definitions."""
-    from sparkhelpers.bench import metrics, results
-    from sparkhelpers.bench.run import RunOptions, execute
+    from sparkhelpers.bench import current, results, summary
+    from sparkhelpers.bench.run import execute, workload_section
     from sparkhelpers.config import load_config, results_dir
-    from sparkhelpers.errors import UsageError
 
     cfg = load_config()
-    base_url = base_url or f"http://127.0.0.1:{cfg.get('VLLM_PORT', '8000')}"
-    meta = {}
-    for item in metadata or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--metadata {item!r} is not KEY=VALUE", fix="for example --metadata variant=fp8-kv")
-        meta[key] = value
-    opts = RunOptions(
-        base_url=base_url, model=model, backend=backend, endpoint=endpoint, dataset_name=dataset_name,
-        dataset_path=dataset_path, random_input_len=random_input_len, random_output_len=random_output_len,
-        random_range_ratio=random_range_ratio, random_prefix_len=random_prefix_len,
-        sharegpt_output_len=sharegpt_output_len, custom_output_len=custom_output_len,
-        prefix_repetition_prefix_len=prefix_len, prefix_repetition_suffix_len=suffix_len,
-        prefix_repetition_num_prefixes=num_prefixes, prefix_repetition_output_len=rep_output_len,
-        num_prompts=num_prompts, max_concurrency=max_concurrency, request_rate=request_rate, burstiness=burstiness,
-        seed=seed, ignore_eos=ignore_eos, temperature=temperature, num_warmups=num_warmups,
-        goodput=metrics.parse_goodput(goodput or []), percentile_metrics=metrics.parse_percentile_metrics(
-            percentile_metrics), metric_percentiles=metrics.parse_percentiles(metric_percentiles),
-        label=label, metadata=meta, request_timeout_s=request_timeout)
-    out_dir = Path(result_dir) if result_dir else results_dir(cfg)
-    if framework != "sparkhelpers":
+    opts, cmd = runflags.to_options(flags, current.configured_url(cfg))
+    out_dir = Path(cmd.result_dir) if cmd.result_dir else results_dir(cfg)
+    if cmd.framework != "sparkhelpers":
         from sparkhelpers.bench import frameworks
 
-        paths = frameworks.run_framework(framework, opts, cfg, out_dir=out_dir, dry_run=dry_run,
-                                         api_key=_api_key(cfg))
-        for p in paths:
+        for p in frameworks.run_framework(cmd.framework, opts, cfg, out_dir=out_dir, dry_run=cmd.dry_run,
+                                          api_key=_api_key(cfg)):
             info(f"saved {p}")
         return
-    if dry_run:
-        from sparkhelpers.bench.run import workload_section
-
+    if cmd.dry_run:
         opts.validate()
         info(f"would send {opts.num_prompts} request(s) to {opts.base_url} (nothing sent):")
         print_json(workload_section(opts, opts.ignore_eos or opts.dataset_name == "random"))
         return
-    doc, records = execute(opts, api_key=_api_key(cfg), progress=_progress("bench"))
-    if not as_json:
-        sys.stdout.write(format_summary(doc) + "\n")
+    doc, records = execute(opts, api_key=_api_key(cfg), progress=summary.progress("bench"))
+    if not cmd.as_json:
+        sys.stdout.write(summary.format_summary(doc) + "\n")
     for reason in doc["run"]["invalid_reasons"]:
         warn(f"run marked invalid: {reason}")
-    if save_result:
-        name = result_filename or results.result_filename(label, opts.request_rate, opts.max_concurrency,
-                                                          doc["model_id"], doc["date"])
-        path, side = results.save_result(doc, records, out_dir / name)
+    if cmd.save_result:
+        path, side = results.save_result(doc, records, out_dir / (cmd.result_filename or results.default_filename(doc)))
         info(f"saved {path} and {side.name}")
-    if as_json:
+    if cmd.as_json:
         print_json(results.clean_floats(doc))
-
-
-def format_summary(doc: dict) -> str:
-    """A block like vllm bench serve's 'Serving Benchmark Result', plus validity and token sources."""
-    lines = ["{:=^60}".format(" Serving Benchmark Result ")]
-
-    def row(name: str, value, fmt: str = "{:<40} {:<10.2f}") -> None:
-        if value is None:
-            return
-        lines.append(fmt.format(name, value) if isinstance(value, float) else f"{name:<40} {value:<10}")
-
-    row("Successful requests:", doc["completed"])
-    row("Failed requests:", doc["failed"])
-    row("Maximum request concurrency:", doc.get("max_concurrency"))
-    row("Benchmark duration (s):", doc["duration"])
-    row("Total input tokens:", doc["total_input_tokens"])
-    row("Total generated tokens:", doc["total_output_tokens"])
-    row("Request throughput (req/s):", doc["request_throughput"])
-    row("Request goodput (req/s):", doc.get("request_goodput"))
-    row("Output token throughput (tok/s):", doc["output_throughput"])
-    row("Peak output token throughput (tok/s):", doc["max_output_tokens_per_s"])
-    row("Peak concurrent requests:", doc["max_concurrent_requests"])
-    row("Total token throughput (tok/s):", doc["total_token_throughput"])
-    titles = {"ttft": "Time to First Token", "tpot": "Time per Output Token (excl. 1st token)",
-              "itl": "Inter-token Latency", "e2el": "End-to-end Latency"}
-    for name, title in titles.items():
-        keys = [k for k in doc if k.endswith(f"_{name}_ms") and not k.startswith("std_")]
-        if not keys:
-            continue
-        lines.append(f"{title:-^60}")
-        for k in keys:
-            stat = k.split("_")[0]
-            label = {"mean": "Mean", "median": "Median"}.get(stat, stat.upper().replace("P", "P", 1))
-            row(f"{label} {name.upper()} (ms):", doc[k])
-    extra = doc.get("extra", {})
-    content = extra.get("ttft_content_ms", {})
-    if content:
-        lines.append("{:-^60}".format("First content token (not in vLLM)"))
-        row("Mean TTFT to first content (ms):", content.get("mean"))
-        row("Median TTFT to first content (ms):", content.get("median"))
-    lines.append("{:-^60}".format("Client"))
-    client = extra.get("client", {})
-    row("Token counts from:", extra.get("token_count_source") or "-")
-    row("Client CPU (% of one core):", client.get("cpu_pct"))
-    row("Event-loop lag p99 (ms):", client.get("event_loop_lag_p99_ms"))
-    row("Dispatch lag p99 (ms, open loop):", client.get("dispatch_lag_p99_ms"))
-    row("Valid:", "yes" if doc["run"]["valid"] else "NO")
-    lines.append("=" * 60)
-    return "\n".join(lines)
 
 
 @app.command("current")

@@ -88,6 +88,13 @@ def result_filename(label: str, request_rate: float, max_concurrency: int | None
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", name)
 
 
+def default_filename(doc: dict) -> str:
+    """vLLM's file name for a result document of ours."""
+    rate = doc.get("request_rate")
+    return result_filename(doc.get("label") or "", math.inf if rate in (None, "inf") else float(rate),
+                           doc.get("max_concurrency"), doc["model_id"], doc["date"])
+
+
 def requests_path(json_path: Path) -> Path:
     return json_path.with_name(json_path.name.removesuffix(".json") + ".requests.jsonl")
 

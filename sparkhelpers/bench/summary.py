@@ -1,0 +1,71 @@
+"""What ``bench run`` prints: the progress line while it runs and vllm bench serve's result block after."""
+
+from __future__ import annotations
+
+import sys
+
+
+def progress(total_label: str):
+    last = [0.0]
+
+    def show(done: int, total: int) -> None:
+        import time
+
+        now = time.monotonic()
+        if done == total or now - last[0] > 2.0:
+            last[0] = now
+            sys.stderr.write(f"\r{total_label}: {done}/{total} requests")
+            if done == total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    return show if sys.stderr.isatty() else None
+
+
+def format_summary(doc: dict) -> str:
+    """A block like vllm bench serve's 'Serving Benchmark Result', plus validity and token sources."""
+    lines = ["{:=^60}".format(" Serving Benchmark Result ")]
+
+    def row(name: str, value, fmt: str = "{:<40} {:<10.2f}") -> None:
+        if value is None:
+            return
+        lines.append(fmt.format(name, value) if isinstance(value, float) else f"{name:<40} {value:<10}")
+
+    row("Successful requests:", doc["completed"])
+    row("Failed requests:", doc["failed"])
+    row("Maximum request concurrency:", doc.get("max_concurrency"))
+    row("Benchmark duration (s):", doc["duration"])
+    row("Total input tokens:", doc["total_input_tokens"])
+    row("Total generated tokens:", doc["total_output_tokens"])
+    row("Request throughput (req/s):", doc["request_throughput"])
+    row("Request goodput (req/s):", doc.get("request_goodput"))
+    row("Output token throughput (tok/s):", doc["output_throughput"])
+    row("Peak output token throughput (tok/s):", doc["max_output_tokens_per_s"])
+    row("Peak concurrent requests:", doc["max_concurrent_requests"])
+    row("Total token throughput (tok/s):", doc["total_token_throughput"])
+    titles = {"ttft": "Time to First Token", "tpot": "Time per Output Token (excl. 1st token)",
+              "itl": "Inter-token Latency", "e2el": "End-to-end Latency"}
+    for name, title in titles.items():
+        keys = [k for k in doc if k.endswith(f"_{name}_ms") and not k.startswith("std_")]
+        if not keys:
+            continue
+        lines.append(f"{title:-^60}")
+        for k in keys:
+            stat = k.split("_")[0]
+            label = {"mean": "Mean", "median": "Median"}.get(stat, stat.upper().replace("P", "P", 1))
+            row(f"{label} {name.upper()} (ms):", doc[k])
+    extra = doc.get("extra", {})
+    content = extra.get("ttft_content_ms", {})
+    if content:
+        lines.append("{:-^60}".format("First content token (not in vLLM)"))
+        row("Mean TTFT to first content (ms):", content.get("mean"))
+        row("Median TTFT to first content (ms):", content.get("median"))
+    lines.append("{:-^60}".format("Client"))
+    client = extra.get("client", {})
+    row("Token counts from:", extra.get("token_count_source") or "-")
+    row("Client CPU (% of one core):", client.get("cpu_pct"))
+    row("Event-loop lag p99 (ms):", client.get("event_loop_lag_p99_ms"))
+    row("Dispatch lag p99 (ms, open loop):", client.get("dispatch_lag_p99_ms"))
+    row("Valid:", "yes" if doc["run"]["valid"] else "NO")
+    lines.append("=" * 60)
+    return "\n".join(lines)
