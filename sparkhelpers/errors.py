@@ -21,3 +21,13 @@ class UsageError(SparkError):
     """Bad arguments: exit 2, like every entry script."""
 
     exit_code = 2
+
+
+def read_user_file(path, what: str, fix: str) -> str:  # noqa: ANN001 (str or Path)
+    """The text of a file the user named; an unreadable one is a SparkError naming it (not a traceback)."""
+    from pathlib import Path
+
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SparkError(f"cannot read {what} {path}: {exc.strerror}", fix=fix) from None

@@ -16,7 +16,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from sparkhelpers.bench.datasets import Prompt
 from sparkhelpers.bench.metrics import RequestRecord, percentile
@@ -26,10 +26,10 @@ BACKEND_ALIASES = {"vllm": "openai", "openai-completions": "openai", "chat": "op
 DONE = object()
 
 
-@dataclass
-class LoadSpec:
-    base_url: str  # server root, no /v1
-    model: str
+@dataclass(kw_only=True)
+class LoadShape:
+    """How the load is sent: shared by the run's options and the load spec (one list of these fields)."""
+
     backend: str = "openai"
     endpoint: str = ""
     max_concurrency: int | None = None
@@ -40,6 +40,15 @@ class LoadSpec:
     temperature: float | None = 0.0
     num_warmups: int = 0
     request_timeout_s: float = 600.0
+
+    def load_shape(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(LoadShape)}
+
+
+@dataclass
+class LoadSpec(LoadShape):
+    base_url: str  # server root, no /v1
+    model: str
     api_key: str = field(default="", repr=False)
 
     @property

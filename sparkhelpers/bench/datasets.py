@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from sparkhelpers.errors import SparkError, UsageError
+from sparkhelpers.errors import SparkError, UsageError, read_user_file
 
 # Short, frequent words: one BPE token each (with the leading space) in the common tokenizers.
 WORDS = tuple("""
@@ -91,11 +91,9 @@ def approx_tokens(text: str) -> int:
 
 def sharegpt_prompts(path: Path, num: int, output_len: int | None = None, seed: int = 0) -> list[Prompt]:
     """The first human turn and the first reply of each conversation in a local ShareGPT JSON file."""
+    text = read_user_file(path, "the ShareGPT file", fix="pass a local ShareGPT JSON file with --dataset-path")
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SparkError(f"cannot read the ShareGPT file {path}: {exc.strerror}",
-                         fix="pass a local ShareGPT JSON file with --dataset-path") from None
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SparkError(f"{path} is not JSON ({exc.msg} at line {exc.lineno})",
                          fix="pass a ShareGPT JSON file (a list of {conversations: [...]})") from None
@@ -124,10 +122,7 @@ def sharegpt_prompts(path: Path, num: int, output_len: int | None = None, seed: 
 def custom_prompts(path: Path, num: int, output_len: int = 256) -> list[Prompt]:
     """vLLM's custom dataset: JSONL, one {"prompt": ..., "output_tokens": N (optional)} per line."""
     prompts = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise SparkError(f"cannot read {path}: {exc.strerror}", fix="pass a JSONL file with --dataset-path") from None
+    lines = read_user_file(path, "the custom dataset", fix="pass a JSONL file with --dataset-path").splitlines()
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from sparkhelpers.bench.run import DATASETS, RunOptions
-from sparkhelpers.errors import SparkError, UsageError
+from sparkhelpers.errors import SparkError, UsageError, read_user_file
 
 BUILTIN = Path(__file__).with_name("profiles.yaml")
 CELL_KEYS = {"name", "dataset", "input_len", "output_len", "range_ratio", "prefix_len", "suffix_len", "num_prefixes",
@@ -73,11 +73,9 @@ class RunPlan:
 
 
 def _read(path: Path) -> dict:
+    text = read_user_file(path, "the benchmark profiles file", fix="fix BENCH_PROFILES_FILE or unset it")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise SparkError(f"cannot read the benchmark profiles file {path}: {exc.strerror}",
-                         fix="fix BENCH_PROFILES_FILE or unset it") from None
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise SparkError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}",
                          fix="see sparkhelpers/bench/profiles.yaml for the layout") from None

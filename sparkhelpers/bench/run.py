@@ -14,11 +14,9 @@ DATASETS = ("random", "sharegpt", "prefix-repetition", "custom")
 
 
 @dataclass
-class RunOptions:
+class RunOptions(client.LoadShape):
     base_url: str
     model: str = ""
-    backend: str = "openai"
-    endpoint: str = ""
     dataset_name: str = "random"
     dataset_path: str = ""
     random_input_len: int = 1024
@@ -32,19 +30,11 @@ class RunOptions:
     prefix_repetition_num_prefixes: int = 10
     prefix_repetition_output_len: int = 128
     num_prompts: int = 1000
-    max_concurrency: int | None = None
-    request_rate: float = math.inf
-    burstiness: float = 1.0
-    seed: int = 0
-    ignore_eos: bool = False
-    temperature: float | None = 0.0
-    num_warmups: int = 0
     goodput: dict[str, float] = field(default_factory=dict)
     percentile_metrics: list[str] = field(default_factory=lambda: list(metrics.DEFAULT_PERCENTILE_METRICS))
     metric_percentiles: list[float] = field(default_factory=lambda: list(metrics.DEFAULT_PERCENTILES))
     label: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
-    request_timeout_s: float = 600.0
 
     def validate(self) -> None:
         if self.dataset_name not in DATASETS:
@@ -136,10 +126,7 @@ def execute(o: RunOptions, *, api_key: str = "", target: dict | None = None, run
         warm_opts = RunOptions(**{**asdict(o), "seed": o.seed + 7919, "num_prompts": 1})
         warmups = make_prompts(warm_opts)
     ignore_eos = o.ignore_eos or o.dataset_name == "random"  # as vLLM: forced on for random
-    spec = client.LoadSpec(base_url=o.base_url, model=o.model, backend=o.backend, endpoint=o.endpoint,
-                           max_concurrency=o.max_concurrency, request_rate=o.request_rate, burstiness=o.burstiness,
-                           seed=o.seed, ignore_eos=ignore_eos, temperature=o.temperature, num_warmups=o.num_warmups,
-                           request_timeout_s=o.request_timeout_s, api_key=api_key)
+    spec = client.LoadSpec(o.base_url, o.model, api_key=api_key, **{**o.load_shape(), "ignore_eos": ignore_eos})
     load = client.run_load(spec, prompts, progress=progress, warmup_prompts=warmups)
     records, duration, health = asyncio.run(asyncio.wait_for(load, deadline_s) if deadline_s else load)
     doc = build_document(o, records, duration, health.summary(), ignore_eos=ignore_eos, target=target,
