@@ -46,34 +46,15 @@ require_cmd() {
   die "$1 is not installed" "sudo apt-get install -y ${2:-$1}"
 }
 
-# spark_load_config: flag > environment > config.local.env > config.env > built-in default.
-# Both files are sourced in order (a reference sees earlier assignments and the environment), then
-# every variable that came from the environment gets its environment value back. Keys set only by
-# the files are not exported, so sparkhelpers (Python) sees the same environment the user gave.
-# sparkhelpers.config.resolve is the same rule; tests/test_config_agreement.py proves they agree.
+# spark_load_config: the configuration as shell variables, from the Python parser; no config file
+# is ever sourced. `sparkhelpers config shell` applies flag > environment > config.local.env >
+# config.env > built-in default (sparkhelpers.config.resolve, the one rule) and prints quoted
+# KEY='value' lines; a line bash would execute ($(...), backticks, a command) is refused there with
+# file:line before anything runs. Plain assignments: a key only the files set is not exported.
 spark_load_config() {
-  local -A spark_env_=()
-  local name_
-  while IFS= read -r name_; do spark_env_[$name_]="${!name_}"; done < <(compgen -e)
-  local defaults_="${SPARK_CONFIG_DEFAULTS:-$SPARK_HOME/config.env}"
-  local local_="${SPARK_CONFIG:-$SPARK_HOME/config.local.env}"
-  [[ -f "$defaults_" ]] || die "config defaults not found at $defaults_" "set SPARK_HOME to the sparkhelpers checkout"
-  if [[ -n "${SPARK_CONFIG:-}" && ! -f "$SPARK_CONFIG" ]]; then
-    die "SPARK_CONFIG points at $SPARK_CONFIG, which does not exist" "unset SPARK_CONFIG or create the file"
-  fi
-  set +u # an unset reference expands to empty, as in Python
-  # shellcheck disable=SC1090
-  source "$defaults_"
-  # shellcheck disable=SC1090
-  [[ -f "$local_" ]] && source "$local_"
-  set -u
-  for name_ in "${!spark_env_[@]}"; do
-    [[ "${!name_-}" == "${spark_env_[$name_]}" ]] || printf -v "$name_" '%s' "${spark_env_[$name_]}"
-  done
-  while IFS= read -r name_; do
-    # shellcheck disable=SC2163 # un-export the variable whose name is in name_
-    [[ -v "spark_env_[$name_]" ]] || export -n "$name_"
-  done < <(compgen -e)
+  local assignments_
+  assignments_="$(sparkhelpers config shell)" || exit
+  eval "$assignments_"
 }
 
 # sparkhelpers ARGS...: run the Python core (the repo's venv first, then PATH).

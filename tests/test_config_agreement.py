@@ -1,8 +1,14 @@
-"""bash (lib/common.sh) and Python (sparkhelpers.config.resolve) must read config files identically."""
+"""The scripts' shell variables are Python's values: lib/common.sh evals `sparkhelpers config shell`.
+
+bash never parses a config file, so the two cannot disagree; these cases prove the values survive
+the trip through the quoting filter and eval unchanged (quotes, newlines, unicode), that keys only
+the files set stay unexported, and that secrets and names bash itself reads never reach the shell.
+"""
 
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,7 +50,7 @@ def bash_values(defaults: Path, local: Path, env: dict, keys: list[str]) -> tupl
         'for k in "$@"; do printf "%s=%s\\0" "$k" "${!k-<unset>}"; done; '
         "printf 'EXPORTED\\0'; env -0 | cut -z -d= -f1"
     )
-    full_env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", **env,
+    full_env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": "/nonexistent", **env,
                 "SPARK_HOME": str(ROOT), "SPARK_CONFIG_DEFAULTS": str(defaults), "SPARK_CONFIG": str(local)}
     out = subprocess.run(["bash", "-c", script, "bash", *keys], cwd=ROOT, env=full_env,
                          capture_output=True, check=True).stdout.decode()
@@ -69,6 +75,26 @@ def test_bash_and_python_agree(name, tmp_path):
     assert {k: py[k].value for k in keys} == bash
     # keys that only the files set must not leak into child processes' environment
     assert not (set(keys) - set(full_env)) & exported
+
+
+def test_secrets_and_bash_owned_names_never_reach_the_shell(tmp_path):
+    defaults, local = tmp_path / "config.env", tmp_path / "config.local.env"
+    defaults.write_text("A=1\n")
+    local.write_text("API_KEY=sk-local\nHF_TOKEN=hf_x\nIFS=x\nPATH=/evil\nPS4=boom\nlower=1\n")
+    keys = ["A", "API_KEY", "HF_TOKEN", "IFS", "PS4", "lower"]
+    bash, _, _ = bash_values(defaults, local, {}, keys)
+    assert bash["A"] == "1"
+    assert bash["API_KEY"] == bash["HF_TOKEN"] == bash["lower"] == "<unset>"
+    assert bash["IFS"] != "x" and bash["PS4"] != "boom"
+
+
+def test_a_failing_parse_stops_the_script(tmp_path):
+    defaults, local = tmp_path / "config.env", tmp_path / "config.local.env"
+    defaults.write_text("A=1\n")
+    local.write_text("B='unterminated\n")
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        bash_values(defaults, local, {}, ["A"])
+    assert err.value.returncode == 1 and b"config.local.env:1: unterminated single quote" in err.value.stderr
 
 
 def test_source_labels(tmp_path):
@@ -96,3 +122,17 @@ def test_config_env_documents_every_key():
     assert {"Nodes", "Network", "Model", "Container", "Ports", "Storage", "Engine options", "Benchmark"} <= groups
     assert all(r["description"] for r in rows), [r["key"] for r in rows if not r["description"]]
     assert len({r["key"] for r in rows}) == len(rows)
+
+
+@pytest.mark.parametrize("local_text", ["A='x y'\nVLLM_PORT=9001\n", "A=$(id)\n"])
+def test_fast_path_answers_like_the_cli(local_text, tmp_path, monkeypatch):
+    """`sparkhelpers config shell` skips Typer; its output and errors are the Typer command's."""
+    local = tmp_path / "config.local.env"
+    local.write_text(local_text)
+    monkeypatch.setenv("SPARK_CONFIG", str(local))
+    exe = Path(sys.executable).parent / "sparkhelpers"
+    fast = subprocess.run([str(exe), "config", "shell"], capture_output=True, text=True)
+    full = subprocess.run([sys.executable, "-c", "from sparkhelpers.cli import main; main()", "config", "shell"],
+                          capture_output=True, text=True)
+    assert (fast.returncode, fast.stdout, fast.stderr) == (full.returncode, full.stdout, full.stderr)
+    assert "VLLM_PORT=9001\n" in fast.stdout or "config.local.env:1: command substitution" in fast.stderr

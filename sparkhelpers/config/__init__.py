@@ -1,7 +1,8 @@
 """One configuration: flag > environment > config.local.env > config.env > built-in default.
 
-``load_config`` is the only place that precedence is implemented; ``lib/common.sh`` mirrors it
-for the shell scripts and ``tests/test_config_agreement.py`` proves the two agree.
+``resolve`` is the only place that precedence is implemented. The shell scripts never source a
+config file: ``lib/common.sh`` evals the quoted assignments ``sparkhelpers config shell`` prints
+(sparkhelpers/config/shell.py), so bash sees exactly these values.
 """
 
 from __future__ import annotations
@@ -148,8 +149,8 @@ def resolve(
 ) -> dict[str, Setting]:
     """The precedence rule itself. ``files`` are (label, path) from lowest to highest precedence.
 
-    Files are read in order as bash would source them: a reference sees the environment and every
-    assignment made before it. The environment's own values are then put back on top, and flags
+    Files are read in order with bash's meaning (never executed): a reference sees the environment
+    and every assignment made before it. The environment's own values are then put back on top, and flags
     on top of everything.
     """
     settings: dict[str, Setting] = {k: Setting(k, v, "default") for k, v in builtin.items()}

@@ -89,6 +89,18 @@ def check() -> None:
 
 
 @app.command()
+def shell() -> None:
+    """Print the resolved configuration as quoted bash assignments (what the entry scripts eval).
+
+    Secrets and names bash itself uses (PATH, IFS...) are left out; a config file that bash would
+    execute is refused with file:line, exit 1. Example: eval "$(sparkhelpers config shell)"
+    """
+    from sparkhelpers.config import shell as shellmod
+
+    typer.echo(shellmod.render(), nl=False)
+
+
+@app.command()
 def paths() -> None:
     """Print the files and directories in use (each can be redirected by an environment variable)."""
     cfg = cfgmod.load_config()

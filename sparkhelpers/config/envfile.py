@@ -1,9 +1,10 @@
 """Reader for the safe subset of bash that config files are written in.
 
-Bash sources these files (lib/common.sh); Python must read them to the same values without ever
-executing anything. Supported: ``KEY=value``, ``export KEY=value``, ``# comments`` (whole-line, or
-after whitespace), 'single' and "double" quotes (also spanning lines), backslash escapes,
-``$VAR``, ``${VAR}``, ``${VAR:-word}``, ``${VAR-word}`` and a leading ``~``. Anything that bash
+The files look like bash and mean what bash would make of them, but nothing ever sources them:
+this parser is the only reader (the scripts eval the quoted values ``config shell`` prints).
+Supported: ``KEY=value``, ``export KEY=value``, ``# comments`` (whole-line, or after whitespace),
+'single' and "double" quotes (also spanning lines), backslash escapes, ``$VAR``, ``${VAR}``,
+``${VAR:-word}``, ``${VAR-word}`` and a leading ``~``. Anything that bash
 would execute (``$(...)``, backticks, commands, ``+=``) is an error naming the file and line.
 """
 
