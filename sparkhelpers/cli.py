@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "logs": ("sparkhelpers.cluster.cli", "logs_app", "Print or follow a node's engine log."),
     "setup": ("sparkhelpers.discover.cli", "setup_app", "Interactive set-up of config.local.env (setup-env.sh)."),
     "bench": ("sparkhelpers.bench.cli", "app", "Benchmark a server (vllm bench serve metrics), ingest, compare."),
+    "recipe": ("sparkhelpers.recipes.cli", "app", "Recipes: show, validate, hash, render, list, import, export."),
 }
 
 

@@ -1,0 +1,84 @@
+"""The engine flag sets recipes are checked against: one function, ``flag_set``, reads them.
+
+vLLM's flags come from the list the emulated engine parses with (sparkhelpers/sim/engine/vllm_flags.json,
+regenerated from the real vLLM parser); llama-server's from the list below (the options the product and
+the emulated llama-server use). A flag set maps the engine-argument key (``max_model_len``) to its flag.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from sparkhelpers.errors import SparkError
+
+VLLM_FLAGS_FILE = Path(__file__).resolve().parents[1] / "sim" / "engine" / "vllm_flags.json"
+# vLLM turns these on by itself, so a recipe's `false` must say --no-X; for every other boolean,
+# `false` is the default and renders as nothing (an older image may not know the --no- spelling).
+VLLM_DEFAULT_ON = frozenset({"enable_prefix_caching", "enable_chunked_prefill", "async_scheduling"})
+LLAMA_SERVER_FLAGS: dict[str, dict] = {
+    "ctx_size": {"type": "int"}, "parallel": {"type": "int"}, "threads": {"type": "int"},
+    "threads_batch": {"type": "int"}, "n_gpu_layers": {"type": "str"}, "batch_size": {"type": "int"},
+    "ubatch_size": {"type": "int"}, "flash_attn": {"type": "choice", "choices": ["on", "off", "auto"]},
+    "jinja": {"type": "store_true"}, "no_webui": {"type": "store_true"}, "metrics": {"type": "store_true"},
+    "mlock": {"type": "store_true"}, "no_mmap": {"type": "store_true"}, "cont_batching": {"type": "store_true"},
+    "cache_type_k": {"type": "str"}, "cache_type_v": {"type": "str"}, "log_disable": {"type": "store_true"},
+    "verbose": {"type": "store_true"},
+}
+
+
+@dataclass(frozen=True)
+class Flag:
+    key: str  # engine-argument key: max_model_len
+    flag: str  # --max-model-len
+    type: str  # str int float json choice list size store_true bool_optional
+    choices: tuple[str, ...] = ()
+    default_on: bool = False
+
+
+@dataclass(frozen=True)
+class FlagSet:
+    runtime: str
+    version: str
+    flags: dict[str, Flag] = field(default_factory=dict)
+
+    def get(self, key: str) -> Flag | None:
+        return self.flags.get(key)
+
+    def by_flag(self, flag: str) -> Flag | None:
+        return self.flags.get(flag_key(flag))
+
+
+def flag_key(name: str) -> str:
+    """`--max-model-len`, `max-model-len` and `max_model_len` are one key: max_model_len."""
+    return name.lstrip("-").replace("-", "_")
+
+
+def _from_table(runtime: str, version: str, table: dict[str, dict], default_on: frozenset[str]) -> FlagSet:
+    flags = {}
+    for name, meta in table.items():
+        key = flag_key(name)
+        on = bool(meta.get("default") is True) or key in default_on
+        flags[key] = Flag(key, "--" + key.replace("_", "-"), meta["type"], tuple(meta.get("choices", ())), on)
+    return FlagSet(runtime, version, flags)
+
+
+@lru_cache(maxsize=8)
+def flag_set(runtime: str, version: str | None = None) -> FlagSet:
+    """The flags ``runtime`` accepts (at ``version``: only the version the flag list was made from exists)."""
+    if runtime == "llama-cpp":
+        return _from_table(runtime, version or "any", LLAMA_SERVER_FLAGS, frozenset())
+    if runtime != "vllm":
+        raise SparkError(f"no flag set for runtime {runtime!r}", fix="use runtime vllm or llama-cpp")
+    try:
+        data = json.loads(VLLM_FLAGS_FILE.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SparkError(f"cannot read the vLLM flag list {VLLM_FLAGS_FILE}: {exc}",
+                         fix="reinstall sparkhelpers (the file ships with the package)") from None
+    known = str(data.get("vllm_version", "unknown"))
+    if version and version != known:
+        raise SparkError(f"engine_version {version} has no flag list here (this sparkhelpers knows vLLM {known})",
+                         fix=f"set engine_version: \"{known}\", or remove engine_version to use it")
+    return _from_table(runtime, known, data["flags"], VLLM_DEFAULT_ON)
