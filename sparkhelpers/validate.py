@@ -11,8 +11,14 @@ import ipaddress
 import json
 import re
 import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sparkhelpers.errors import SparkError
+
+if TYPE_CHECKING:
+    from sparkhelpers.config import Config
 
 _HF_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
 _MODEL = re.compile(rf"^{_HF_PART}(/{_HF_PART})?$")
@@ -163,3 +169,157 @@ def arg_list(value: str, key: str) -> list[str]:
             raise bad(key, value, f"puts a secret on the command line ({a.split('=', 1)[0]})",
                       "remove it: set API_KEY_FILE or HF_TOKEN_FILE instead (they reach the engine privately)")
     return args
+
+
+# ---- The one table of per-key rules ------------------------------------------------------------
+# `config set` checks the value it writes, `config check` every key at once, and the plan reads its
+# typed values through `setting()`; no rule is written a second time anywhere else.
+
+
+@dataclass(frozen=True)
+class Rule:
+    parse: Callable[[str, str], object]  # (raw text, key) -> typed value; raises SparkError with the fix
+    required: bool = False  # empty is an error; otherwise empty means "default / discover / off" (None)
+
+
+def _whole(low: int, high: int, example: int) -> Callable[[str, str], int]:
+    def parse(raw: str, key: str) -> int:
+        try:
+            number = int(raw.strip())
+        except ValueError:
+            raise bad(key, raw, "is not a whole number", f"sparkhelpers config set {key} {example}") from None
+        if low <= number <= high:
+            return number
+        raise bad(key, raw, f"must be between {low} and {high}", f"sparkhelpers config set {key} {example}")
+    return parse
+
+
+def _fraction(raw: str, key: str) -> float:
+    try:
+        number = float(raw)
+    except ValueError:
+        raise bad(key, raw, "is not a number", f"sparkhelpers config set {key} 0.85") from None
+    return fraction(number, key)
+
+
+def _bool(raw: str, key: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return value in ("1", "true", "yes", "on")
+    raise bad(key, raw, "is not true or false", f"sparkhelpers config set {key} false")
+
+
+def _abs_path(raw: str, key: str) -> str:
+    if _PATH.match(raw) and ".." not in raw.split("/"):
+        return raw
+    raise bad(key, raw, "must be an absolute path without spaces", f"sparkhelpers config set {key} /raid/hf-cache")
+
+
+def _each(check: Callable[..., str]) -> Callable[[str, str], list[str]]:
+    return lambda raw, key: [check(part, key) for part in raw.split()]
+
+
+def _upper_choice(allowed: tuple[str, ...]) -> Callable[[str, str], str]:
+    return lambda raw, key: choice(raw.upper(), key, allowed)
+
+
+def _choice(allowed: tuple[str, ...]) -> Callable[[str, str], str]:
+    return lambda raw, key: choice(raw, key, allowed)
+
+
+RUNTIMES = ("vllm", "llama-cpp")
+LAUNCH_MODES = ("auto", "ray", "native")
+NCCL_DEBUG_LEVELS = ("WARN", "INFO", "TRACE", "VERSION", "ABORT")
+_PORT = _whole(1, 65535, 8000)
+
+RULES: dict[str, Rule] = {
+    "CLUSTER_NAME": Rule(lambda raw, key: cluster_name(raw), required=True),
+    "WORKER_HOST": Rule(_each(ssh_host)),
+    "WORKER_IB_IP": Rule(_each(ip)),
+    "WORKER_USER": Rule(ssh_host),
+    "SSH_CONNECT_TIMEOUT": Rule(_whole(1, 300, 5), required=True),
+    "SSH_OPTIONS": Rule(arg_list),
+    "HEAD_IP": Rule(ip),
+    "FABRIC_IF": Rule(ifname),
+    "NCCL_IB_HCA": Rule(hca_list),
+    "NCCL_IB_GID_INDEX": Rule(_whole(0, 255, 3)),
+    "NCCL_DEBUG": Rule(_upper_choice(NCCL_DEBUG_LEVELS), required=True),
+    "FABRIC_MTU": Rule(_whole(576, 9216, 9000), required=True),
+    "MODEL": Rule(model_id, required=True),
+    "MODEL_REVISION": Rule(lambda raw, key: revision(raw)),
+    "SERVED_MODEL_NAME": Rule(lambda raw, key: served_name(raw)),
+    "TENSOR_PARALLEL": Rule(_whole(1, 8, 2)),
+    "PIPELINE_PARALLEL": Rule(_whole(1, 8, 1), required=True),
+    "MAX_MODEL_LEN": Rule(_whole(16, 1 << 24, 32768)),
+    "GPU_MEMORY_UTIL": Rule(_fraction, required=True),
+    "TRUST_REMOTE_CODE": Rule(_bool),
+    "ENABLE_EXPERT_PARALLEL": Rule(tristate),
+    "RUNTIME": Rule(_choice(RUNTIMES), required=True),
+    "VLLM_IMAGE": Rule(image, required=True),
+    "LAUNCH_MODE": Rule(_choice(LAUNCH_MODES), required=True),
+    "SHM_SIZE": Rule(size),
+    "IPC_HOST": Rule(_bool),
+    "PRIVILEGED": Rule(_bool),
+    "EXTRA_DOCKER_ARGS": Rule(arg_list),
+    "RAY_OBJECT_STORE_BYTES": Rule(_whole(78643200, 1 << 40, 1 << 30)),
+    "DROP_CACHES": Rule(_bool),
+    "VLLM_PORT": Rule(_PORT, required=True),
+    "VLLM_HOST": Rule(ip, required=True),
+    "RAY_PORT": Rule(_whole(1, 65535, 6385), required=True),
+    "RAY_DASHBOARD_PORT": Rule(_whole(1, 65535, 8265), required=True),
+    "RAY_DASHBOARD_HOST": Rule(ip, required=True),
+    "MASTER_PORT": Rule(_whole(1, 65535, 29501), required=True),
+    "HF_CACHE": Rule(_abs_path, required=True),
+    "WORKER_HF_CACHE": Rule(_abs_path),
+    "SPARK_STATE_DIR": Rule(_abs_path),
+    "ENABLE_PREFIX_CACHING": Rule(tristate),
+    "KV_CACHE_DTYPE": Rule(_choice(KV_CACHE_DTYPES), required=True),
+    "ENABLE_CHUNKED_PREFILL": Rule(tristate),
+    "MAX_NUM_SEQS": Rule(_whole(1, 1 << 20, 256)),
+    "MAX_NUM_BATCHED_TOKENS": Rule(_whole(1, 1 << 24, 8192)),
+    "SPECULATIVE_CONFIG": Rule(json_object),
+    "LOAD_FORMAT": Rule(_choice(LOAD_FORMATS), required=True),
+    "EXTRA_ARGS": Rule(arg_list),
+    "START_TIMEOUT": Rule(_whole(1, 7 * 86400, 1800), required=True),
+    "STOP_TIMEOUT": Rule(_whole(1, 3600, 20)),
+    "BENCH_TIMEOUT": Rule(_whole(1, 7 * 86400, 3600)),
+    "BENCH_LLAMA_BENCHY_ARGS": Rule(arg_list),
+}
+
+
+def check(key: str, value: object) -> object:
+    """The typed value of KEY (None when empty and allowed to be); a SparkError with the fix if bad.
+
+    Keys without a rule pass through as text. Typed values (an int from a preset) are checked as text,
+    so a preset and a config file meet the same rule.
+    """
+    raw = "" if value is None else str(value)
+    rule = RULES.get(key)
+    if rule is None:
+        return raw
+    if raw.strip() == "":
+        if rule.required:
+            raise SparkError(f"{key} must not be empty",
+                             fix=f"sparkhelpers config unset {key} (back to config.env's default)")
+        return None
+    return rule.parse(raw, key)
+
+
+def setting(cfg: Config, key: str) -> object:
+    """``check`` of the configured value, naming where a bad value came from."""
+    try:
+        return check(key, cfg.get(key))
+    except SparkError as exc:
+        raise SparkError(f"{exc.message} ({cfg.source(key)})", fix=exc.fix) from None
+
+
+def problems(cfg: Config) -> list[SparkError]:
+    """Every bad key of the configuration at once (``config check``), in table order."""
+    found: list[SparkError] = []
+    for key in RULES:
+        if key in cfg.settings:
+            try:
+                setting(cfg, key)
+            except SparkError as exc:
+                found.append(exc)
+    return found

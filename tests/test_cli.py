@@ -70,17 +70,17 @@ def test_get_unknown_key_is_one_clear_line(sparkhelpers_bin):
 def test_set_writes_private_file_and_reads_secret_from_stdin(sparkhelpers_bin, isolated_env):
     local = Path(os.environ["SPARK_CONFIG"])
     local.unlink()
-    assert sh(sparkhelpers_bin, "config", "set", "MODEL", "org/it's a model").returncode == 0
+    assert sh(sparkhelpers_bin, "config", "set", "BENCH_VARIANT", "it's a variant").returncode == 0
     r = sh(sparkhelpers_bin, "config", "set", "HF_TOKEN", "-", input="hf_abc\n")
     assert r.returncode == 0, r.stderr
     assert stat.S_IMODE(local.stat().st_mode) == 0o600
     got = json.loads(sh(sparkhelpers_bin, "config", "show", "--json").stdout)
-    assert got["MODEL"]["value"] == "org/it's a model"
+    assert got["BENCH_VARIANT"]["value"] == "it's a variant"
     assert sh(sparkhelpers_bin, "config", "get", "HF_TOKEN").stdout == "hf_abc\n"
     # and bash reads the same file to the same value
-    r = subprocess.run(["bash", "-c", 'source lib/common.sh; spark_load_config; printf %s "$MODEL"'],
+    r = subprocess.run(["bash", "-c", 'source lib/common.sh; spark_load_config; printf %s "$BENCH_VARIANT"'],
                        cwd=ROOT, capture_output=True, text=True)
-    assert r.stdout == "org/it's a model"
+    assert r.stdout == "it's a variant"
 
 
 def test_set_refuses_secret_on_command_line(sparkhelpers_bin):

@@ -9,6 +9,7 @@ import sys
 import typer
 
 from sparkhelpers import config as cfgmod
+from sparkhelpers import validate
 from sparkhelpers.appkit import new_app, print_json, warn
 from sparkhelpers.errors import SparkError, UsageError
 
@@ -58,7 +59,10 @@ def set_(
     value: str = typer.Argument(..., help="New value, or - to read it from standard input (for secrets)."),
     new: bool = typer.Option(False, "--new", help="Allow a key that config.env does not define."),
 ) -> None:
-    """Write KEY=VALUE into config.local.env (mode 0600). Secrets: pass - and pipe the value in."""
+    """Write KEY=VALUE into config.local.env (mode 0600) after checking VALUE against KEY's rule.
+
+    Secrets: pass - and pipe the value in. Example: sparkhelpers config set VLLM_PORT 8001
+    """
     documented = {row["key"] for row in cfgmod.documented_keys()}
     if key not in documented and not new:
         raise UsageError(f"{key} is not a key of config.env", fix=f"check the spelling, or pass --new to add {key}")
@@ -67,6 +71,7 @@ def set_(
     elif cfgmod.is_secret(key) and value:
         raise UsageError(f"{key} is a secret and would show in the process list",
                          fix=f"printf '%s' \"$VALUE\" | sparkhelpers config set {key} -")
+    validate.check(key, value)
     path = cfgmod.set_local(key, value)
     if key in os.environ:
         warn(f"{key} is also set in the environment, which takes precedence over {path}")
@@ -82,10 +87,16 @@ def unset(key: str = typer.Argument(..., help="Key name.")) -> None:
 
 @app.command()
 def check() -> None:
-    """Check that the config files use only the supported syntax (exit 1 naming file:line if not)."""
+    """Check the files' syntax (file:line) and every key's value; list every bad key with its fix (exit 1)."""
     cfg = cfgmod.load_config()
     for path in cfg.files:
-        typer.echo(f"ok  {path}")
+        typer.echo(f"ok   {path}")
+    found = validate.problems(cfg)
+    for exc in found:
+        typer.echo(f"bad  {exc.message}\n     fix: {exc.fix}")
+    if found:
+        raise SparkError(f"{len(found)} bad value{'s' if len(found) != 1 else ''} in the configuration",
+                         fix="run each fix above, then sparkhelpers config check")
 
 
 @app.command()
