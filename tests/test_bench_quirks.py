@@ -245,3 +245,48 @@ def test_cli_dry_run_sends_nothing(quirks, sparkhelpers_bin):
     r = subprocess.run([*sparkhelpers_bin, "bench", "run", "--dry-run", "--base-url", f"http://127.0.0.1:{quirks.port}",
                         "--model", "normal", "--num-prompts", "7"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and json.loads(r.stdout)["num_prompts"] == 7 and quirks.requests == []
+
+
+def _bench_cli(sparkhelpers_bin, port: int, model: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*sparkhelpers_bin, "bench", "run", "--base-url", f"http://127.0.0.1:{port}",
+                           "--backend", "openai-chat", "--num-prompts", "4", "--max-concurrency", "2",
+                           "--random-input-len", "8", "--random-output-len", "5",
+                           *(["--model", model] if model else []), *extra], capture_output=True, text=True, timeout=60)
+
+
+def test_cli_exits_1_and_groups_the_errors_by_cause_when_requests_fail(quirks, sparkhelpers_bin):
+    r = _bench_cli(sparkhelpers_bin, quirks.port, "http500")
+    assert r.returncode == 1, r.stderr
+    assert "4 x HTTP 500: HTTP 500: Internal Server Error" in r.stderr
+    assert "4 of 4 requests failed" in r.stderr and "Traceback" not in r.stderr
+    assert "Failed requests:" in r.stdout  # the result block still printed
+    r = _bench_cli(sparkhelpers_bin, quirks.port, "flaky")  # every second request answers 429
+    assert r.returncode == 1 and "x HTTP 429:" in r.stderr and "of 4 requests failed" in r.stderr
+    assert _bench_cli(sparkhelpers_bin, quirks.port, "normal").returncode == 0
+
+
+def test_cli_non_json_model_list_is_one_clear_line(sparkhelpers_bin):
+    """A login page or another web service on the port: one line, exit 1, no traceback."""
+    import http.server
+
+    class Html(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = b"<html><body>Sign in</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Html)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        r = _bench_cli(sparkhelpers_bin, server.server_address[1], "")
+    finally:
+        server.shutdown()
+    assert r.returncode == 1
+    assert "did not answer JSON: is this an OpenAI-compatible server?" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 2  # the line and its fix

@@ -9,6 +9,7 @@ import typer
 
 from sparkhelpers.appkit import info, new_app, print_json, warn
 from sparkhelpers.bench import runflags
+from sparkhelpers.errors import SparkError
 
 app = new_app("Benchmark an OpenAI-compatible server (vllm bench serve's metrics and flags), compare results.")
 
@@ -23,8 +24,6 @@ def _api_key(cfg) -> str:
     key = cfg.get("API_KEY")
     path = cfg.get("API_KEY_FILE")
     if not key and path:
-        from sparkhelpers.errors import SparkError
-
         try:
             key = Path(path).expanduser().read_text(encoding="utf-8").strip()
         except OSError as exc:
@@ -66,6 +65,11 @@ def run_cmd(**flags) -> None:  # noqa: ANN003
         info(f"saved {path} and {side.name}")
     if cmd.as_json:
         print_json(results.clean_floats(doc))
+    if doc["failed"]:
+        for line in summary.failure_lines(doc):
+            warn(line)
+        raise SparkError(f"{doc['failed']} of {doc['failed'] + doc['completed']} requests failed (causes above)",
+                         fix="see the server's log (sparkhelpers logs); --save-result keeps every error per request")
 
 
 @app.command("current")
@@ -84,7 +88,7 @@ def current_cmd(
     """Benchmark the model the cluster serves now with a profile; save results with the cluster configuration."""
     from sparkhelpers.bench import current, profiles
     from sparkhelpers.config import load_config, results_dir
-    from sparkhelpers.errors import SparkError, UsageError
+    from sparkhelpers.errors import UsageError
 
     if sum(bool(x) for x in (profile, single, quick)) > 1:
         raise UsageError("--single, --quick and --profile exclude each other", fix="choose one")
@@ -148,7 +152,7 @@ def matrix_cmd(
     """Compare results: rows = model x variant, columns = workload x concurrency, repeats with 95% CI."""
     from sparkhelpers.bench import ingest, matrix, report
     from sparkhelpers.config import load_config, results_dir
-    from sparkhelpers.errors import SparkError, UsageError
+    from sparkhelpers.errors import UsageError
 
     renderers = {"table": lambda m: matrix.to_table(m) + "\n", "md": matrix.to_markdown, "csv": matrix.to_csv,
                  "json": matrix.to_json}

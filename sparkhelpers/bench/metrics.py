@@ -229,11 +229,7 @@ def extra_metrics(records: Sequence[RequestRecord], duration_s: float,
     decode_span = (max(e for _, e in decode_window) - min(s for s, _ in decode_window)) if decode_window else 0.0
     sources = sorted({r.token_count_source for r in ok if r.token_count_source})
     prompt_sources = sorted({r.prompt_len_source for r in ok})
-    errors: dict[str, int] = {}
-    for r in records:
-        if not r.success:
-            key = r.error.split(":")[0] if r.error else "unknown"
-            errors[key] = errors.get(key, 0) + 1
+    groups = error_groups(records)
     return {
         "ttft_content_ms": {k.replace("_ttft_content_ms", ""): v
                             for k, v in stats_keys("ttft_content", content, percentiles).items()},
@@ -243,5 +239,21 @@ def extra_metrics(records: Sequence[RequestRecord], duration_s: float,
         "token_count_source": sources[0] if len(sources) == 1 else ("mixed:" + ",".join(sources) if sources else ""),
         "prompt_len_source": prompt_sources[0] if len(prompt_sources) == 1 else "mixed:" + ",".join(prompt_sources),
         "chunks_per_s": sum(r.chunks for r in ok) / duration_s if duration_s > 0 else 0.0,
-        "error_counts": errors,
+        "error_counts": {cause: g["count"] for cause, g in groups.items()},
+        "error_examples": {cause: g["examples"] for cause, g in groups.items()},
     }
+
+
+def error_groups(records: Sequence[RequestRecord], examples: int = 2) -> dict[str, dict]:
+    """Failed requests by cause (the error's first word: HTTP 500, timeout, connection...), most frequent
+    first, with the first ``examples`` messages of each (in request order)."""
+    groups: dict[str, dict] = {}
+    for r in sorted(records, key=lambda x: x.index):
+        if r.success:
+            continue
+        cause = r.error.split(":")[0] if r.error else "unknown"
+        g = groups.setdefault(cause, {"count": 0, "examples": []})
+        g["count"] += 1
+        if len(g["examples"]) < examples and r.error not in g["examples"]:
+            g["examples"].append(r.error or "no error message")
+    return dict(sorted(groups.items(), key=lambda kv: -kv[1]["count"]))

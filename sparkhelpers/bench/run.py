@@ -104,7 +104,13 @@ async def fetch_models(base_url: str, api_key: str, timeout_s: float = 10.0) -> 
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         raise SparkError(f"cannot reach {url}: {type(exc).__name__} {exc}".strip(),
                          fix="start the server (start_cluster.sh) or pass the right --base-url") from None
-    return [m.get("id") for m in (data.get("data") or []) if isinstance(m, dict) and m.get("id")]
+    except ValueError:  # HTML from a proxy, a login page, another service on the port
+        raise SparkError(f"{url} did not answer JSON: is this an OpenAI-compatible server?",
+                         fix="check --base-url (the server root, e.g. http://127.0.0.1:8000) or pass --model") from None
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise SparkError(f"{url} answered JSON without a model list (no \"data\": [...])",
+                         fix="check --base-url points at an OpenAI-compatible server, or pass --model")
+    return [m.get("id") for m in data["data"] if isinstance(m, dict) and m.get("id")]
 
 
 def discover_model(base_url: str, api_key: str) -> str:

@@ -69,3 +69,14 @@ def format_summary(doc: dict) -> str:
     row("Valid:", "yes" if doc["run"]["valid"] else "NO")
     lines.append("=" * 60)
     return "\n".join(lines)
+
+
+def failure_lines(doc: dict, causes: int = 5) -> list[str]:
+    """The first errors by cause: one line per cause with its count and its first message(s)."""
+    extra = doc.get("extra", {})
+    lines = []
+    for cause, count in list(extra.get("error_counts", {}).items())[:causes]:
+        examples = extra.get("error_examples", {}).get(cause) or [""]
+        lines.append(f"{count:>5} x {cause}: {examples[0]}")
+        lines += [f"{'':>9}{e}" for e in examples[1:]]
+    return lines
