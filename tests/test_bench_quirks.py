@@ -31,18 +31,19 @@ def chunk(content=None, finish=None, role=False):
 
 
 class QuirkServer:
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.requests: list[dict] = []
         self.count = 0
         self.loop = asyncio.new_event_loop()
-        self.port = 0
+        self.port = port
 
     async def models(self, _request):
         return web.json_response({"data": [{"id": "normal"}]})
 
     async def chat(self, request):
         body = await request.json()
-        self.requests.append({"body": body, "auth": request.headers.get("Authorization", "")})
+        self.requests.append({"body": body, "auth": request.headers.get("Authorization", ""),
+                              "headers": dict(request.headers)})
         self.count += 1
         mode = body["model"]
         n = body.get("max_tokens", 4)
@@ -81,7 +82,8 @@ class QuirkServer:
         app.router.add_post("/v1/chat/completions", self.chat)
         runner = web.AppRunner(app)
         sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
         self.port = sock.getsockname()[1]
         ready = threading.Event()
 

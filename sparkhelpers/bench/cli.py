@@ -55,7 +55,9 @@ def run_cmd(**flags) -> None:  # noqa: ANN003
         info(f"would send {opts.num_prompts} request(s) to {opts.base_url} (nothing sent):")
         print_json(workload_section(opts, opts.ignore_eos or opts.dataset_name == "random"))
         return
-    doc, records = execute(opts, api_key=_api_key(cfg), progress=summary.progress("bench"))
+    doc, records = execute(opts, api_key=_api_key(cfg), progress=summary.progress("bench", cmd.disable_tqdm))
+    if cmd.save_detailed:
+        doc.update(results.detailed_fields(records))
     if not cmd.as_json:
         sys.stdout.write(summary.format_summary(doc) + "\n")
     for reason in doc["run"]["invalid_reasons"]:

@@ -40,6 +40,9 @@ class LoadShape:
     temperature: float | None = 0.0
     num_warmups: int = 0
     request_timeout_s: float = 600.0
+    top_p: float | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # extra HTTP headers (--header)
+    extra_body: dict = field(default_factory=dict)  # merged into every request body last (--extra-body)
 
     def load_shape(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(LoadShape)}
@@ -85,8 +88,11 @@ def build_payload(spec: LoadSpec, prompt: Prompt) -> dict:
         body["prompt"] = prompt.text
     if spec.temperature is not None:
         body["temperature"] = spec.temperature
+    if spec.top_p is not None:
+        body["top_p"] = spec.top_p
     if spec.ignore_eos:
         body["ignore_eos"] = True
+    body.update(spec.extra_body)
     return body
 
 
@@ -247,7 +253,7 @@ async def send_one(session, spec: LoadSpec, prompt: Prompt, record: RequestRecor
     """
     import aiohttp
 
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **spec.headers}
     if spec.api_key:
         headers["Authorization"] = f"Bearer {spec.api_key}"
     payload = build_payload(spec, prompt)
@@ -312,7 +318,8 @@ async def run_load(spec: LoadSpec, prompts: Sequence[Prompt], *, progress=None,
 
         schedule = arrival_schedule(len(prompts), spec.request_rate, spec.burstiness, spec.seed)
         sem = asyncio.Semaphore(spec.max_concurrency) if spec.max_concurrency else None
-        records = [RequestRecord(i, p.prompt_len, p.output_len) for i, p in enumerate(prompts)]
+        records = [RequestRecord(i, p.prompt_len, p.output_len, prompt_len_source=p.len_source)
+                   for i, p in enumerate(prompts)]
         open_loop = not math.isinf(spec.request_rate)
         stop = asyncio.Event()
         watcher = asyncio.ensure_future(_watch_loop(stop, health.loop_lag_ms))

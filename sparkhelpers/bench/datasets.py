@@ -36,8 +36,9 @@ WORDS = tuple(dict.fromkeys(WORDS))  # unique, stable order
 @dataclass(frozen=True)
 class Prompt:
     text: str
-    prompt_len: int  # approximate tokens
+    prompt_len: int  # approximate tokens (exact with a tokenizer)
     output_len: int
+    len_source: str = "approx_words"  # approx_words | tokenizer
 
 
 def words(rng: random.Random, n: int) -> str:

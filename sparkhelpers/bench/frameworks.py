@@ -63,6 +63,14 @@ def vllm_bench_argv(o: RunOptions, *, container: str, result_name: str, tokenize
         argv.append("--ignore-eos")
     if o.temperature is not None:
         argv += ["--temperature", f"{o.temperature:g}"]
+    if o.top_p is not None:
+        argv += ["--top-p", f"{o.top_p:g}"]
+    if o.extra_body:
+        argv += ["--extra-body", json.dumps(o.extra_body)]
+    if o.headers:
+        argv += ["--header", *[f"{k}={v}" for k, v in o.headers.items()]]
+    if o.served_model_name:
+        argv += ["--served-model-name", o.served_model_name]
     if o.goodput:
         argv += ["--goodput", *[f"{k}:{v:g}" for k, v in o.goodput.items()]]
     argv += ["--percentile-metrics", ",".join(o.percentile_metrics),

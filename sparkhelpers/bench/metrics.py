@@ -39,7 +39,7 @@ class RequestRecord:
     latency: float = 0.0  # E2EL
     output_tokens: int = 0
     token_count_source: str = ""  # usage | stream_chunks
-    prompt_len_source: str = "approx_words"  # approx_words | usage | dataset
+    prompt_len_source: str = "approx_words"  # approx_words | tokenizer | usage
     chunks: int = 0
     finish_reason: str | None = None
     success: bool = False

@@ -95,6 +95,14 @@ def default_filename(doc: dict) -> str:
                            doc.get("max_concurrency"), doc["model_id"], doc["date"])
 
 
+def detailed_fields(records: Sequence[RequestRecord]) -> dict[str, list]:
+    """vllm bench serve --save-detailed's per-request lists (seconds, in request order; failed ones included)."""
+    rs = sorted(records, key=lambda r: r.index)
+    return {"input_lens": [r.prompt_len for r in rs], "output_lens": [r.output_tokens for r in rs],
+            "ttfts": [r.ttft if r.success else 0.0 for r in rs], "itls": [list(r.itl) for r in rs],
+            "generated_texts": [r.generated_text for r in rs], "errors": [r.error for r in rs]}
+
+
 def requests_path(json_path: Path) -> Path:
     return json_path.with_name(json_path.name.removesuffix(".json") + ".requests.jsonl")
 

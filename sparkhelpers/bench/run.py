@@ -7,16 +7,21 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sparkhelpers.bench import client, datasets, metrics, results
+from sparkhelpers.bench import client, datasets, metrics, results, tokenizer
 from sparkhelpers.errors import SparkError, UsageError
 
 DATASETS = ("random", "sharegpt", "prefix-repetition", "custom")
+# Datasets whose prompts are built to a target length (a --tokenizer makes it exact).
+EXACT_LENGTH = ("random", "prefix-repetition")
 
 
 @dataclass
 class RunOptions(client.LoadShape):
     base_url: str
     model: str = ""
+    served_model_name: str = ""  # the name sent in requests when it differs from --model
+    tokenizer: str = ""  # a local tokenizer (directory or tokenizer.json): exact prompt lengths
+    ready_check_timeout_s: float = 0.0  # wait this long for /v1/models to answer first (0 = do not wait)
     dataset_name: str = "random"
     dataset_path: str = ""
     random_input_len: int = 1024
@@ -37,6 +42,7 @@ class RunOptions(client.LoadShape):
     metadata: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
+        self.dataset_name = self.dataset_name.lower().replace("_", "-")  # vLLM spells it prefix_repetition
         if self.dataset_name not in DATASETS:
             raise UsageError(f"--dataset-name {self.dataset_name!r} is not supported",
                              fix=f"choose one of {', '.join(DATASETS)}")
@@ -113,6 +119,23 @@ async def fetch_models(base_url: str, api_key: str, timeout_s: float = 10.0) -> 
     return [m.get("id") for m in data["data"] if isinstance(m, dict) and m.get("id")]
 
 
+def wait_ready(base_url: str, api_key: str, timeout_s: float, interval_s: float = 1.0) -> None:
+    """vLLM's --ready-check-timeout-sec: wait until /v1/models answers (a starting engine refuses or 503s)."""
+    import time
+
+    deadline, last = time.monotonic() + timeout_s, ""
+    while True:
+        try:
+            asyncio.run(fetch_models(base_url, api_key, timeout_s=min(10.0, timeout_s)))
+            return
+        except SparkError as exc:
+            last = exc.message
+        if time.monotonic() + interval_s > deadline:
+            raise SparkError(f"{base_url} was not ready within {timeout_s:g} s (last: {last})",
+                             fix="start the server, or raise --ready-check-timeout-sec")
+        time.sleep(interval_s)
+
+
 def discover_model(base_url: str, api_key: str) -> str:
     models = asyncio.run(fetch_models(base_url, api_key))
     if not models:
@@ -124,15 +147,20 @@ def execute(o: RunOptions, *, api_key: str = "", target: dict | None = None, run
             progress=None, deadline_s: float | None = None) -> tuple[dict, list[metrics.RequestRecord]]:
     """Run the load and build the result document (not saved). Raises TimeoutError after ``deadline_s``."""
     o.validate()
+    tok = tokenizer.load(o.tokenizer) if o.tokenizer else None
+    if o.ready_check_timeout_s > 0:
+        wait_ready(o.base_url, api_key, o.ready_check_timeout_s)
     if not o.model:
         o.model = discover_model(o.base_url, api_key)
-    prompts = make_prompts(o)
+    prompts = tokenizer.fit_prompts(make_prompts(o), tok, exact=o.dataset_name in EXACT_LENGTH) if tok else \
+        make_prompts(o)
     warmups = []
     if o.num_warmups:  # drawn with another seed, so the measured prompts are not already in a prefix cache
         warm_opts = RunOptions(**{**asdict(o), "seed": o.seed + 7919, "num_prompts": 1})
         warmups = make_prompts(warm_opts)
     ignore_eos = o.ignore_eos or o.dataset_name == "random"  # as vLLM: forced on for random
-    spec = client.LoadSpec(o.base_url, o.model, api_key=api_key, **{**o.load_shape(), "ignore_eos": ignore_eos})
+    spec = client.LoadSpec(o.base_url, o.served_model_name or o.model, api_key=api_key,
+                           **{**o.load_shape(), "ignore_eos": ignore_eos})
     load = client.run_load(spec, prompts, progress=progress, warmup_prompts=warmups)
     records, duration, health = asyncio.run(asyncio.wait_for(load, deadline_s) if deadline_s else load)
     doc = build_document(o, records, duration, health.summary(), ignore_eos=ignore_eos, target=target,
@@ -146,6 +174,7 @@ def build_document(o: RunOptions, records, duration: float, health: dict, *, ign
     doc = results.vllm_header(backend=o.backend, endpoint=o.endpoint, label=o.label, model=o.model,
                               num_prompts=o.num_prompts, request_rate=o.request_rate, burstiness=o.burstiness,
                               max_concurrency=o.max_concurrency, metadata=o.metadata)
+    doc["tokenizer_id"] = o.tokenizer or None
     doc.update(metrics.compute_metrics(records, duration, percentiles=o.metric_percentiles,
                                        percentile_metrics=o.percentile_metrics, goodput_slo_ms=o.goodput or None))
     extra = metrics.extra_metrics(records, duration, o.metric_percentiles)

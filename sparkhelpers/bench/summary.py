@@ -3,23 +3,37 @@
 from __future__ import annotations
 
 import sys
+import time
 
 
-def progress(total_label: str):
-    last = [0.0]
+class ProgressBar:
+    """``label [#####.....]  45/100  12.3 req/s  ETA 0:04`` redrawn in place on stderr, at most 5 times a second."""
 
-    def show(done: int, total: int) -> None:
-        import time
+    def __init__(self, label: str, stream=None, width: int = 24) -> None:  # noqa: ANN001
+        self.label, self.stream, self.width = label, stream or sys.stderr, width
+        self.started = time.monotonic()
+        self.last = 0.0
 
+    def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
-        if done == total or now - last[0] > 2.0:
-            last[0] = now
-            sys.stderr.write(f"\r{total_label}: {done}/{total} requests")
-            if done == total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
+        if done < total and now - self.last < 0.2:
+            return
+        self.last = now
+        elapsed = max(now - self.started, 1e-9)
+        rate = done / elapsed
+        eta = (total - done) / rate if rate > 0 else 0.0
+        filled = self.width * done // max(total, 1)
+        bar = "#" * filled + "." * (self.width - filled)
+        self.stream.write(f"\r\033[K{self.label} [{bar}] {done:>{len(str(total))}}/{total}  {rate:.1f} req/s  "
+                          f"ETA {int(eta) // 60}:{int(eta) % 60:02d}")
+        if done == total:
+            self.stream.write("\n")
+        self.stream.flush()
 
-    return show if sys.stderr.isatty() else None
+
+def progress(label: str, disabled: bool = False) -> ProgressBar | None:
+    """A progress bar on a terminal only (never in a log, a pipe or cron's mail)."""
+    return ProgressBar(label) if not disabled and sys.stderr.isatty() else None
 
 
 def format_summary(doc: dict) -> str:
