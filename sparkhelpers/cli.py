@@ -28,6 +28,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "setup": ("sparkhelpers.discover.cli", "setup_app", "Interactive set-up of config.local.env (setup-env.sh)."),
     "bench": ("sparkhelpers.bench.cli", "app", "Benchmark a server (vllm bench serve metrics), ingest, compare."),
     "recipe": ("sparkhelpers.recipes.cli", "app", "Recipes: show, validate, hash, render, list, import, export."),
+    "gateway": ("sparkhelpers.gateway.cli", "app", "One endpoint for the cluster: models on demand, keys, metrics."),
+    "keys": ("sparkhelpers.gateway.keys_cli", "keys_app", "Gateway API keys: create, list, revoke, rotate."),
+    "usage": ("sparkhelpers.gateway.keys_cli", "usage_app", "Gateway usage per key x model x day."),
 }
 
 
