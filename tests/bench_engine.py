@@ -2,10 +2,12 @@
 """The real tiny engine for tests: llama.cpp's server (xllamacpp) with SmolLM2-135M on 127.0.0.1, 1 thread.
 
 Usage: tests/bench_engine.py PORT [N_PARALLEL] [ALIAS]   Serves until SIGTERM. Model alias: smollm2.
+With API_KEY_FILE set, requests must carry that key (as the gateway's engines do). /metrics is on.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -30,6 +32,10 @@ def main() -> None:
     params.n_ctx = 4096
     params.cpuparams.n_threads = 1  # 1 beats 2 on a 2-core machine: the HTTP thread and client need a core
     params.cpuparams_batch.n_threads = 1
+    params.endpoint_metrics = True
+    if os.environ.get("API_KEY_FILE"):
+        with open(os.environ["API_KEY_FILE"]) as fh:
+            params.api_keys = [fh.read().strip()]
     server = xlc.Server(params)  # returns once listening
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -1,0 +1,196 @@
+"""The gateway's pure parts: models file, SSE tap, keys store, quotas, metrics relabelling, exports, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+
+import pytest
+import yaml
+
+from sparkhelpers.errors import SparkError, UsageError
+from sparkhelpers.gateway import export, keys, metrics, models_file, quotas, sse
+
+
+def parse(doc: dict) -> models_file.GatewayConfig:
+    return models_file.parse(doc, "test.yaml")
+
+
+def test_models_file_assigns_ports_and_resolves_aliases():
+    cfg = parse({"listen": "0.0.0.0:4100", "start_port": 6000, "models": {
+        "a": {"cmd": "serve --port ${PORT}", "placement": [["n1"], ["n2"]], "aliases": ["small"]},
+        "b": {"recipe": "qwen3", "placement": [["n1", "n2"]], "port": 6001, "ttl": 30, "group": "big"}}})
+    assert (cfg.listen_host, cfg.listen_port) == ("0.0.0.0", 4100)
+    assert [(r.id, r.nodes, r.port) for r in cfg.models["a"].replicas] == [("a", ("n1",), 6000),
+                                                                          ("a#1", ("n2",), 6002)]
+    assert cfg.models["b"].replicas[0].port == 6001 and cfg.models["a"].cmd == ["serve", "--port", "${PORT}"]
+    assert cfg.resolve("small").name == "a" and cfg.resolve("nope") is None
+
+
+@pytest.mark.parametrize("doc, needle", [
+    ({"models": {}}, "no model listed"),
+    ({"modles": {}}, "unknown key"),
+    ({"models": {"a": {"cmd": ["x"], "recipe": "r"}}}, "exactly one of recipe or cmd"),
+    ({"models": {"a": {"cmd": ["x"], "tll": 3}}}, "unknown key 'tll'"),
+    ({"models": {"a": {"cmd": ["x"], "ttl": "soon"}}}, "not a number"),
+    ({"models": {"a": {"cmd": ["x"], "placement": [[]]}}}, "not a node set"),
+    ({"models": {"a": {"cmd": ["x"], "aliases": ["b"]}, "b": {"cmd": ["y"]}}}, "also names"),
+    ({"listen": "4000", "models": {"a": {"cmd": ["x"]}}}, "host:port"),
+])
+def test_models_file_errors_name_the_place_and_the_fix(doc, needle):
+    with pytest.raises(UsageError) as exc:
+        parse(doc)
+    assert needle in exc.value.message and exc.value.fix
+
+
+def test_launch_spec_recipe_passes_port_and_key_file_by_environment():
+    from sparkhelpers.gateway.launcher import launch_spec
+
+    cfg = parse({"nodes": {"spark1": "10.0.0.1"},
+                 "models": {"q": {"recipe": "qwen3", "placement": [["spark1", "spark2"]]}}})
+    spec = launch_spec(cfg, cfg.models["q"], cfg.models["q"].replicas[0], "/state/internal.key")
+    assert spec.argv[-4:] == ["--recipe", "qwen3", "--nodes", "spark1,spark2"]
+    assert spec.env["VLLM_PORT"] == "5800" and spec.env["API_KEY_FILE"] == "/state/internal.key"
+    assert spec.base_url == "http://10.0.0.1:5800" and spec.health_url == "http://10.0.0.1:5800/health"
+    assert not any("key" in a.lower() and a != "--recipe" for a in spec.argv if "internal" in a)
+
+
+def events(*objs) -> bytes:
+    return b"".join(b"data: " + json.dumps(o, separators=(",", ":")).encode() + b"\n\n" for o in objs) + \
+        b"data: [DONE]\n\n"
+
+
+STREAM = events({"choices": [{"delta": {"role": "assistant", "content": None}}]},
+                {"choices": [{"delta": {"content": "Hi"}}]}, {"choices": [{"delta": {"content": " there"}}]},
+                {"choices": [{"delta": {}, "finish_reason": "stop"}]},
+                {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}})
+
+
+@pytest.mark.parametrize("cut", [1, 5, 17, 64, len(STREAM)])
+def test_sse_tap_passes_bytes_through_and_reads_usage(cut):
+    tap = sse.SSETap(strip_usage=False)
+    chunks = [STREAM[i:i + cut] for i in range(0, len(STREAM), cut)]
+    out = b"".join(tap.feed(c) for c in chunks) + tap.flush()
+    assert out == STREAM
+    assert (tap.usage.prompt, tap.usage.completion, tap.content_events) == (7, 2, 2)
+
+
+@pytest.mark.parametrize("cut", [3, 40, len(STREAM)])
+def test_sse_tap_strips_only_the_usage_event_it_added(cut):
+    tap = sse.SSETap(strip_usage=True)
+    out = b"".join(tap.feed(STREAM[i:i + cut]) for i in range(0, len(STREAM), cut)) + tap.flush()
+    assert b'"usage"' not in out and out.endswith(b"data: [DONE]\n\n")
+    assert out == STREAM.replace(b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2,'
+                                 b'"total_tokens":9}}\n\n', b"")
+    assert tap.usage.completion == 2
+
+
+def test_sse_tap_keeps_content_when_usage_rides_on_the_last_chunk():
+    stream = events({"choices": [{"delta": {"content": "x"}, "finish_reason": "stop"}],
+                     "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
+    tap = sse.SSETap(strip_usage=True)
+    out = tap.feed(stream) + tap.flush()
+    assert b'"content":"x"' in out and b"usage" not in out and tap.usage.completion == 1
+
+
+def test_keys_are_hashed_in_a_private_wal_database(tmp_path):
+    store = keys.Store(keys.db_path(tmp_path))
+    info, secret = store.create("alice", models=["a"], rpm=5)
+    assert secret.startswith("sk-spark-") and len(secret) > 40
+    path = keys.db_path(tmp_path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    raw = b"".join(p.read_bytes() for p in path.parent.glob("gateway.db*"))
+    assert secret.encode() not in raw and secret[9:25].encode() not in raw
+    assert store.by_hash()[keys.hash_key(secret)].name == "alice"
+    with pytest.raises(SparkError, match="exists"):
+        store.create("alice")
+    key_id, new = store.rotate("alice")
+    assert key_id == info.id and keys.hash_key(secret) not in store.by_hash() and keys.hash_key(new) in store.by_hash()
+    store.revoke("alice")
+    assert store.by_hash() == {} and store.create("alice")[0].id != info.id  # the name is free again
+
+
+def test_usage_is_written_ahead_and_recovered(tmp_path):
+    store = keys.Store(keys.db_path(tmp_path))
+    info, _ = store.create("bob")
+    done = store.begin(info, "m")
+    store.finish(done, info, "m", prompt=10, completion=5, error=False, latency_ms=12.0, ttft_ms=3.0)
+    store.begin(info, "m")  # the gateway dies here
+    store.close()
+    again = keys.Store(keys.db_path(tmp_path))
+    assert again.recover() == 1
+    (row,) = again.usage_rows()
+    assert (row["requests"], row["errors"], row["prompt_tokens"], row["completion_tokens"]) == (2, 1, 10, 5)
+    assert again.tokens_today(info.id) == 15
+
+
+def test_quota_rpm_tpm_parallel_and_daily_budget():
+    q = quotas.Quotas(lambda _id: 95)
+    k = keys.KeyInfo(id="k", name="k", rpm=2, tpm=100, max_parallel=5, tokens_per_day=100)
+    q.admit(k, now=0.0)
+    q.done(k, 3, now=0.0)
+    q.admit(k, now=1.0)
+    with pytest.raises(quotas.QuotaExceeded) as exc:  # request 3 within the minute
+        q.admit(k, now=2.0)
+    assert exc.value.limit == "rpm" and exc.value.retry_after == 58
+    q.done(k, 0, now=2.0)
+    with pytest.raises(quotas.QuotaExceeded) as exc:  # 95 (today so far) + 3 + 2 >= 100 per day
+        q.done(k, 2, now=61.0)
+        q.admit(k, now=61.0)
+    assert exc.value.limit == "tokens_per_day"
+    par = keys.KeyInfo(id="p", name="p", max_parallel=1)
+    q.admit(par)
+    with pytest.raises(quotas.QuotaExceeded, match="in parallel"):
+        q.admit(par)
+
+
+def test_relabel_adds_labels_and_keeps_meta_once():
+    text = "# HELP x_total X\n# TYPE x_total counter\nx_total 3\ny{a=\"1\"} 2.5\n"
+    seen: set[str] = set()
+    one = metrics.relabel(text, {"model": "m", "replica": "m"}, seen)
+    two = metrics.relabel(text, {"model": "n", "replica": "n#1"}, seen)
+    assert 'x_total{model="m",replica="m"} 3' in one and 'y{model="m",replica="m",a="1"} 2.5' in one
+    assert "# HELP" not in two and 'x_total{model="n",replica="n#1"} 3' in two
+
+
+def test_litellm_export_has_no_key_and_groups_replicas():
+    cfg = parse({"models": {"a": {"cmd": ["x"], "placement": [["n1"], ["n2"]], "aliases": ["small"]}}})
+    doc = yaml.safe_load(export.litellm_yaml(cfg, "http://127.0.0.1:4000"))
+    (entry,) = doc["model_list"]
+    assert entry["litellm_params"] == {"model": "openai/a", "api_key": "os.environ/SPARK_GATEWAY_KEY",
+                                       "api_base": "http://127.0.0.1:4000/v1"}
+    assert doc["router_settings"]["model_group_alias"] == {"small": "a"}
+    per = export.litellm_config(cfg, "http://x", per_engine=True)
+    assert [m["litellm_params"]["api_base"] for m in per["model_list"]] == ["http://n1:5800/v1", "http://n2:5801/v1"]
+
+
+def test_keys_cli_prints_the_key_once_and_never_lists_it(sparkhelpers_bin, tmp_path):
+    r = subprocess.run([*sparkhelpers_bin, "keys", "create", "carol", "--models", "a,b", "--rpm", "10"],
+                       capture_output=True, text=True, check=True)
+    secret = r.stdout.strip()
+    assert secret.startswith("sk-spark-") and secret not in r.stderr and "carol" in r.stderr
+    listed = subprocess.run([*sparkhelpers_bin, "keys", "list", "--json"], capture_output=True, text=True, check=True)
+    assert secret not in listed.stdout and json.loads(listed.stdout)[0]["models"] == ["a", "b"]
+    bad = subprocess.run([*sparkhelpers_bin, "keys", "revoke", "nobody"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "no active key named nobody" in bad.stderr
+    db = keys.db_path(__import__("pathlib").Path(os.environ["SPARK_STATE_DIR"]))
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM keys").fetchone()[0] == 1
+
+
+def test_gateway_unit_and_dry_run(sparkhelpers_bin, tmp_path):
+    models = tmp_path / "models.yaml"
+    models.write_text(yaml.safe_dump({"models": {"q": {"recipe": "qwen3", "placement": [["spark1"]]}}}))
+    unit = subprocess.run([*sparkhelpers_bin, "gateway", "unit", "--models", str(models)], capture_output=True,
+                          text=True, check=True).stdout
+    assert f"gateway run --models {models}" in unit and "KillMode=mixed" in unit and "[Install]" in unit
+    dry = subprocess.run([*sparkhelpers_bin, "gateway", "run", "--dry-run", "--models", str(models)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "q on spark1: http://spark1:5800" in dry and "cluster run --recipe qwen3 --nodes spark1" in dry
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: {q: {recipe: r, ttl: -1}}\n")
+    r = subprocess.run([*sparkhelpers_bin, "gateway", "check", "--models", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2 and "models.q.ttl" in r.stderr and "fix:" in r.stderr
