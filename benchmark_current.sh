@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Summary: Benchmark the model the cluster is serving now and save the results.
 #
-# Usage: benchmark_current.sh [--single | --quick | --profile NAME] [-u URL] [-n PROMPTS] [-c CONCURRENCY]
-#                             [-d DATASET] [-o DIR]
+# Usage: benchmark_current.sh [-s | --single | -q | --quick | --profile NAME] [-u URL] [-n PROMPTS]
+#                             [-c CONCURRENCY] [-d DATASET] [-o DIR] [--variant NAME] [--json]
 #
 # Options:
-#   --single          One request at concurrency 1 (the 'single' profile).
-#   --quick           20 requests at concurrency 16 (the 'quick' profile).
-#   --profile NAME    A named profile: built-in (single, quick, default, ladder, standard, smoke) or from
-#                     BENCH_PROFILES_FILE (default: BENCH_PROFILE).
-#   -u, --url URL     Server root (default: http://127.0.0.1:VLLM_PORT; a trailing /v1 is accepted).
-#   -n PROMPTS        Requests per run (overrides the profile).
-#   -c CONCURRENCY    Concurrency, or a comma-separated ladder such as 1,4,16 (overrides the profile).
-#   -d DATASET        A local ShareGPT JSON file to draw prompts from instead of the profile's cells.
-#   -o DIR            Results directory (default: RESULTS_DIR).
+#   -s, --single                One request at concurrency 1 (the 'single' profile).
+#   -q, --quick                 20 requests at concurrency 16 (the 'quick' profile).
+#   --profile NAME              A named profile: built-in (single, quick, default, ladder, standard, smoke) or
+#                               from BENCH_PROFILES_FILE (default: BENCH_PROFILE).
+#   -u, --url URL               Server root (default: http://127.0.0.1:VLLM_PORT; a trailing /v1 is accepted).
+#   -n, --num-prompts PROMPTS   Requests per run (overrides the profile).
+#   -c, --concurrency LIST      Concurrency, or a comma-separated ladder such as 1,4,16 (overrides the profile).
+#   -d, --dataset FILE          A local ShareGPT JSON file to draw prompts from instead of the profile's cells.
+#   -o, --output DIR            Results directory (default: RESULTS_DIR).
+#   --variant NAME              Configuration variant name recorded in the results.
+#   --json                      Print the run summaries as JSON.
 #   -h, --help        Show this help.
 #
 # Metrics are vllm bench serve's (see README "Benchmarks"). Each run is saved as JSON (vLLM's keys plus
@@ -29,13 +31,10 @@ while [[ $# -gt 0 ]]; do
     -h | --help) usage ;;
     -s | --single) args+=(--single) ;;
     -q | --quick) args+=(--quick) ;;
-    --profile | -u | --url | -n | -c | -d | -o)
+    --json) args+=(--json) ;;
+    --profile | -u | --url | -n | --num-prompts | -c | --concurrency | -d | --dataset | -o | --output | --variant)
       need_value "$1" $#
-      case "$1" in
-        --profile) args+=(--profile "$2") ;;
-        -u | --url) args+=(--url "$2") ;;
-        *) args+=("$1" "$2") ;;
-      esac
+      args+=("$1" "$2")
       shift
       ;;
     *) usage_error "unknown argument: $1" ;;

@@ -10,7 +10,9 @@
 #   --user NAME         SSH user on the workers.
 #   --model NAME        Model preset or Hugging Face repo id.
 #   --hf-token-stdin    Read the Hugging Face token from one line of standard input.
+#   --head              Head mode (the default): this node is rank 0; ask for the workers.
 #   --worker            Worker mode: check this node and print what the head needs.
+#   --discover          Show this node's fabric and NCCL settings before the questions.
 #   --dry-run           Ask and validate, then show what would be written; write nothing.
 #   -h, --help          Show this help.
 #
@@ -38,7 +40,9 @@ args=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h | --help) usage ;;
-    --non-interactive | --worker | --print-exports | --hf-token-stdin | --dry-run) args+=("$1") ;;
+    --non-interactive | --head | --worker | --discover | --print-exports | --hf-token-stdin | --dry-run)
+      args+=("$1")
+      ;;
     --workers | --user | --model)
       need_value "$1" $#
       args+=("$1" "$2")

@@ -91,7 +91,24 @@ def root(
     """Turn DGX Spark boxes into a vLLM serving cluster, check it and measure it."""
 
 
+def _terminated(signum, _frame) -> None:  # noqa: ANN001
+    """SIGTERM (a `kill` of the PID the cluster lock names, systemd, timeout): our children end with us."""
+    import signal
+
+    from sparkhelpers.runner import end_descendants
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one while we clean up changes nothing
+    end_descendants()
+    typer.echo(f"sparkhelpers: terminated ({signal.Signals(signum).name})", err=True)
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    import signal
+
+    # Commands that must clean up more (start, switch, sweep) install their own handler.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)
     app(prog_name="sparkhelpers")
 
 

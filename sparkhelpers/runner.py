@@ -296,3 +296,32 @@ def _text(value: str | bytes | None) -> str:
     if value is None:
         return ""
     return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def end_descendants(sig: int = 15) -> list[int]:
+    """Send ``sig`` to every descendant of this process still in our process group (what ``run`` started,
+    and their children); detached ones (``spawn``, ``own_group``) are left alone. Returns the PIDs signalled."""
+    me, group = os.getpid(), os.getpgrp()
+    parent_of: dict[int, tuple[int, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent_of[int(entry)] = (int(fields[1]), int(fields[2]))  # ppid, pgrp
+    ours: set[int] = {me}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (ppid, _) in parent_of.items():
+            if ppid in ours and pid not in ours:
+                ours.add(pid)
+                grew = True
+    signalled = [pid for pid in ours - {me} if parent_of[pid][1] == group]
+    for pid in signalled:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+    return signalled

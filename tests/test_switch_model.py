@@ -246,3 +246,30 @@ def test_the_sweep_style_switch_leaves_config_local_env_alone():
     before = local_config()
     switch("qwen3-8b", rec, skip_download=True, persist=False)
     assert local_config() == before and rec.calls[-1] == ("start", "qwen3-8b", "qwen3-8b")
+
+
+def test_no_model_on_a_terminal_shows_the_numbered_menu_and_asks():
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: switch_model.sh on a terminal, no model named
+        os.execv(str(SCRIPT), [str(SCRIPT), "--skip-download", "--skip-restart"])
+    out = b""
+    deadline = time.monotonic() + 60
+    while b"Model (number or name" not in out and time.monotonic() < deadline:
+        if select.select([fd], [], [], 1)[0]:
+            out += os.read(fd, 4096)
+    assert b"smollm2-135m" in out and b"Model (number or name" in out, out.decode(errors="replace")
+    os.write(fd, b"3\n")
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, out.decode(errors="replace")
+    assert "MODEL=qwen3-8b" in local_config()

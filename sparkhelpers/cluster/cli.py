@@ -55,6 +55,9 @@ def start(
 
 
 def _terminated(signum, frame):  # noqa: ANN001, ANN202
+    from sparkhelpers.runner import end_descendants
+
+    end_descendants()  # what runs now (an ssh, a docker run) ends; the cleanup starts its own
     raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: never leave a half-started cluster
 
 

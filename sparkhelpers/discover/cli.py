@@ -29,6 +29,18 @@ def _facts_for(snapshot: Path | None, host: str | None, cfg):  # noqa: ANN001, A
         return factsmod.discover_snapshot(str(snap))
 
 
+def _export_lines(data: dict) -> list[str]:
+    return [f"export {key}={value}" for key, value in data["nccl_env"].items()]
+
+
+def _local_summary(cfg):  # noqa: ANN001, ANN202
+    from sparkhelpers.discover import fabric
+
+    facts = _facts_for(None, None, cfg)
+    single = not cfg.get_list("WORKER_HOST")
+    return facts, fabric.summary(facts, single_node=single, mtu=cfg.get_int("FABRIC_MTU", fabric.RECOMMENDED_MTU))
+
+
 @app.callback()
 def discover(
     ctx: typer.Context,
@@ -50,8 +62,7 @@ def discover(
     if as_json:
         print_json(data)
     elif exports:
-        for key, value in data["nccl_env"].items():
-            typer.echo(f"export {key}={value}")
+        typer.echo("\n".join(_export_lines(data)))
     else:
         typer.echo(render.facts_text(facts, data["nccl_env"], data["problems"]))
     if any(p["severity"] == "error" for p in data["problems"]):
@@ -85,9 +96,11 @@ def doctor(
                                        help="Check snapshots instead of live nodes (repeat; the first is the head)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable results."),
     quick: bool = typer.Option(False, "--quick", help="Fast checks that start nothing (default)."),
-    ib: bool = typer.Option(False, "--ib", help="Also measure RDMA bandwidth with ib_write_bw when installed."),
+    ib: bool = typer.Option(False, "--ib", "--infiniband",
+                            help="Also measure RDMA bandwidth with ib_write_bw when installed."),
     nccl: bool = typer.Option(False, "--nccl", help="Also run nccl-tests when installed and read the engine log."),
     full: bool = typer.Option(False, "--full", help="Everything, and write a redacted report bundle."),
+    config: bool = typer.Option(False, "--config", help="Print this node's suggested NCCL export lines and exit."),
 ) -> None:
     """Per-node and cross-node checks: fabric, SSH, pings, GPU/driver/kernel, image, docker, disk, memory, ports."""
     from sparkhelpers.appkit import info
@@ -95,6 +108,10 @@ def doctor(
     from sparkhelpers.discover import doctor as doc
     from sparkhelpers.discover import render
     from sparkhelpers.errors import UsageError
+
+    if config:
+        typer.echo("\n".join(_export_lines(_local_summary(load_config())[1])))
+        return
 
     chosen = [name for name, on in (("quick", quick), ("ib", ib), ("nccl", nccl), ("full", full)) if on]
     if len(chosen) > 1:
@@ -127,15 +144,25 @@ def setup(
     hf_token_stdin: bool = typer.Option(False, "--hf-token-stdin", help="Read the HF token from one stdin line."),
     print_exports: bool = typer.Option(False, "--print-exports", help="Print export lines (for a sourced script)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Ask and validate, then show what would be written."),
+    head: bool = typer.Option(False, "--head", help="Head mode (the default): this node is rank 0; ask for workers."),
+    discover_first: bool = typer.Option(False, "--discover",
+                                        help="Show this node's fabric and NCCL settings before the questions."),
 ) -> None:
     """Validate each answer (SSH, fabric IP, no-fragment ping) and write config.local.env (mode 0600)."""
     import tempfile
 
     from sparkhelpers.config import load_config, local_file
-    from sparkhelpers.discover import probe
+    from sparkhelpers.discover import probe, render
     from sparkhelpers.discover import setup as setupmod
     from sparkhelpers.discover.facts import discover_snapshot
+    from sparkhelpers.errors import UsageError
     from sparkhelpers.runner import LOCAL, Runner
+
+    if head and worker:
+        raise UsageError("--head and --worker exclude each other", fix="run --head on rank 0, --worker on the others")
+    if discover_first:  # stderr: a sourced setup-env.sh evaluates stdout
+        facts, data = _local_summary(load_config())
+        typer.echo(render.facts_text(facts, data["nccl_env"], data["problems"]), err=True)
 
     if worker:
         cfg = load_config()
