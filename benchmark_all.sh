@@ -2,24 +2,30 @@
 # Summary: Sweep models and configuration variants over benchmark profiles (safe under cron).
 #
 # Usage: benchmark_all.sh [--yes] [--resume] [--profile LIST] [--models LIST] [--variants LIST] [--name NAME]
-#                         [--download] [--dry-run]
+#                         [--single-node | --multi-node] [--skip-token] [--download] [--dry-run]
 #
 # Options:
-#   --yes, -y         Do not ask for confirmation (required when stdin is not a terminal, e.g. cron).
+#   -y, --yes         Do not ask for confirmation (required when stdin is not a terminal, e.g. cron).
 #   --resume          Continue the latest sweep (or --name): cells that ended SUCCESS or SKIPPED are skipped.
 #   --profile LIST    Benchmark profile(s), comma-separated (default: BENCH_PROFILE).
-#   --models LIST     Models (presets or Hugging Face ids), comma-separated (default: MODEL).
+#   --models LIST     Models (presets, their numbers from switch_model.sh --list, or Hugging Face ids),
+#                     comma-separated (default: MODEL).
 #   --variants LIST   Configuration variants from the profiles file (default: baseline), e.g. tier1-off,tier1-on.
-#   --name NAME       Sweep directory name under RESULTS_DIR/sweeps (default: the start time).
-#   --download        Let switch_model.sh download missing models (default: --skip-download).
+#   --name NAME       Sweep directory name under RESULTS_DIR/sweeps (a plain name; default: the start time).
+#   --single-node     Only models that run on one node (every such preset when --models is not given).
+#   --multi-node      Only models that span nodes (every such preset when --models is not given).
+#   --skip-token      Skip gated models (they need a Hugging Face token).
+#   --download        Download and sync models that are missing (default: they must be on every node).
 #   --dry-run         Print the plan and the commands, change nothing.
 #   -h, --help        Show this help.
 #
-# Each model x variant is served through switch_model.sh (the variant's keys in the environment), then
-# every profile runs against it. Cell status: SUCCESS, SKIPPED, START_FAILED, BENCH_FAILED or TIMEOUT
-# (BENCH_TIMEOUT). Holds the cluster lock; logs to RESULTS_DIR/sweeps/NAME/sweep.log; writes matrix.md and
-# report.html there; always puts the cluster back to config.local.env's model and options (or stops it);
-# exits 1 when any cell did not succeed, 2 on misuse.
+# One process, one cluster lock: each model x variant is switched to in-process (the variant's keys are
+# config overrides; config.local.env is never written), then every profile runs against it. Cell status:
+# SUCCESS, SKIPPED, START_FAILED, BENCH_FAILED or TIMEOUT (BENCH_TIMEOUT). Before the first change the
+# pre-sweep config and running state are recorded in the sweep's state; at the end (failure, timeout,
+# SIGTERM, or after a kill -9 the next --resume or sweep) the cluster is put back as it was (or stopped).
+# Logs to RESULTS_DIR/sweeps/NAME/sweep.log; writes matrix.md and report.html there (never through a
+# symlink); exits 1 when any cell did not succeed, 2 on misuse.
 set -euo pipefail
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -29,7 +35,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     -h | --help) usage ;;
     -y | --yes) args+=(--yes) ;;
-    --resume | --download | --dry-run) args+=("$1") ;;
+    --resume | --download | --dry-run | --single-node | --multi-node | --skip-token) args+=("$1") ;;
     --profile | --models | --variants | --name)
       need_value "$1" $#
       args+=("$1" "$2")

@@ -50,7 +50,7 @@ class FakeSteps:
             self.on_bench(cell)
         return StepResult(self.bench_status.get(cell.key, SUCCESS), "", str(out_dir))
 
-    def restore(self):
+    def restore(self, pre):
         self.calls.append(("restore",))
         return StepResult(SUCCESS if self.restore_ok else START_FAILED, "" if self.restore_ok else "no")
 
@@ -163,8 +163,9 @@ def test_dry_run_prints_the_plan():
     r = script("--dry-run", "--models", "a,b", "--variants", "tier1-off,tier1-on", "--profile", "smoke")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert len(lines) == 5 and lines[0].startswith("a|tier1-off|smoke: ENABLE_PREFIX_CACHING=false")
-    assert "switch_model.sh --skip-download a" in lines[0] and "restore config.local.env" in lines[-1]
+    assert len(lines) == 5 and lines[0].startswith("a|tier1-off|smoke: switch --skip-download a with "
+                                                   "ENABLE_PREFIX_CACHING=false")
+    assert "back to the pre-sweep config and running state" in lines[-1]
 
 
 def test_unknown_variant_and_nothing_to_resume_are_clear():
@@ -180,3 +181,94 @@ def test_refuses_while_another_command_holds_the_lock():
         r = subprocess.run([str(ROOT / "benchmark_all.sh"), "--yes", "--models", "m1", "--profile", "smoke"],
                            capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
     assert r.returncode == 1 and "the cluster is busy" in r.stderr and "start_cluster.sh" in r.stderr
+
+
+# ---- the pre-sweep state, plain names, no writes through planted links -------------------------------
+
+
+def test_the_pre_sweep_state_is_on_disk_before_the_first_change(tmp_path):
+    config = tmp_path / "config.local.env"
+    config.write_bytes(b"MODEL=orig\n# keep me\n")
+    state = SweepState.new(tmp_path / "sweep", sweep.plan_cells(["m1"], ["off"], ["p1"]),
+                           sweep.record_pre(config, ["orig"]))
+    seen = {}
+
+    class Checking(FakeSteps):
+        def switch(self, model, overrides):
+            seen.update(SweepState.load(state.path).pre)  # what a kill -9 right now would leave
+            return super().switch(model, overrides)
+
+    run(state, Checking())
+    assert seen["serving"] is True and seen["served"] == ["orig"] and seen["restored"] is False
+    assert sweep.base64.b64decode(seen["config_b64"]) == b"MODEL=orig\n# keep me\n"
+    assert SweepState.load(state.path).pre["restored"] is True
+
+
+def test_put_back_config_restores_the_exact_bytes_or_the_absence(tmp_path):
+    config = tmp_path / "config.local.env"
+    config.write_bytes(b"MODEL=orig\n")
+    pre = sweep.record_pre(config, [])
+    config.write_text("MODEL=swept\n")
+    assert sweep.put_back_config(pre) and config.read_bytes() == b"MODEL=orig\n"
+    assert oct(config.stat().st_mode & 0o777) == "0o600"
+    assert not sweep.put_back_config(pre)
+    missing = sweep.record_pre(tmp_path / "none.env", [])
+    (tmp_path / "none.env").write_text("MODEL=x\n")
+    assert sweep.put_back_config(missing) and not (tmp_path / "none.env").exists()
+
+
+def test_a_resumed_sweep_killed_before_restoring_restores_even_with_nothing_left_to_run(tmp_path):
+    state = new_state(tmp_path, models=("m1",), variants=("off",), profiles=("p1",))
+    state.pre = {"serving": False, "restored": False}
+    state.mark(state.cells[0], SUCCESS)  # it finished the cell, then died by kill -9 before restoring
+    steps = FakeSteps()
+    ok, _ = run(SweepState.load(state.path), steps, resume=True)
+    assert ok and steps.calls == [("restore",)]
+    assert SweepState.load(state.path).pre["restored"] is True
+
+
+def test_unrestored_finds_killed_sweeps_only(tmp_path):
+    root = tmp_path / "sweeps"
+    killed = SweepState.new(root / "a", sweep.plan_cells(["m"], ["off"], ["p"]), {"serving": True, "restored": False})
+    SweepState.new(root / "b", sweep.plan_cells(["m"], ["off"], ["p"]), {"serving": True, "restored": True})
+    assert [s.path for s in sweep.unrestored(root)] == [killed.path]
+    assert sweep.unrestored(root, exclude=root / "a") == []
+
+
+@pytest.mark.parametrize("name", ["../../..", "..", ".hidden", "a/b", "x" * 101, ""])
+def test_sweep_names_must_be_plain(name):
+    from sparkhelpers.errors import UsageError
+
+    with pytest.raises(UsageError, match="not a plain name"):
+        sweep.plain_name(name)
+
+
+def test_name_escaping_the_sweeps_dir_is_refused():
+    r = script("--yes", "--name", "../../..", "--models", "m1")
+    assert r.returncode == 2 and "not a plain name" in r.stderr
+    assert not (Path(os.environ["RESULTS_DIR"]).parent / "sweep-state.json").exists()
+
+
+def test_planted_symlinks_are_refused_and_never_written_through(tmp_path):
+    from sparkhelpers.errors import SparkError
+
+    results = Path(os.environ["RESULTS_DIR"])
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (results / "sweeps" / "t").mkdir(parents=True)
+    (results / "sweeps" / "t" / "sweep.log").symlink_to(outside / "passwd")
+    log = sweep.open_log(results / "sweeps" / "t")
+    with pytest.raises(SparkError, match="is a symlink"):
+        log("hello")
+    (results / "sweeps" / "u").symlink_to(outside)  # a whole sweep directory planted as a link
+    r = script("--yes", "--name", "u", "--models", "m1", "--profile", "smoke")
+    assert r.returncode == 1 and "is a symlink" in r.stderr
+    (results / "sweeps" / "v").mkdir()
+    (results / "sweeps" / "v" / "results").symlink_to(outside)
+    with pytest.raises(SparkError, match="is a symlink"):
+        sweep.check_no_symlinks(results / "sweeps" / "v" / "results" / "x.json", results)
+    target = outside / "matrix.md"
+    (results / "sweeps" / "v" / "matrix.md").symlink_to(target)
+    sweep.write_text_nofollow(results / "sweeps" / "v" / "matrix.md", "new")  # replaces the link itself
+    assert not target.exists() and not (results / "sweeps" / "v" / "matrix.md").is_symlink()
+    assert list(outside.iterdir()) == []

@@ -1,103 +1,152 @@
-"""benchmark_all.sh's sweep end to end with a real engine: two models x two variants, killed and resumed.
+"""The sweep end to end with a real engine: two models x two variants, SIGTERM and --resume, kill -9 and
+--resume (or the next sweep) restoring the pre-sweep state, a failing start.
 
-The cluster scripts are stand-ins (tests/fixtures/sweep/) that serve the real tiny engine (xllamacpp +
-SmolLM2, aliased as the model) on loopback; everything else is the real sweep: lock, switch per model x
-variant with the variant's keys in the environment, profile runs, state file, SIGTERM, --resume, the
-configured state put back, matrix.md and report.html.
+The flow is the product's (sweep_steps.execute: lock, switch with the variant as config overrides, state,
+restore, reports); only the cluster's start and stop are replaced, by tests/fixtures/sweep/engine_sweep.py,
+which serves the real tiny engine (xllamacpp + SmolLM2, aliased as the model) on loopback.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
-STANDINS = ROOT / "tests" / "fixtures" / "sweep"
+DRIVER = ROOT / "tests" / "fixtures" / "sweep" / "engine_sweep.py"
 
 
 @pytest.fixture
-def standin_home(tmp_path, isolated_env, monkeypatch):
-    pytest.importorskip("xllamacpp", reason="the engine extra is not installed (make venv)")
-    home = tmp_path / "home"
-    home.mkdir()
-    shutil.copy(ROOT / "config.env", home / "config.env")
-    (home / ".venv").symlink_to(Path(sys.executable).parents[1])  # benchmark_all.sh runs this venv's CLI
-    for script in ("switch_model.sh", "start_cluster.sh", "stop_cluster.sh", "common.sh"):
-        shutil.copy(STANDINS / script, home / script)
+def engine_env(isolated_env, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("xllamacpp") is None:
+        pytest.skip("the engine extra is not installed (make venv)")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     local = Path(os.environ["SPARK_CONFIG"])
     local.write_text("# user settings\nMODEL=test/original\n")
-    monkeypatch.setenv("SPARK_HOME", str(home))
     monkeypatch.setenv("VLLM_PORT", str(port))
     monkeypatch.setenv("BENCH_PY", sys.executable)
     monkeypatch.setenv("BENCH_ENGINE", str(ROOT / "tests" / "bench_engine.py"))
-    yield home, local
-    subprocess.run([str(home / "stop_cluster.sh")], timeout=30)  # never leave an engine behind
+    yield port, local
+    pid = Path(os.environ["SPARK_STATE_DIR"], "standin-engine.pid")
+    if pid.exists():  # never leave an engine behind
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid.read_text()), signal.SIGTERM)
 
 
-def sweep_cmd(*extra):
-    return [str(ROOT / "benchmark_all.sh"), "--yes", "--name", "t", *extra]
+def driver(name: str, *, resume: bool = False, **opts) -> list[str]:
+    return [sys.executable, str(DRIVER), json.dumps({"name": name, "resume": resume, **opts})]
 
 
-def test_two_models_two_variants_killed_resumed_rendered(standin_home):
-    home, local = standin_home
-    original = local.read_text()
-    results = Path(os.environ["RESULTS_DIR"]) / "sweeps" / "t"
-    state_file = results / "sweep-state.json"
-    args = sweep_cmd("--models", "test/tiny-a,test/tiny-b", "--variants", "tier1-off,tier1-on",
-                     "--profile", "smoke")
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:  # kill it once two cells are done
+def results(name: str) -> Path:
+    return Path(os.environ["RESULTS_DIR"]) / "sweeps" / name
+
+
+def wait_cells(name: str, done: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    state_file = results(name) / "sweep-state.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
         if state_file.exists():
             cells = json.loads(state_file.read_text())["cells"]
-            if sum(c["status"] == "SUCCESS" for c in cells.values()) >= 2:
-                break
+            if sum(c["status"] == "SUCCESS" for c in cells.values()) >= done:
+                return
         time.sleep(0.3)
-    proc.send_signal(signal.SIGTERM)  # the script execs the CLI, so the signal reaches it
+    raise AssertionError(f"{done} cell(s) did not finish: {proc.poll()}")
+
+
+def steps_log() -> list[str]:
+    return (Path(os.environ["SPARK_STATE_DIR"]) / "standin-steps.log").read_text().splitlines()
+
+
+def served(port: int) -> list[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5) as r:
+        return [m["id"] for m in json.load(r)["data"]]
+
+
+MATRIX = dict(models=["test/tiny-a", "test/tiny-b"], variants=["tier1-off", "tier1-on"], profiles=["smoke"])
+
+
+def test_two_models_two_variants_sigterm_resumed_rendered(engine_env):
+    _, local = engine_env
+    original = local.read_text()
+    proc = subprocess.Popen(driver("t", **MATRIX), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_cells("t", 2, proc)
+    proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
     assert "interrupted by SIGTERM" in err and "--resume --name t" in err
-    assert local.read_text() == original  # config.local.env put back
-    steps = (Path(os.environ["SPARK_STATE_DIR"]) / "standin-steps.log").read_text().splitlines()
+    assert local.read_text() == original  # config.local.env is never written during a sweep
+    steps = steps_log()
     assert steps[-1] == "stop"  # nothing was serving before the sweep: it is stopped again
-    assert "switch test/tiny-a ENABLE_PREFIX_CACHING=false lock=held" in steps[0]
+    assert steps[0] == "stop"  # the switch stops, then starts with the variant's keys as config overrides
+    assert "start test/tiny-a ENABLE_PREFIX_CACHING=false lock=held" in steps[1]
 
-    r = subprocess.run(sweep_cmd("--resume"), capture_output=True, text=True, timeout=300,
-                       stdin=subprocess.DEVNULL)
+    r = subprocess.run(driver("t", resume=True), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    state = json.loads(state_file.read_text())
+    state = json.loads((results("t") / "sweep-state.json").read_text())
     assert [c["status"] for c in state["cells"].values()] == ["SUCCESS"] * 4
-    assert "skipped (--resume)" in (results / "sweep.log").read_text()
+    assert state["pre"]["restored"] is True and state["pre"]["serving"] is False
+    assert "skipped (--resume)" in (results("t") / "sweep.log").read_text()
     assert local.read_text() == original
-    matrix = (results / "matrix.md").read_text()
+    matrix = (results("t") / "matrix.md").read_text()
     for row in ("test/tiny-a [tier1-off]", "test/tiny-a [tier1-on]", "test/tiny-b [tier1-off]",
                 "test/tiny-b [tier1-on]"):
         assert row in matrix
-    html = (results / "report.html").read_text()
+    html = (results("t") / "report.html").read_text()
     assert html.count("<svg") == 3 and "<script" not in html
-    doc = json.loads(next((results / "results").rglob("*concurrency2*.json")).read_text())
+    doc = json.loads(next((results("t") / "results").rglob("*concurrency2*.json")).read_text())
     assert doc["target"]["variant"] in ("tier1-off", "tier1-on") and doc["target"]["model"].startswith("test/tiny")
     assert doc["target"]["engine_options"]["enable_prefix_caching"] in ("false", "true")
 
 
-def test_a_failing_switch_is_start_failed_and_exits_1(standin_home):
-    home, _ = standin_home
-    (home / "switch_model.sh").write_text("#!/usr/bin/env bash\necho 'engine exited: CUDA OOM' >&2\nexit 1\n")
-    r = subprocess.run(sweep_cmd("--models", "test/tiny-a", "--profile", "smoke"),
-                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+@pytest.mark.parametrize("then", ["resume", "next sweep"])
+def test_kill_9_then_the_pre_sweep_state_is_restored(engine_env, then):
+    port, local = engine_env
+    sys.path.insert(0, str(DRIVER.parent))
+    import engine_sweep
+
+    engine_sweep.engine_start("test/original", str(port))  # the configured model is serving before the sweep
+    original = local.read_bytes()
+    proc = subprocess.Popen(driver("k", models=["test/tiny-a", "test/tiny-b"], profiles=["smoke"]),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_cells("k", 1, proc)
+    state = json.loads((results("k") / "sweep-state.json").read_text())
+    assert state["pre"]["serving"] is True and state["pre"]["served"] == ["test/original"]
+    assert base64.b64decode(state["pre"]["config_b64"]) == original and state["pre"]["restored"] is False
+    proc.kill()  # kill -9: no handler runs, the swept model keeps serving
+    proc.communicate(timeout=30)
+    assert served(port) != ["test/original"]
+
+    args = driver("k", resume=True) if then == "resume" else driver("n", models=["test/tiny-b"], profiles=["smoke"])
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert served(port) == ["test/original"], "the model served before the killed sweep is served again"
+    assert local.read_bytes() == original
+    assert json.loads((results("k") / "sweep-state.json").read_text())["pre"]["restored"] is True
+    log = (results("k" if then == "resume" else "n") / "sweep.log").read_text()
+    assert "taking over the cluster lock from pid" in r.stderr  # the killed sweep's record
+    if then == "next sweep":
+        assert "sweep k ended before it put the cluster back" in log
+    assert "start test/original" in steps_log()[-1] and "replace=True" in steps_log()[-1]
+
+
+def test_a_failing_start_is_start_failed_and_exits_1(engine_env, monkeypatch):
+    monkeypatch.setenv("STANDIN_FAIL_START", "engine exited: CUDA OOM")
+    r = subprocess.run(driver("f", models=["test/tiny-a"], profiles=["smoke"]), capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 1
     assert "START_FAILED" in r.stdout and "CUDA OOM" in r.stdout

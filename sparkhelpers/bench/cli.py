@@ -77,8 +77,8 @@ def run_cmd(**flags) -> None:  # noqa: ANN003
 @app.command("current")
 def current_cmd(
     profile: str = typer.Option("", "--profile", help="Profile name (default: BENCH_PROFILE)."),
-    single: bool = typer.Option(False, "--single", help="The 'single' profile: one request at concurrency 1."),
-    quick: bool = typer.Option(False, "--quick", help="The 'quick' profile: 20 requests at concurrency 16."),
+    single: bool = typer.Option(False, "-s", "--single", help="The 'single' profile: one request at concurrency 1."),
+    quick: bool = typer.Option(False, "-q", "--quick", help="The 'quick' profile: 20 requests at concurrency 16."),
     url: str = typer.Option("", "-u", "--url", help="Server root (default: http://127.0.0.1:VLLM_PORT)."),
     num_prompts: int = typer.Option(None, "-n", "--num-prompts", help="Requests per run (overrides the profile)."),
     concurrency: str = typer.Option("", "-c", "--concurrency", help="Concurrency or a ladder, e.g. 1,4,16."),
@@ -187,92 +187,47 @@ def sweep_cmd(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask (required when stdin is not a terminal)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the latest (or --name) sweep; skip finished cells."),
     profile: str = typer.Option("", "--profile", help="Profile(s), comma-separated (default: BENCH_PROFILE)."),
-    models: str = typer.Option("", "--models", help="Models (presets or repo ids), comma-separated (default: MODEL)."),
+    models: str = typer.Option("", "--models", help="Models (presets, list numbers or repo ids), comma-separated "
+                                                    "(default: MODEL)."),
     variants: str = typer.Option("baseline", "--variants", help="Configuration variants from the profiles file."),
     name: str = typer.Option("", "--name", help="Sweep name (directory under RESULTS_DIR/sweeps; default: a date)."),
-    download: bool = typer.Option(False, "--download", help="Let switch_model.sh download missing models."),
+    download: bool = typer.Option(False, "--download", help="Download and sync missing models (default: do not)."),
+    single_node: bool = typer.Option(False, "--single-node", help="Only single-node models (all presets if no "
+                                                                  "--models)."),
+    multi_node: bool = typer.Option(False, "--multi-node", help="Only multi-node models (all presets if no --models)."),
+    skip_token: bool = typer.Option(False, "--skip-token", help="Skip gated models (they need a Hugging Face token)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and the commands, run nothing."),
 ) -> None:
-    """Sweep models x configuration variants x profiles (benchmark_all.sh): resumable, cron-safe."""
-    import time
+    """Sweep models x configuration variants x profiles (benchmark_all.sh): resumable, cron-safe.
 
+    Example: sparkhelpers bench sweep --yes --models qwen3-8b --variants tier1-off,tier1-on --profile smoke
+    """
     from tabulate import tabulate
 
-    from sparkhelpers.bench import profiles as prof_mod
-    from sparkhelpers.bench import sweep
-    from sparkhelpers.config import load_config, results_dir
+    from sparkhelpers.bench import sweep, sweep_steps
+    from sparkhelpers.config import load_config
     from sparkhelpers.errors import SparkError, UsageError
-    from sparkhelpers.locking import cluster_lock
-    from sparkhelpers.runner import Runner
 
     cfg = load_config()
-    all_profiles, all_variants = prof_mod.load(cfg.get("BENCH_PROFILES_FILE"))
-    root = results_dir(cfg) / "sweeps"
-    if resume:
-        directory = root / name if name else sweep.latest_sweep_dir(root)
-        if directory is None or not (directory / sweep.STATE_FILE).is_file():
-            raise SparkError(f"no sweep to resume under {root}", fix="start one without --resume")
-        state = sweep.SweepState.load(directory / sweep.STATE_FILE)
-        if models or profile:
-            warn("--resume continues the saved plan; --models/--profile are ignored")
-    else:
-        model_list = _split(models) or [cfg.require("MODEL")]
-        profile_list = _split(profile) or [cfg.get("BENCH_PROFILE", "default")]
-        variant_list = _split(variants) or ["baseline"]
-        unknown = [p for p in profile_list if p not in all_profiles]
-        unknown += [v for v in variant_list if v not in all_variants]
-        if unknown:
-            raise UsageError(f"unknown profile or variant: {', '.join(unknown)}",
-                             fix=f"profiles: {', '.join(all_profiles)}; variants: {', '.join(all_variants)}")
-        directory = root / (name or time.strftime("%Y%m%d-%H%M%S"))
-        if (directory / sweep.STATE_FILE).exists():
-            raise SparkError(f"sweep {directory.name} already exists", fix="add --resume, or choose another --name")
-        state = None
-        cells = sweep.plan_cells(model_list, variant_list, profile_list)
-    plan = state.cells if state else cells
+    opts = sweep_steps.SweepOptions(models=_split(models), profiles=_split(profile), variants=_split(variants),
+                                    name=name, resume=resume, download=download, single_node=single_node,
+                                    multi_node=multi_node, skip_token=skip_token)
+    if resume and (models or profile):
+        warn("--resume continues the saved plan; --models/--profile are ignored")
+    if not (yes or dry_run or sys.stdin.isatty()):
+        raise UsageError("refusing to run without --yes: stdin is not a terminal (cron?)",
+                         fix="add --yes to run unattended")
+
+    def confirm(cells: int) -> bool:
+        return yes or typer.confirm(f"Sweep {cells} cell(s) (this restarts the cluster)?", default=False)
+
+    run = sweep_steps.execute(cfg, opts, dry_run=dry_run, confirm=confirm, api_key=_api_key(cfg))
     if dry_run:
-        for c in plan:
-            env = " ".join(f"{k}={v}" for k, v in all_variants.get(c.variant, {}).items())
-            typer.echo(f"{c.key}: {env + ' ' if env else ''}switch_model.sh {'' if download else '--skip-download '}"
-                       f"{c.model}; sparkhelpers bench current --profile {c.profile} --variant {c.variant}")
-        typer.echo(f"then: restore config.local.env and start_cluster.sh --replace (or stop_cluster.sh); "
-                   f"results in {directory}")
+        typer.echo("\n".join(run.dry_run_lines))
         return
-    if not yes:
-        if not sys.stdin.isatty():
-            raise UsageError("refusing to run without --yes: stdin is not a terminal (cron?)",
-                             fix="add --yes to run unattended")
-        if not typer.confirm(f"Sweep {len(plan)} cell(s) (this restarts the cluster)?", default=False):
-            raise typer.Exit(1)
-    with cluster_lock(cfg, what="benchmark_all.sh"):
-        if state is None:
-            state = sweep.SweepState.new(directory, cells)
-        log = sweep.open_log(directory)
-        log(f"sweep {directory.name}: {len(state.cells)} cell(s){' (resumed)' if resume else ''}")
-        steps = sweep.ScriptSteps(cfg, Runner(), log=log, api_key=_api_key(cfg), download=download)
-        try:
-            ok = sweep.run_sweep(state, steps, all_variants, resume=resume,
-                                 timeout_s=cfg.get_float("BENCH_TIMEOUT", 3600.0), log=log)
-        except sweep.Interrupted as exc:
-            raise SparkError(f"sweep interrupted by {exc}; the cluster was put back in its configured state",
-                             fix=f"benchmark_all.sh --yes --resume --name {directory.name}") from None
-    typer.echo(tabulate(sweep.summary(state), headers=["model", "variant", "profile", "status", "message"]))
-    render_reports(directory, log)
-    if not ok:
+    if run.state is None:
+        raise typer.Exit(1)
+    typer.echo(tabulate(sweep.summary(run.state), headers=["model", "variant", "profile", "status", "message"]))
+    if not run.ok:
         raise SparkError("some cells did not succeed (see the table above and sweep.log)",
-                         fix=f"fix the cause, then: benchmark_all.sh --yes --resume --name {directory.name}")
-
-
-def render_reports(directory: Path, log) -> None:
-    """matrix.md and report.html of the sweep's results, beside its state file."""
-    from sparkhelpers.bench import ingest, matrix, report
-
-    found = ingest.load_dir(directory / "results") if (directory / "results").is_dir() else []
-    if not found:
-        log("no results to render")
-        return
-    m = matrix.build([d for _, d in found], baseline="baseline")
-    (directory / "matrix.md").write_text(matrix.to_markdown(m), encoding="utf-8")
-    (directory / "report.html").write_text(report.to_html(m, title=f"Sweep {directory.name}",
-                                                          source=str(directory)), encoding="utf-8")
-    log(f"wrote {directory / 'matrix.md'} and {directory / 'report.html'}")
+                         fix=f"fix the cause, then: benchmark_all.sh --yes --resume --name {run.directory.name}")

@@ -3,15 +3,21 @@
 Cells run model by model, variant by variant (one cluster switch per model x variant, every profile on
 it). Each cell ends SUCCESS, SKIPPED, START_FAILED, BENCH_FAILED or TIMEOUT; the state file (written
 atomically after every change) makes the sweep resumable: ``--resume`` skips cells that ended SUCCESS or
-SKIPPED and runs the rest again, including the one a kill interrupted. Whatever happens (failure,
-timeout, SIGTERM), the cluster is put back to the configured model without variant overrides, or
-stopped when that fails. The cluster steps are injected (``ClusterSteps``), so the logic is tested
-without a cluster.
+SKIPPED and runs the rest again, including the one a kill interrupted. Before the first change the
+pre-sweep configuration bytes and running state are written into the state, so whatever happens
+(failure, timeout, SIGTERM, or ``kill -9`` followed by ``--resume`` or the next sweep) the cluster is put
+back as it was, or stopped when that fails. The cluster steps are injected (``ClusterSteps``; the real
+ones are in sweep_steps.py), so the logic is tested without a cluster. Every file the sweep writes is
+opened without following symlinks below RESULTS_DIR.
 """
 
 from __future__ import annotations
 
+import base64
+import errno
 import json
+import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -19,12 +25,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from sparkhelpers.bench import results
-
 SUCCESS, SKIPPED, START_FAILED, BENCH_FAILED, TIMEOUT = "SUCCESS", "SKIPPED", "START_FAILED", "BENCH_FAILED", "TIMEOUT"
 RUNNING = "RUNNING"
 DONE_STATUSES = {SUCCESS, SKIPPED}
 STATE_FILE = "sweep-state.json"
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ class ClusterSteps(Protocol):
 
     def bench(self, cell: SweepCell, overrides: dict[str, str], out_dir: Path, timeout_s: float) -> StepResult: ...
 
-    def restore(self) -> StepResult: ...  # back to the configured model and options
+    def restore(self, pre: dict) -> StepResult: ...  # back to the pre-sweep config bytes and running state
 
     def stop(self) -> StepResult: ...
 
@@ -68,22 +73,25 @@ class SweepState:
     created: str
     cells: list[SweepCell]
     status: dict[str, dict] = field(default_factory=dict)
+    pre: dict = field(default_factory=dict)  # the pre-sweep config and running state (see record_pre)
 
     @classmethod
-    def new(cls, directory: Path, cells: list[SweepCell]) -> SweepState:
-        state = cls(directory / STATE_FILE, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), cells)
+    def new(cls, directory: Path, cells: list[SweepCell], pre: dict | None = None) -> SweepState:
+        state = cls(directory / STATE_FILE, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), cells,
+                    pre=pre or {})
         state.save()
         return state
 
     @classmethod
     def load(cls, path: Path) -> SweepState:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text_nofollow(path))
         cells = [SweepCell(**c) for c in data["plan"]]
-        return cls(path, data["created"], cells, data.get("cells", {}))
+        return cls(path, data["created"], cells, data.get("cells", {}), data.get("pre", {}))
 
     def save(self) -> None:
-        results.write_json_atomic(self.path, {"schema": "sparkhelpers.bench.sweep.v1", "created": self.created,
-                                              "plan": [asdict(c) for c in self.cells], "cells": self.status})
+        write_json_nofollow(self.path, {"schema": "sparkhelpers.bench.sweep.v2", "created": self.created,
+                                        "plan": [asdict(c) for c in self.cells], "cells": self.status,
+                                        "pre": self.pre})
 
     def mark(self, cell: SweepCell, status: str, message: str = "", result_dir: str = "") -> None:
         entry = self.status.setdefault(cell.key, {})
@@ -95,86 +103,261 @@ class SweepState:
     def get(self, cell: SweepCell) -> str:
         return self.status.get(cell.key, {}).get("status", "")
 
+    @property
+    def needs_restore(self) -> bool:
+        """The pre-sweep state was recorded and not yet put back (the sweep was killed, or is running)."""
+        return bool(self.pre) and not self.pre.get("restored")
+
+    def mark_restored(self, how: str) -> None:
+        self.pre.update(restored=True, how=how, at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        self.save()
+
+
+def record_pre(config_path: Path, serving: list[str]) -> dict:
+    """What to put back: the config file's exact bytes (or that it did not exist) and what was served."""
+    try:
+        data = config_path.read_bytes()
+        existed = True
+    except FileNotFoundError:
+        data, existed = b"", False
+    return {"config_path": str(config_path), "config_existed": existed,
+            "config_b64": base64.b64encode(data).decode("ascii"), "serving": bool(serving), "served": serving,
+            "restored": False}
+
+
+def put_back_config(pre: dict) -> bool:
+    """Write the recorded config bytes back when they differ (0600, atomic). True when something changed."""
+    from sparkhelpers.config import _write_private
+
+    path = Path(pre["config_path"])
+    want = base64.b64decode(pre["config_b64"])
+    if not pre["config_existed"]:
+        if path.exists():
+            path.unlink()
+            return True
+        return False
+    if path.is_file() and path.read_bytes() == want:
+        return False
+    _write_private(path, want.decode("utf-8"))
+    return True
+
+
+def plain_name(name: str) -> str:
+    """A sweep name is one plain path component (no /, no .., no leading dot)."""
+    from sparkhelpers.errors import UsageError
+
+    if not NAME_RE.fullmatch(name) or name in (".", ".."):
+        raise UsageError(f"sweep name {name!r} is not a plain name",
+                         fix="use letters, digits, '.', '_' and '-' (for example 2026-05-01-nightly)")
+    return name
+
+
+def check_no_symlinks(path: Path, base: Path) -> None:
+    """Refuse when a component of ``path`` below ``base`` (RESULTS_DIR, as configured) is a symlink."""
+    from sparkhelpers.errors import SparkError
+
+    try:
+        rel = path.relative_to(base)
+    except ValueError:
+        raise SparkError(f"{path} is outside {base}", fix="keep sweep files under RESULTS_DIR") from None
+    current = base
+    for part in rel.parts:
+        current = current / part
+        if current.is_symlink():
+            raise SparkError(f"{current} is a symlink; the sweep does not write through links it was not given",
+                             fix=f"remove it (rm {current}) or point RESULTS_DIR at the real directory")
+
+
+def _open_nofollow(path: Path, flags: int) -> int:
+    from sparkhelpers.errors import SparkError
+
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # the last component is a symlink
+            raise SparkError(f"{path} is a symlink; the sweep does not write through links",
+                             fix=f"remove it: rm {path}") from None
+        raise
+
+
+def write_text_nofollow(path: Path, text: str) -> None:
+    """Write a file atomically: a fresh temporary (random name, O_EXCL, never a link) renamed over the target."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)  # replaces a link itself, never its target
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+def write_json_nofollow(path: Path, data: dict) -> None:
+    write_text_nofollow(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_text_nofollow(path: Path) -> str:
+    fd = _open_nofollow(path, os.O_RDONLY)
+    with os.fdopen(fd, encoding="utf-8") as fh:
+        return fh.read()
+
+
+def append_nofollow(path: Path, line: str) -> None:
+    fd = _open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    with os.fdopen(fd, "a", encoding="utf-8") as fh:
+        fh.write(line)
+
 
 class Interrupted(Exception):
     """SIGTERM/SIGINT during the sweep: stop, leave the cluster known, keep the state resumable."""
 
 
+def sweep_dirs(root: Path) -> list[Path]:
+    """Sweep directories under ``root``, oldest first (by their state's creation time); links are skipped."""
+    found = []
+    for p in root.glob("*"):
+        if p.is_dir() and not p.is_symlink() and (p / STATE_FILE).is_file() and not (p / STATE_FILE).is_symlink():
+            found.append(p)
+    return sorted(found, key=lambda p: ((p / STATE_FILE).stat().st_mtime, p.name))
+
+
 def latest_sweep_dir(root: Path) -> Path | None:
-    dirs = sorted(p for p in root.glob("*") if (p / STATE_FILE).is_file())
+    dirs = sweep_dirs(root)
     return dirs[-1] if dirs else None
+
+
+def unrestored(root: Path, exclude: Path | None = None) -> list[SweepState]:
+    """Earlier sweeps killed before they put the cluster back (their pre-sweep state is still pending)."""
+    out = []
+    for d in sweep_dirs(root):
+        if d == exclude:
+            continue
+        try:
+            state = SweepState.load(d / STATE_FILE)
+        except (OSError, ValueError, KeyError):
+            continue
+        if state.needs_restore:
+            out.append(state)
+    return out
+
+
+class _Signals:
+    """SIGTERM/SIGINT during the sweep: remembered, and raised as KeyboardInterrupt where the sweep is, so an
+    in-process start cleans up what it put up (as for Ctrl-C); the loop then stops with ``Interrupted``."""
+
+    def __init__(self) -> None:
+        self.name = ""
+
+    def __enter__(self) -> _Signals:
+        self.previous = {s: signal.signal(s, self.on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def on_signal(self, signum, _frame) -> None:  # noqa: ANN001
+        self.name = self.name or signal.Signals(signum).name
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.name:
+            raise Interrupted(self.name)
+
+    def __exit__(self, *exc) -> None:  # noqa: ANN002
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def run_sweep(state: SweepState, steps: ClusterSteps, variants: dict[str, dict[str, str]], *, resume: bool,
               timeout_s: float, log: Callable[[str], None]) -> bool:
     """Run every cell not already finished; returns True when every cell ended SUCCESS or SKIPPED."""
-    def on_signal(signum, _frame):
-        raise Interrupted(signal.Signals(signum).name)
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    pending = resume and state.needs_restore  # killed before it put the cluster back: do it this time
     switched = False
     try:
-        current: tuple[str, str] | None = None
-        start_failed: dict[tuple[str, str], str] = {}
-        skip: dict[str, str] = {}
-        for cell in state.cells:
-            if resume and state.get(cell) in DONE_STATUSES:
-                log(f"{cell.key}: {state.get(cell)} earlier, skipped (--resume)")
-                continue
-            if cell.model not in skip:
-                skip[cell.model] = steps.skip_reason(cell.model)
-            if skip[cell.model]:
-                state.mark(cell, SKIPPED, skip[cell.model])
-                log(f"{cell.key}: SKIPPED: {skip[cell.model]}")
-                continue
-            pair = (cell.model, cell.variant)
-            if pair in start_failed:
-                state.mark(cell, START_FAILED, start_failed[pair])
-                log(f"{cell.key}: START_FAILED (the switch already failed): {start_failed[pair]}")
-                continue
-            state.mark(cell, RUNNING)
-            overrides = variants.get(cell.variant, {})
-            if pair != current:
-                log(f"switching to {cell.model} with variant {cell.variant} {overrides or ''}".rstrip())
+        with _Signals() as signals:
+            try:
+                switched = _run_cells(state, steps, variants, resume=resume, timeout_s=timeout_s, log=log,
+                                      signals=signals)
+            except KeyboardInterrupt:
                 switched = True
-                r = steps.switch(cell.model, overrides)
-                if r.status != SUCCESS:
-                    start_failed[pair] = r.message
-                    current = None
-                    state.mark(cell, START_FAILED, r.message)
-                    log(f"{cell.key}: START_FAILED: {r.message}")
-                    continue
-                current = pair
-            out_dir = state.path.parent / "results"
-            log(f"{cell.key}: benchmarking (profile {cell.profile})")
-            r = steps.bench(cell, overrides, out_dir, timeout_s)
-            state.mark(cell, r.status, r.message, r.result_dir)
-            log(f"{cell.key}: {r.status}{': ' + r.message if r.message else ''}")
-            if r.status == TIMEOUT:
-                current = None  # the engine may be wedged: switch (restart) before the next cell
+                raise Interrupted(signals.name or "SIGINT") from None
+            signals.check()
     except Interrupted as exc:
         log(f"interrupted by {exc}: the state is kept; run again with --resume")
+        switched = True
         raise
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if switched:
-            leave_known_state(steps, log)
+        if switched or pending:
+            leave_known_state(state, steps, log)
+        elif state.needs_restore:
+            state.mark_restored("untouched")
     return all(state.get(c) in DONE_STATUSES for c in state.cells)
 
 
-def leave_known_state(steps: ClusterSteps, log: Callable[[str], None]) -> None:
-    """Back to the configured model and options; if that fails, stopped. Signals wait until this is done."""
+def _run_cells(state: SweepState, steps: ClusterSteps, variants: dict[str, dict[str, str]], *, resume: bool,
+               timeout_s: float, log: Callable[[str], None], signals: _Signals) -> bool:
+    """The cells, in plan order; returns whether the cluster was touched."""
+    switched = False
+    current: tuple[str, str] | None = None
+    start_failed: dict[tuple[str, str], str] = {}
+    skip: dict[str, str] = {}
+    for cell in state.cells:
+        if resume and state.get(cell) in DONE_STATUSES:
+            log(f"{cell.key}: {state.get(cell)} earlier, skipped (--resume)")
+            continue
+        if cell.model not in skip:
+            skip[cell.model] = steps.skip_reason(cell.model)
+        if skip[cell.model]:
+            state.mark(cell, SKIPPED, skip[cell.model])
+            log(f"{cell.key}: SKIPPED: {skip[cell.model]}")
+            continue
+        pair = (cell.model, cell.variant)
+        if pair in start_failed:
+            state.mark(cell, START_FAILED, start_failed[pair])
+            log(f"{cell.key}: START_FAILED (the switch already failed): {start_failed[pair]}")
+            continue
+        state.mark(cell, RUNNING)
+        overrides = variants.get(cell.variant, {})
+        if pair != current:
+            log(f"switching to {cell.model} with variant {cell.variant} {overrides or ''}".rstrip())
+            switched = True
+            r = steps.switch(cell.model, overrides)
+            signals.check()  # a signal during the switch ends the sweep, it is not a START_FAILED cell
+            if r.status != SUCCESS:
+                start_failed[pair] = r.message
+                current = None
+                state.mark(cell, START_FAILED, r.message)
+                log(f"{cell.key}: START_FAILED: {r.message}")
+                continue
+            current = pair
+        log(f"{cell.key}: benchmarking (profile {cell.profile})")
+        r = steps.bench(cell, overrides, state.path.parent / "results", timeout_s)
+        signals.check()
+        state.mark(cell, r.status, r.message, r.result_dir)
+        log(f"{cell.key}: {r.status}{': ' + r.message if r.message else ''}")
+        if r.status == TIMEOUT:
+            current = None  # the engine may be wedged: switch (restart) before the next cell
+    return switched
+
+
+def leave_known_state(state: SweepState, steps: ClusterSteps, log: Callable[[str], None]) -> None:
+    """Back to the pre-sweep config and running state; if that fails, stopped. Signals wait until done."""
     old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         log("restoring the configured model and options")
-        r = steps.restore()
+        r = steps.restore(state.pre)
         if r.status == SUCCESS:
-            log("cluster restored to the configured model")
+            log("cluster restored to the configured model" if state.pre.get("serving", True)
+                else "cluster stopped again (nothing was serving before the sweep)")
+            if state.pre:
+                state.mark_restored("restored")
             return
         log(f"restore failed ({r.message}); stopping the cluster so it is in a known state")
         s = steps.stop()
         log("cluster stopped" if s.status == SUCCESS else f"stopping failed too: {s.message}")
+        if state.pre and s.status == SUCCESS:
+            state.mark_restored("stopped")
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
@@ -186,115 +369,15 @@ def summary(state: SweepState) -> list[list[str]]:
 
 
 def open_log(directory: Path) -> Callable[[str], None]:
-    """A logger that appends timestamped lines to sweep.log and echoes them to stderr."""
+    """A logger that appends timestamped lines to sweep.log (never through a link) and echoes them to stderr."""
     import sys
 
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "sweep.log"
 
     def log(line: str) -> None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        with path.open("a", encoding="utf-8") as fh:
-            fh.write(f"{stamp} {line}\n")
+        append_nofollow(path, f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {line}\n")
         sys.stderr.write(f"benchmark_all: {line}\n")
         sys.stderr.flush()
 
     return log
-
-
-class ScriptSteps:
-    """The real steps: switch_model.sh (restart with the variant's keys in the environment, which beats
-    config.local.env), an in-process profile run, and the configured state put back at the end."""
-
-    def __init__(self, cfg, runner, *, log: Callable[[str], None], api_key: str = "", download: bool = False) -> None:
-        from sparkhelpers.config import local_file, spark_home
-
-        self.cfg, self.runner, self.log, self.api_key, self.download = cfg, runner, log, api_key, download
-        self.home = spark_home()
-        self.local = local_file()
-        self.saved_local = self.local.read_bytes() if self.local.exists() else None
-        self.was_serving = self._serving()
-
-    def _serving(self) -> bool:
-        import asyncio
-
-        from sparkhelpers.bench.current import configured_url
-        from sparkhelpers.bench.run import fetch_models
-        from sparkhelpers.errors import SparkError
-
-        try:
-            return bool(asyncio.run(fetch_models(configured_url(self.cfg), self.api_key, timeout_s=5)))
-        except SparkError:
-            return False
-
-    def _script(self, name: str, args: list[str], env: dict[str, str] | None, timeout: float) -> StepResult:
-        # own_group: on SIGTERM or a timeout the script's children (a `config set`, a start) end too,
-        # before the sweep puts config.local.env back.
-        r = self.runner.run([str(self.home / name), *args], env=env, timeout=timeout, own_group=True)
-        for line in (r.stdout + r.stderr).splitlines()[-40:]:
-            self.log(f"  {name}: {line}")
-        if r.ok:
-            return StepResult(SUCCESS)
-        status = TIMEOUT if r.returncode == 124 else START_FAILED
-        return StepResult(status, f"{name} exit {r.returncode}: {r.last_line}"[:300])
-
-    def skip_reason(self, model: str) -> str:
-        from sparkhelpers.errors import SparkError
-        from sparkhelpers.models.catalog import resolve_model
-
-        try:
-            spec = resolve_model(self.cfg, model)
-        except SparkError as exc:
-            return f"unknown model: {exc.message}"
-        if getattr(spec, "gated", False) and not (self.cfg.get("HF_TOKEN") or self.cfg.get("HF_TOKEN_FILE")):
-            return "gated model and no HF_TOKEN / HF_TOKEN_FILE configured"
-        return ""
-
-    def switch(self, model: str, overrides: dict[str, str]) -> StepResult:
-        args = ([] if self.download else ["--skip-download"]) + [model]
-        timeout = self.cfg.get_float("START_TIMEOUT", 1800.0) + 600
-        r = self._script("switch_model.sh", args, overrides, timeout)
-        if r.status == TIMEOUT:
-            r.status = START_FAILED
-        if r.status == SUCCESS and not self._serving():
-            return StepResult(START_FAILED, "switch_model.sh succeeded but the API does not answer /v1/models")
-        return r
-
-    def bench(self, cell: SweepCell, overrides: dict[str, str], out_dir: Path, timeout_s: float) -> StepResult:
-        from sparkhelpers.bench import current, profiles
-        from sparkhelpers.config import load_config
-        from sparkhelpers.errors import SparkError
-
-        cfg = load_config(flags=overrides)  # switch_model.sh wrote MODEL; the variant's keys on top
-        base_url = current.configured_url(cfg)
-        try:
-            prof = profiles.get(cell.profile, cfg.get("BENCH_PROFILES_FILE"))
-            model = current.resolve_model(base_url, self.api_key, cfg)
-            outcomes, timed_out = current.run_profile(cfg, prof, base_url=base_url, model=model, out_dir=out_dir,
-                                                      variant=cell.variant, api_key=self.api_key,
-                                                      timeout_s=timeout_s, echo=self.log,
-                                                      target_extra={"sweep_model": cell.model})
-        except SparkError as exc:
-            return StepResult(BENCH_FAILED, exc.message)
-        folder = str(outcomes[0].path.parent) if outcomes and outcomes[0].path else ""
-        if timed_out:
-            return StepResult(TIMEOUT, f"BENCH_TIMEOUT ({timeout_s:g} s) ran out after {len(outcomes)} run(s)", folder)
-        bad = current.failures(outcomes)
-        if bad:
-            return StepResult(BENCH_FAILED, f"{len(bad)} of {len(outcomes)} runs failed: {bad[0]}", folder)
-        return StepResult(SUCCESS, f"{len(outcomes)} run(s)", folder)
-
-    def restore(self) -> StepResult:
-        if self.saved_local is None:
-            if self.local.exists():
-                self.local.unlink()
-        elif not self.local.exists() or self.local.read_bytes() != self.saved_local:
-            from sparkhelpers.config import _write_private
-
-            _write_private(self.local, self.saved_local.decode("utf-8"))
-        if not self.was_serving:
-            return self.stop()
-        return self._script("start_cluster.sh", ["--replace"], None, self.cfg.get_float("START_TIMEOUT", 1800.0) + 600)
-
-    def stop(self) -> StepResult:
-        return self._script("stop_cluster.sh", [], None, 600)
