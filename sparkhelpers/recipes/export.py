@@ -55,8 +55,9 @@ def to_sparkrun(recipe: Recipe) -> dict[str, Any]:
     for key in sorted(recipe.engine_args):
         value = recipe.engine_args[key]
         rendered = render_args({key: value}, flagset)
-        if isinstance(value, (bool, dict, list)) or not rendered:
-            parts += [_sparkrun_literal(a) for a in rendered]  # booleans are literal; JSON stays one argument
+        if isinstance(value, (bool, dict, list)) or not rendered or _sparkrun_literal(str(value)) != str(value):
+            # booleans are literal; JSON and anything needing quotes stays one quoted argument
+            parts += [_sparkrun_literal(a) for a in rendered]
         else:
             defaults[key] = value
             parts += [rendered[0], "{" + key + "}"]
