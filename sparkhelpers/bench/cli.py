@@ -105,10 +105,12 @@ def current_cmd(
     key = _api_key(cfg)
     model = current.resolve_model(base_url, key, cfg)
     out_dir = Path(output) if output else results_dir(cfg)
+    gateway = current.gateway_of(base_url, key, model)  # measured through the gateway: say so in every result
     outcomes, timed_out = current.run_profile(cfg, prof, base_url=base_url, model=model, out_dir=out_dir,
                                               variant=variant or cfg.get("BENCH_VARIANT"), api_key=key,
                                               timeout_s=cfg.get_float("BENCH_TIMEOUT", 0.0),
-                                              echo=lambda line: info(line))
+                                              echo=lambda line: info(line),
+                                              target_extra={"gateway": gateway} if gateway else None)
     if as_json:
         print_json([{"run": o.plan.key, "file": str(o.path) if o.path else None, "error": o.error,
                      "valid": o.doc["run"]["valid"] if o.doc else None} for o in outcomes])

@@ -27,6 +27,24 @@ def configured_url(cfg) -> str:
     return f"http://127.0.0.1:{cfg.get('VLLM_PORT', '8000')}"
 
 
+def gateway_of(base_url: str, api_key: str, model: str) -> dict | None:
+    """When base_url is a sparkhelpers gateway (it names itself in a header): what the result should record."""
+    import requests
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        resp = requests.get(base_url + "/v1/models", headers=headers, timeout=10)
+        version = resp.headers.get("X-Sparkhelpers-Gateway")
+        listed = resp.json().get("data", []) if version else []
+    except (requests.RequestException, ValueError, AttributeError):
+        return None
+    if not version:
+        return None
+    entry = next((m for m in listed if isinstance(m, dict) and (m.get("id") == model or model in m.get("aliases", []))),
+                 {})
+    return {"url": base_url, "version": version, "model": entry.get("id", model), "aliases": entry.get("aliases", [])}
+
+
 def pick_model(served: list[str], cfg) -> str:
     """SERVED_MODEL_NAME or MODEL when the server lists it, else the server's first model."""
     for wanted in (cfg.get("SERVED_MODEL_NAME"), cfg.get("MODEL")):

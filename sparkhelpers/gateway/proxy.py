@@ -187,13 +187,13 @@ class DataPlane:
                 if usage:
                     out.prompt, out.completion = usage.prompt, usage.completion
                 out.error = upstream.status >= 400
-                return web.Response(body=data, status=upstream.status, headers=_copy_headers(upstream))
+                return web.Response(body=data, status=upstream.status, headers=_copy_headers(upstream, rs.id))
             return await self._stream(request, rs, upstream, strip, out, t0)
         finally:
             upstream.close()  # an unfinished answer closes the upstream connection: the engine stops generating
 
     async def _stream(self, request, rs, upstream, strip: bool, out: Outcome, t0: float) -> web.StreamResponse:  # noqa: ANN001
-        resp = web.StreamResponse(status=upstream.status, headers=_copy_headers(upstream))
+        resp = web.StreamResponse(status=upstream.status, headers=_copy_headers(upstream, rs.id))
         await resp.prepare(request)
         tap = SSETap(strip)
         try:
@@ -222,5 +222,7 @@ class DataPlane:
         return resp
 
 
-def _copy_headers(upstream) -> dict[str, str]:  # noqa: ANN001
-    return {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
+def _copy_headers(upstream, replica: str) -> dict[str, str]:  # noqa: ANN001
+    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
+    headers["X-Sparkhelpers-Replica"] = replica
+    return headers

@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from sparkhelpers import __version__
 from sparkhelpers.gateway import keys as keystore
 from sparkhelpers.gateway import launcher, page
 from sparkhelpers.gateway.manager import ModelManager
@@ -24,6 +25,7 @@ from sparkhelpers.gateway.proxy import DataPlane, error
 from sparkhelpers.gateway.quotas import Quotas
 
 log = logging.getLogger("sparkhelpers.gateway")
+GATEWAY_HEADER = "X-Sparkhelpers-Gateway"
 
 
 def gateway_dir(state_dir: Path) -> Path:
@@ -190,9 +192,14 @@ class Gateway:
         app.router.add_get("/metrics", self.metrics_endpoint)
         app.router.add_get("/ui", self.ui)
         app.router.add_get("/", self.ui)
+        app.on_response_prepare.append(self._stamp)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
         return app
+
+    async def _stamp(self, _request: web.Request, response: web.StreamResponse) -> None:
+        """Every answer names the gateway (a benchmark records what it measured through)."""
+        response.headers[GATEWAY_HEADER] = __version__
 
     async def _on_startup(self, _app: web.Application) -> None:
         interrupted = self.store.recover()
