@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from gatewaykit import Gateway, engine_cmd, pid_alive, usage_from_stream, wait_for
+from gatewaykit import ROOT, Gateway, engine_cmd, pid_alive, usage_from_stream, wait_for
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -121,6 +121,21 @@ def test_no_key_in_argv_logs_metrics_or_pages(gw):
             with contextlib.suppress(OSError):
                 seen += Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     assert not [s[:12] for s in secrets if s in seen]
+
+
+def test_benchmark_current_sh_through_the_gateway_records_it(gw, tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text(gw.create_key("bench") + "\n")
+    env = {**gw.env, "API_KEY_FILE": str(key_file), "RESULTS_DIR": str(tmp_path / "res")}
+    r = subprocess.run([str(ROOT / "benchmark_current.sh"), "--profile", "smoke", "-u", gw.url], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    files = sorted((tmp_path / "res").rglob("*.json"))
+    assert files, r.stderr
+    doc = json.loads(files[0].read_text())
+    assert doc["target"]["gateway"]["url"] == gw.url and doc["target"]["gateway"]["model"] == "m"
+    assert doc["target"]["gateway"]["version"] and doc["failed"] == 0 and doc["completed"] > 0
+    assert _recorded(gw, "bench")["requests"] >= doc["completed"]
 
 
 def test_usage_equals_what_clients_received_also_after_sigkill(gw):
