@@ -131,3 +131,19 @@ def test_load_dir_skips_state_and_originals(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.json").write_text(json.dumps(d))
     assert [p.name for p, _ in ingest.load_dir(tmp_path)] == ["a.json", "b.json"]
+
+
+def test_engine_metrics_columns_from_each_run():
+    def with_engine(d, rate, kv, wait, pre):
+        d["engine_metrics"] = {"available": True, "prefix_cache_hit_rate": rate, "peak_kv_cache_usage": kv,
+                               "peak_requests_waiting": wait, "preemptions": pre}
+        return d
+
+    m = matrix.build([with_engine(doc(), 0.5, 0.3, 2.0, 0.0), with_engine(doc(), 0.7, 0.5, 4.0, 2.0),
+                      doc(variant="other")])
+    (row,) = [r for r in json.loads(matrix.to_json(m))["cells"] if r["variant"] == "base"]
+    assert row["prefix_hit_pct"] == pytest.approx(60.0) and row["kv_peak_pct"] == pytest.approx(40.0)
+    assert row["waiting_peak"] == 3.0 and row["preemptions"] == 1.0 and row["prefix_hit_pct_ci95"] is not None
+    other = [r for r in json.loads(matrix.to_json(m))["cells"] if r["variant"] == "other"][0]
+    assert other["prefix_hit_pct"] is None  # no engine metrics: none invented
+    assert "hit 60±" in matrix.to_table(m) and "prefix_hit_pct" in matrix.to_csv(m).splitlines()[0]

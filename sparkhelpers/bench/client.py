@@ -296,9 +296,10 @@ async def _watch_loop(stop: asyncio.Event, lags: list[float], interval: float = 
 
 
 async def run_load(spec: LoadSpec, prompts: Sequence[Prompt], *, progress=None,
-                   warmup_prompts: Sequence[Prompt] = ()) -> tuple[list[RequestRecord], float, Health]:
+                   warmup_prompts: Sequence[Prompt] = (), on_measure=None) -> tuple[list[RequestRecord], float, Health]:
     """Run the workload; returns the records, the duration (s) and the client's health. Warm-up requests
-    (``spec.num_warmups``, at the target concurrency, opening the pool's connections) are not recorded."""
+    (``spec.num_warmups``, at the target concurrency, opening the pool's connections) are not recorded;
+    ``on_measure()`` runs between them and the measured requests (the engine-metrics baseline)."""
     import aiohttp
 
     limit = spec.max_concurrency or 0
@@ -316,6 +317,8 @@ async def run_load(spec: LoadSpec, prompts: Sequence[Prompt], *, progress=None,
                                           RequestRecord(i, warm_prompt.prompt_len, warm_prompt.output_len), 0.0)
             await asyncio.gather(*(warm(i) for i in range(spec.num_warmups)))
 
+        if on_measure:
+            on_measure()
         schedule = arrival_schedule(len(prompts), spec.request_rate, spec.burstiness, spec.seed)
         sem = asyncio.Semaphore(spec.max_concurrency) if spec.max_concurrency else None
         records = [RequestRecord(i, p.prompt_len, p.output_len, prompt_len_source=p.len_source)

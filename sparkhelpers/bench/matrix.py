@@ -21,6 +21,8 @@ from sparkhelpers.bench.ingest import is_number
 T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 FIELDS = ("output_tok_s", "per_user_tok_s", "ttft_p50_ms", "ttft_p99_ms", "tpot_p99_ms")
+# From the engine's /metrics around each run (None when the engine or the tool gave none).
+ENGINE_FIELDS = ("prefix_hit_pct", "preemptions", "kv_peak_pct", "waiting_peak")
 
 
 def t95(df: int) -> float:
@@ -84,7 +86,14 @@ def doc_values(doc: dict) -> dict[str, float | None]:
     per_user = extra.get("tpot_per_user_tok_s")
     if per_user is None and is_number(doc.get("median_tpot_ms")) and doc["median_tpot_ms"] > 0:
         per_user = 1000.0 / doc["median_tpot_ms"]
-    return {"output_tok_s": doc.get("output_throughput"), "per_user_tok_s": per_user,
+    engine = doc.get("engine_metrics") or {}
+
+    def pct(key: str) -> float | None:
+        return 100.0 * engine[key] if is_number(engine.get(key)) else None
+
+    return {"prefix_hit_pct": pct("prefix_cache_hit_rate"), "preemptions": engine.get("preemptions"),
+            "kv_peak_pct": pct("peak_kv_cache_usage"), "waiting_peak": engine.get("peak_requests_waiting"),
+            "output_tok_s": doc.get("output_throughput"), "per_user_tok_s": per_user,
             "ttft_p50_ms": doc.get("median_ttft_ms") if doc.get("median_ttft_ms") is not None
             else doc.get("mean_ttft_ms"),
             "ttft_p99_ms": doc.get("p99_ttft_ms"), "tpot_p99_ms": doc.get("p99_tpot_ms")}
@@ -108,7 +117,7 @@ def build(docs: Sequence[dict], baseline: str = "") -> Matrix:
         for d in ds:
             cell.reasons += [r for r in (d.get("run") or {}).get("invalid_reasons", []) if r not in cell.reasons]
         values = [doc_values(d) for d in use]
-        cell.stats = {f: Stat(*mean_ci([v[f] for v in values])) for f in FIELDS}
+        cell.stats = {f: Stat(*mean_ci([v[f] for v in values])) for f in (*FIELDS, *ENGINE_FIELDS)}
         cells[key] = cell
     for col in cols:  # best output tok/s per column among cells with valid runs
         candidates = [(cells[(r, col)].stats["output_tok_s"].mean, r) for r in rows
@@ -155,6 +164,9 @@ def cell_lines(cell: Cell | None) -> list[str]:
              f"TTFT {_fmt(s['ttft_p50_ms'])} / p99 {_fmt(s['ttft_p99_ms'])} ms",
              f"TPOT p99 {_fmt(s['tpot_p99_ms'], 1)} ms",
              f"fail {'?' if cell.failures is None else cell.failures}/{cell.requests} n={cell.runs}"]
+    if any(s[f].mean is not None for f in ENGINE_FIELDS):
+        lines.append(f"hit {_fmt(s['prefix_hit_pct'])}% kv {_fmt(s['kv_peak_pct'])}% "
+                     f"wait {_fmt(s['waiting_peak'])} preempt {_fmt(s['preemptions'])}")
     if cell.invalid:
         lines.insert(0, "[INVALID]")
     return lines
@@ -203,7 +215,7 @@ def long_rows(m: Matrix) -> list[dict]:
                    "valid_runs": cell.valid_runs, "invalid": cell.invalid, "failures": cell.failures,
                    "requests": cell.requests, "best": cell.best, "delta_pct": cell.delta_pct,
                    "tools": ",".join(cell.tools)}
-            for f in FIELDS:
+            for f in (*FIELDS, *ENGINE_FIELDS):
                 row[f] = cell.stats[f].mean
                 row[f + "_ci95"] = cell.stats[f].half_width
             rows.append(row)

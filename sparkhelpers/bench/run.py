@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sparkhelpers.bench import client, datasets, metrics, results, tokenizer
+from sparkhelpers.bench import client, datasets, engine_metrics, metrics, results, tokenizer
 from sparkhelpers.errors import SparkError, UsageError
 
 DATASETS = ("random", "sharegpt", "prefix-repetition", "custom")
@@ -22,6 +22,7 @@ class RunOptions(client.LoadShape):
     served_model_name: str = ""  # the name sent in requests when it differs from --model
     tokenizer: str = ""  # a local tokenizer (directory or tokenizer.json): exact prompt lengths
     ready_check_timeout_s: float = 0.0  # wait this long for /v1/models to answer first (0 = do not wait)
+    engine_metrics: bool = True  # read the engine's /metrics around the run
     dataset_name: str = "random"
     dataset_path: str = ""
     random_input_len: int = 1024
@@ -161,10 +162,16 @@ def execute(o: RunOptions, *, api_key: str = "", target: dict | None = None, run
     ignore_eos = o.ignore_eos or o.dataset_name == "random"  # as vLLM: forced on for random
     spec = client.LoadSpec(o.base_url, o.served_model_name or o.model, api_key=api_key,
                            **{**o.load_shape(), "ignore_eos": ignore_eos})
-    load = client.run_load(spec, prompts, progress=progress, warmup_prompts=warmups)
-    records, duration, health = asyncio.run(asyncio.wait_for(load, deadline_s) if deadline_s else load)
+    watcher = engine_metrics.Watcher(o.base_url) if o.engine_metrics else None
+    load = client.run_load(spec, prompts, progress=progress, warmup_prompts=warmups,
+                           on_measure=watcher.start if watcher else None)
+    try:
+        records, duration, health = asyncio.run(asyncio.wait_for(load, deadline_s) if deadline_s else load)
+    finally:
+        engine = watcher.stop() if watcher else {"available": False, "reason": "--no-engine-metrics"}
     doc = build_document(o, records, duration, health.summary(), ignore_eos=ignore_eos, target=target,
                          run_info=run_info, prompts=prompts)
+    doc["engine_metrics"] = engine
     return doc, records
 
 

@@ -89,6 +89,8 @@ FLAGS: tuple[Flag, ...] = (
     _f("request_timeout_s", "--request-timeout", float, 600.0, "Seconds one request may take."),
     _f("ready_check_timeout_s", "--ready-check-timeout-sec", float, 0.0, "Wait up to this long for the server's "
        "/v1/models first (vLLM waits 600; 0 = fail at once)."),
+    _f("engine_metrics", ("--engine-metrics/--no-engine-metrics",), bool, True, "Read the engine's Prometheus "
+       "/metrics around the run (prefix-cache hit rate, preemptions, peak KV use and queue) into the result."),
     _f("disable_tqdm", "--disable-tqdm", bool, False, "No progress bar (there is none off a terminal anyway).",
        option=False),
     _f("framework", "--framework", str, "sparkhelpers", "sparkhelpers (this client), vllm (vllm bench serve in the "

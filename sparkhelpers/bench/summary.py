@@ -74,6 +74,19 @@ def format_summary(doc: dict) -> str:
         lines.append("{:-^60}".format("First content token (not in vLLM)"))
         row("Mean TTFT to first content (ms):", content.get("mean"))
         row("Median TTFT to first content (ms):", content.get("median"))
+    engine = doc.get("engine_metrics") or {}
+    if engine.get("available"):
+        lines.append("{:-^60}".format("Engine (its /metrics, this run)"))
+        rate = engine.get("prefix_cache_hit_rate")
+        row("Prefix cache hit rate (%):", None if rate is None else round(100.0 * rate, 1))
+        row("Preemptions:", None if engine.get("preemptions") is None else int(engine["preemptions"]))
+        kv = engine.get("peak_kv_cache_usage")
+        row("Peak KV cache usage (%):", None if kv is None else round(100.0 * kv, 1))
+        row("Peak waiting requests:", None if engine.get("peak_requests_waiting") is None
+            else int(engine["peak_requests_waiting"]))
+        row("Server mean TTFT (ms):", engine.get("server_mean_ttft_ms"))
+        rate = engine.get("spec_decode_acceptance_rate")
+        row("Spec decode acceptance (%):", None if rate is None else round(100.0 * rate, 1))
     lines.append("{:-^60}".format("Client"))
     client = extra.get("client", {})
     row("Token counts from:", extra.get("token_count_source") or "-")

@@ -9,11 +9,11 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from sparksim_engine.common import free_port, log
+from sparksim_engine.metrics import EngineMetrics
 
 
 class Backend:
@@ -23,6 +23,7 @@ class Backend:
         import xllamacpp as xlc
 
         self.port = free_port()
+        self.n_parallel = n_parallel
         params = xlc.CommonParams()
         params.model.path = model_path
         params.model_alias = ["backend"]  # a list: a plain str would become a set of characters
@@ -40,19 +41,10 @@ class Backend:
         return conn.getresponse()
 
 
-class Stats:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.running = 0
-        self.finished = 0
-        self.prompt_tokens = 0
-        self.generation_tokens = 0
-
-
 def serve(backend: Backend, *, host: str, port: int, served_names: list[str], flavor: str,
           crash_after: int = 0, api_key: str = "", max_model_len: int = 4096, on_ready=None) -> None:
     """Serve until SIGTERM/SIGINT. ``flavor`` is "vllm" or "llama.cpp" (owned_by, error shapes)."""
-    stats = Stats()
+    stats = EngineMetrics(backend.n_parallel)  # vLLM's /metrics names, from the backend's slots and cache
     created = int(time.time())
 
     class Handler(BaseHTTPRequestHandler):
@@ -98,12 +90,11 @@ def serve(backend: Backend, *, host: str, port: int, served_names: list[str], fl
                     {"id": n, "object": "model", "created": created, "owned_by": owner, "root": served_names[0],
                      "parent": None, "max_model_len": max_model_len} for n in served_names]})
             elif self.path == "/metrics":
-                with stats.lock:
-                    text = (f"vllm:num_requests_running {stats.running}\nvllm:num_requests_waiting 0\n"
-                            f"vllm:request_success_total {stats.finished}\n"
-                            f"vllm:prompt_tokens_total {stats.prompt_tokens}\n"
-                            f"vllm:generation_tokens_total {stats.generation_tokens}\n")
-                raw = text.encode()
+                try:
+                    slots = backend.request("GET", "/slots").read()
+                except OSError:
+                    slots = None
+                raw = stats.render(slots, served_names[0]).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
                 self.send_header("Content-Length", str(len(raw)))
@@ -149,13 +140,14 @@ def serve(backend: Backend, *, host: str, port: int, served_names: list[str], fl
                 data = json.loads(resp.read() or b"{}")
                 if isinstance(data, dict) and "model" in data:
                     data["model"] = model
-                    self._count(data.get("usage"))
+                    stats.count(data.get("usage"), data.get("timings"))
                 self._json(resp.status, data)
                 return
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream; charset=utf-8")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
+            started, last = time.monotonic(), None
             for raw in resp:
                 line = raw.decode(errors="replace").rstrip("\r\n")
                 if line.startswith("data: ") and line != "data: [DONE]":
@@ -165,15 +157,19 @@ def serve(backend: Backend, *, host: str, port: int, served_names: list[str], fl
                         chunk = None
                     if isinstance(chunk, dict):
                         chunk["model"] = model
-                        chunk.pop("timings", None)
+                        timings = chunk.pop("timings", None)
+                        if chunk.get("choices"):
+                            now = time.monotonic()
+                            stats.token(now - started, None if last is None else now - last)
+                            last = now
                         if flavor == "vllm":  # vLLM's role chunk carries content "" (llama.cpp: null)
                             for choice in chunk.get("choices") or []:
                                 delta = choice.get("delta") or {}
                                 if delta.get("role") and delta.get("content") is None:
                                     delta["content"] = ""
-                        if chunk.get("usage") and not chunk.get("choices"):
-                            self._count(chunk["usage"])
-                            if not want_usage:
+                        if chunk.get("usage"):  # llama.cpp: on the last chunk, with or without choices
+                            stats.count(chunk["usage"], timings)
+                            if not chunk.get("choices") and not want_usage:
                                 continue
                         line = "data: " + json.dumps(chunk)
                 if not line:
@@ -183,12 +179,6 @@ def serve(backend: Backend, *, host: str, port: int, served_names: list[str], fl
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
-
-        def _count(self, usage: dict | None) -> None:
-            if usage:
-                with stats.lock:
-                    stats.prompt_tokens += int(usage.get("prompt_tokens", 0))
-                    stats.generation_tokens += int(usage.get("completion_tokens", 0))
 
     httpd = ThreadingHTTPServer((host, port), Handler)
     httpd.daemon_threads = True
