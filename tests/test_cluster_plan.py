@@ -10,7 +10,6 @@ import pytest
 
 from sparkhelpers.cluster import nodes as nd
 from sparkhelpers.cluster import render as rd
-from sparkhelpers.cluster.lifecycle import read_secret
 from sparkhelpers.cluster.plan import PER_NODE_VARS, build_plan
 from sparkhelpers.config import load_config
 from sparkhelpers.errors import SparkError
@@ -212,17 +211,6 @@ def test_dry_run_of_an_injection_fails_before_anything_runs(sparkhelpers_bin, tm
                        timeout=60)
     assert r.returncode == 1 and "Hugging Face repo id" in r.stderr and "fix:" in r.stderr
     assert not marker.exists()
-
-
-def test_secret_files_must_be_private(tmp_path):
-    f = tmp_path / "key"
-    f.write_text("abc\n")
-    f.chmod(0o644)
-    with pytest.raises(SparkError, match="readable by other users"):
-        read_secret("", str(f), "API_KEY")
-    f.chmod(0o600)
-    assert read_secret("ignored", str(f), "API_KEY") == "abc"
-    assert read_secret("v", "", "API_KEY") == "v"
 
 
 RAY_STATUS = """======== Autoscaler status: 2026-11-22 09:00:00.000000 ========

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,3 +159,61 @@ def test_gguf_snapshot_needs_no_separate_tokenizer(tmp_path):
     write_cached_model(tmp_path, "acme/bare", {"config.json": b"{}"})
     problems = snapshot_check.check(str(tmp_path), "acme/bare")["problems"]
     assert any("no tokenizer" in p for p in problems) and any("no weights" in p for p in problems)
+
+
+# ---- Hugging Face conventions: HF_HUB_CACHE / HF_HOME, the saved token, no cache under / ---------------------
+
+def test_hf_hub_cache_is_the_default_cache(sparkhelpers_bin, env, tmp_path):
+    hub_dir = tmp_path / "hfhome" / "hub"
+    hub_dir.mkdir(parents=True)
+    env = {k: v for k, v in env.items() if k != "HF_CACHE"}
+    r = cli(sparkhelpers_bin, {**env, "HF_HUB_CACHE": str(hub_dir)}, "download", "acme/tiny", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert (hub_dir / "models--acme--tiny" / "refs" / "main").read_text() == SHA
+    shown = subprocess.run([*sparkhelpers_bin, "config", "show", "--json"], capture_output=True, text=True,
+                           env={**env, "HF_HUB_CACHE": str(hub_dir)}).stdout
+    assert json.loads(shown)["HF_CACHE"] == {"value": str(hub_dir.parent), "source": "HF_HUB_CACHE"}
+
+
+def test_hf_home_then_raid_are_the_next_defaults(sparkhelpers_bin, env, tmp_path):
+    env = {k: v for k, v in env.items() if k not in ("HF_CACHE", "HF_HUB_CACHE")}
+
+    def cache(**extra):
+        out = subprocess.run([*sparkhelpers_bin, "config", "show", "--json"], capture_output=True, text=True,
+                             env={**{k: v for k, v in env.items() if k != "HF_HOME"}, **extra}).stdout
+        return json.loads(out)["HF_CACHE"]
+
+    assert cache(HF_HOME=str(tmp_path)) == {"value": str(tmp_path), "source": "HF_HOME"}
+    assert cache() == {"value": "/raid/hf-cache", "source": "default"}
+    assert cache(HF_HOME=str(tmp_path), HF_HUB_CACHE="/x/hub", HF_CACHE="/mine")["source"] == "environment"
+
+
+def test_a_missing_cache_parent_is_an_error_not_a_tree_under_root(sparkhelpers_bin, env):
+    missing = Path(f"/nonexistent-sparkhelpers-test-{os.getpid()}/hf-cache")
+    try:
+        r = cli(sparkhelpers_bin, {**env, "HF_CACHE": str(missing)}, "download", "acme/tiny", "--quiet")
+    finally:
+        created = missing.parent.exists()
+        shutil.rmtree(missing.parent, ignore_errors=True)  # what the old code left under /
+    assert not created
+    assert r.returncode == 1
+    assert f"HF_CACHE={missing} (environment): its parent {missing.parent} does not exist" in r.stderr
+    assert f"fix: create it (sudo mkdir -p {missing}" in r.stderr
+
+
+def test_a_hub_cache_not_named_hub_is_refused_with_the_fix(sparkhelpers_bin, env, tmp_path):
+    env = {k: v for k, v in env.items() if k != "HF_CACHE"}
+    r = cli(sparkhelpers_bin, {**env, "HF_HUB_CACHE": str(tmp_path / "models")}, "download", "acme/tiny")
+    assert r.returncode == 1 and "is not a directory named hub" in r.stderr
+    assert f"sparkhelpers config set HF_CACHE {tmp_path}" in r.stderr
+
+
+def test_the_token_hf_auth_login_saved_is_used(sparkhelpers_bin, env, hub):
+    home = Path(os.environ["HF_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "token").write_text("hf_goodtoken")
+    (home / "token").chmod(0o600)
+    r = cli(sparkhelpers_bin, env, "download", "acme/gated", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert any(auth for method, path, _, auth in hub.requests if "/resolve/" in path)  # accepted: hf_goodtoken
+    assert "hf_goodtoken" not in r.stderr + r.stdout

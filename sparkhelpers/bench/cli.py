@@ -10,6 +10,7 @@ import typer
 from sparkhelpers.appkit import info, new_app, print_json, warn
 from sparkhelpers.bench import runflags
 from sparkhelpers.errors import SparkError
+from sparkhelpers.secrets import secret_value
 
 app = new_app("Benchmark an OpenAI-compatible server (vllm bench serve's metrics and flags), compare results.")
 
@@ -17,19 +18,6 @@ app = new_app("Benchmark an OpenAI-compatible server (vllm bench serve's metrics
 @app.callback()
 def bench() -> None:
     """Benchmark an OpenAI-compatible server (vllm bench serve's metrics and flags), compare results."""
-
-
-def _api_key(cfg) -> str:
-    """API_KEY, else the content of API_KEY_FILE (never a flag: it would show in ps)."""
-    key = cfg.get("API_KEY")
-    path = cfg.get("API_KEY_FILE")
-    if not key and path:
-        try:
-            key = Path(path).expanduser().read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise SparkError(f"cannot read API_KEY_FILE {path}: {exc.strerror}",
-                             fix="fix the path or unset API_KEY_FILE") from None
-    return key
 
 
 @app.command("run")
@@ -47,7 +35,7 @@ def run_cmd(**flags) -> None:  # noqa: ANN003
         from sparkhelpers.bench import frameworks
 
         for p in frameworks.run_framework(cmd.framework, opts, cfg, out_dir=out_dir, dry_run=cmd.dry_run,
-                                          api_key=_api_key(cfg)):
+                                          api_key=secret_value(cfg, "API_KEY")):
             info(f"saved {p}")
         return
     if cmd.dry_run:
@@ -55,7 +43,8 @@ def run_cmd(**flags) -> None:  # noqa: ANN003
         info(f"would send {opts.num_prompts} request(s) to {opts.base_url} (nothing sent):")
         print_json(workload_section(opts, opts.ignore_eos or opts.dataset_name == "random"))
         return
-    doc, records = execute(opts, api_key=_api_key(cfg), progress=summary.progress("bench", cmd.disable_tqdm))
+    doc, records = execute(opts, api_key=secret_value(cfg, "API_KEY"),
+                           progress=summary.progress("bench", cmd.disable_tqdm))
     if cmd.save_detailed:
         doc.update(results.detailed_fields(records))
     if not cmd.as_json:
@@ -102,7 +91,7 @@ def current_cmd(
     from sparkhelpers.bench.client import normalize_base_url
 
     base_url = normalize_base_url(url) if url else current.configured_url(cfg)
-    key = _api_key(cfg)
+    key = secret_value(cfg, "API_KEY")
     model = current.resolve_model(base_url, key, cfg)
     out_dir = Path(output) if output else results_dir(cfg)
     gateway = current.gateway_of(base_url, key, model)  # measured through the gateway: say so in every result
@@ -223,7 +212,7 @@ def sweep_cmd(
     def confirm(cells: int) -> bool:
         return yes or typer.confirm(f"Sweep {cells} cell(s) (this restarts the cluster)?", default=False)
 
-    run = sweep_steps.execute(cfg, opts, dry_run=dry_run, confirm=confirm, api_key=_api_key(cfg))
+    run = sweep_steps.execute(cfg, opts, dry_run=dry_run, confirm=confirm, api_key=secret_value(cfg, "API_KEY"))
     if dry_run:
         typer.echo("\n".join(run.dry_run_lines))
         return

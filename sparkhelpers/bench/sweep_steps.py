@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from sparkhelpers import secrets
 from sparkhelpers.bench import sweep
 from sparkhelpers.bench.sweep import BENCH_FAILED, START_FAILED, SUCCESS, TIMEOUT, StepResult, SweepCell
 from sparkhelpers.config import Config
@@ -75,8 +76,12 @@ class InProcessSteps:
             return f"unknown model: {exc.message}"
         if spec.gated and self.skip_gated:
             return "gated model (--skip-token)"
-        if spec.gated and not (self.cfg.get("HF_TOKEN") or self.cfg.get("HF_TOKEN_FILE")):
-            return "gated model and no HF_TOKEN / HF_TOKEN_FILE configured"
+        if spec.gated:
+            try:
+                if not secrets.read(self.cfg, "HF_TOKEN"):
+                    return "gated model and no Hugging Face token (HF_TOKEN_FILE, HF_TOKEN or hf auth login)"
+            except SparkError as exc:
+                return exc.message
         return ""
 
     def variant_cfg(self, model: str, overrides: dict[str, str]) -> Config:

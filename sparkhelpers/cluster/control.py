@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sparkhelpers.appkit import info, warn
 from sparkhelpers.config import Config
+from sparkhelpers.secrets import secret_value
 
 
 @dataclass
@@ -38,8 +39,7 @@ def start_cluster(cfg: Config, *, nodes: int | None = None, solo: bool = False, 
     from sparkhelpers.runner import Runner
 
     runner = runner or Runner()
-    api_key = lifecycle.read_secret(cfg.get("API_KEY"), cfg.get("API_KEY_FILE"), "API_KEY")
-    hf_token = lifecycle.read_secret(cfg.get("HF_TOKEN"), cfg.get("HF_TOKEN_FILE"), "HF_TOKEN")
+    api_key, hf_token = secret_value(cfg, "API_KEY"), secret_value(cfg, "HF_TOKEN")
     spec = spec or model_spec(cfg)
     fabric = resolve_fabric(cfg, runner, nodes=nodes, solo=solo,
                             preset_nodes=spec.nodes if getattr(spec, "preset", None) else None)

@@ -5,7 +5,6 @@ watching the processes it waits for. On failure: the node, the last log lines, c
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -464,20 +463,3 @@ def stop_nodes(runner: Runner, cluster: str, run_dir: str, hosts: list[tuple[str
         return StopResult(label, True, removed=int(count) if count.isdigit() else 0, docker_s=docker_s)
 
     return runner.parallel(stop, hosts)
-
-
-def read_secret(value: str, file_value: str, key: str) -> str:
-    """A secret from its *_FILE (preferred) or the value itself; never from argv."""
-    if file_value:
-        path = Path(file_value).expanduser()
-        try:
-            mode = path.stat().st_mode
-            text = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise SparkError(f"{key}_FILE {path} cannot be read: {exc.strerror}",
-                             fix=f"create it with mode 0600 or unset {key}_FILE") from None
-        if mode & 0o077:
-            raise SparkError(f"{key}_FILE {path} is readable by other users (mode {oct(mode & 0o777)})",
-                             fix=f"chmod 600 {path}")
-        return text
-    return value or os.environ.get(key, "")

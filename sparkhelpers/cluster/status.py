@@ -10,6 +10,7 @@ from sparkhelpers.cluster.plan import worker_hosts
 from sparkhelpers.config import Config, state_dir
 from sparkhelpers.errors import UsageError
 from sparkhelpers.runner import LOCAL, Host, Runner
+from sparkhelpers.secrets import secret_value
 from sparkhelpers.validate import cluster_name
 
 
@@ -44,7 +45,6 @@ def _http(url: str, api_key: str) -> tuple[int, object]:
 
 
 def collect(cfg: Config, runner: Runner) -> dict:
-    from sparkhelpers.cluster.lifecycle import read_secret
 
     cluster = cluster_name(cfg.get("CLUSTER_NAME", "spark"))
     log_dir = f"{state_dir(cfg)}/logs/{cluster}"
@@ -78,7 +78,7 @@ def collect(cfg: Config, runner: Runner) -> dict:
     port = cfg.get_int("VLLM_PORT", 8000)
     host = cfg.get("VLLM_HOST", "0.0.0.0")
     endpoint = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
-    api_key = read_secret(cfg.get("API_KEY"), cfg.get("API_KEY_FILE"), "API_KEY")
+    api_key = secret_value(cfg, "API_KEY")
     code, _ = _http(f"{endpoint}/health", "")
     models_code, models = _http(f"{endpoint}/v1/models", api_key)
     served = [m.get("id") for m in models.get("data", [])] if models_code == 200 and isinstance(models, dict) else []

@@ -32,11 +32,13 @@ BUILTIN_DEFAULTS: dict[str, str] = {
     "RAY_DASHBOARD_PORT": "8265",
     "RAY_DASHBOARD_HOST": "127.0.0.1",
     "MASTER_PORT": "29501",
-    "HF_CACHE": "/raid/hf-cache",
     "START_TIMEOUT": "1800",
     "BENCH_PROFILE": "default",
     "BENCH_TIMEOUT": "3600",
 }
+
+# HF_CACHE when nobody set it: Hugging Face's own variables first, then the DGX Spark convention.
+HF_CACHE_FALLBACK = "/raid/hf-cache"
 
 _SECRET = re.compile(r"(TOKEN|API_KEY|SECRET|PASSWORD)$")
 _TRUE = {"1", "true", "yes", "on"}
@@ -172,7 +174,30 @@ def resolve(
     for key, value in (flags or {}).items():
         if value is not None:
             settings[key] = Setting(key, str(value), "flag")
+    if not settings.get("HF_CACHE", Setting("HF_CACHE", "", "")).value:
+        settings["HF_CACHE"] = hf_cache_default(environ)
     return settings
+
+
+def hf_cache_default(environ: Mapping[str, str]) -> Setting:
+    """HF_CACHE (the directory holding ``hub/``) when no layer sets it: Hugging Face's conventions.
+
+    ``HF_HUB_CACHE`` (the hub directory itself, so HF_CACHE is its parent), else ``HF_HOME`` (whose
+    ``hub/`` is the hub cache), else /raid/hf-cache.
+    """
+    hub = environ.get("HF_HUB_CACHE", "").strip()
+    if hub:
+        path = Path(hub).expanduser()
+        if path.name != "hub":
+            raise SparkError(f"HF_HUB_CACHE={hub} is not a directory named hub, so the engines' layout "
+                             "(HF_CACHE/hub) cannot point at it",
+                             fix=f"set HF_CACHE to the directory that should hold hub/ (sparkhelpers config set "
+                                 f"HF_CACHE {path.parent}), or unset HF_HUB_CACHE")
+        return Setting("HF_CACHE", str(path.parent), "HF_HUB_CACHE")
+    home = environ.get("HF_HOME", "").strip()
+    if home:
+        return Setting("HF_CACHE", str(Path(home).expanduser()), "HF_HOME")
+    return Setting("HF_CACHE", HF_CACHE_FALLBACK, "default")
 
 
 def load_config(flags: Mapping[str, str | None] | None = None,

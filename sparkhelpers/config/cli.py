@@ -9,7 +9,7 @@ import sys
 import typer
 
 from sparkhelpers import config as cfgmod
-from sparkhelpers import validate
+from sparkhelpers import secrets, validate
 from sparkhelpers.appkit import new_app, print_json, warn
 from sparkhelpers.errors import SparkError, UsageError
 
@@ -87,11 +87,14 @@ def unset(key: str = typer.Argument(..., help="Key name.")) -> None:
 
 @app.command()
 def check() -> None:
-    """Check the files' syntax (file:line) and every key's value; list every bad key with its fix (exit 1)."""
+    """Check the files' syntax (file:line), every key's value and every secret file (mode 0600, not empty).
+
+    Every bad key is listed at once with its fix; exit 1 if there is any.
+    """
     cfg = cfgmod.load_config()
     for path in cfg.files:
         typer.echo(f"ok   {path}")
-    found = validate.problems(cfg)
+    found = validate.problems(cfg) + secrets.problems(cfg)
     for exc in found:
         typer.echo(f"bad  {exc.message}\n     fix: {exc.fix}")
     if found:

@@ -278,11 +278,12 @@ def smoke_cmd(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Wait until the engine's /health answers, then send one short chat request and show the reply."""
-    from sparkhelpers.models.smoke import api_key, smoke
+    from sparkhelpers.models.smoke import smoke
+    from sparkhelpers.secrets import secret_value
 
     cfg = _cfg()
     base = url or f"http://127.0.0.1:{cfg.get_int('VLLM_PORT', 8000)}"
-    result = smoke(base.rstrip("/"), key=api_key(cfg), expect_model=model,
+    result = smoke(base.rstrip("/"), key=secret_value(cfg, "API_KEY"), expect_model=model,
                    timeout_s=timeout if timeout is not None else cfg.get_float("START_TIMEOUT", 1800), echo=info)
     if as_json:
         print_json(result.__dict__)

@@ -1,7 +1,7 @@
 """Download a model into HF_CACHE (hub/models--org--name) with huggingface_hub, then verify it.
 
-The token comes from HF_TOKEN (environment or config) or HF_TOKEN_FILE and is handed to
-huggingface_hub in-process: it never appears on a command line. huggingface_hub answers the Hub
+The token comes from sparkhelpers.secrets (HF_TOKEN_FILE, HF_TOKEN, then the token `hf auth login`
+saved) and is handed to huggingface_hub in-process: it never appears on a command line. huggingface_hub answers the Hub
 questions (model info, file tree, URLs, auth headers, error types); the bytes we fetch ourselves,
 because huggingface_hub 2.x downloads into a per-process temporary file that it deletes when
 interrupted, so a killed 60 GB download would start again from zero. Here a file grows in
@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import stat
 import sys
 import threading
 from dataclasses import dataclass
@@ -25,35 +24,33 @@ from sparkhelpers.config import Config
 from sparkhelpers.errors import SparkError
 from sparkhelpers.models import snapshot_check
 from sparkhelpers.models.catalog import ModelSpec
+from sparkhelpers.secrets import secret_value
 
 # Files vLLM never reads: Meta's original consolidated checkpoints and Apple Metal weights.
 IGNORE_PATTERNS = ["original/*", "metal/*"]
 
 
-def hf_token(cfg: Config) -> str | None:
-    """HF_TOKEN from the environment or config, else the first line of HF_TOKEN_FILE."""
-    token = cfg.get("HF_TOKEN").strip()
-    if token:
-        return token
-    path = cfg.get("HF_TOKEN_FILE")
-    if not path:
-        return None
-    p = Path(path).expanduser()
-    try:
-        mode = p.stat().st_mode
-        token = p.read_text(encoding="utf-8").strip().splitlines()[0].strip() if p.stat().st_size else ""
-    except (OSError, IndexError) as exc:
-        raise SparkError(f"cannot read HF_TOKEN_FILE {p}: {getattr(exc, 'strerror', None) or 'empty'}",
-                         fix=f"write the token into {p} (chmod 600) or unset HF_TOKEN_FILE") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        from sparkhelpers.appkit import warn
-
-        warn(f"{p} is readable by other users (fix: chmod 600 {p})")
-    return token or None
-
-
 def cache_root(cfg: Config) -> Path:
     return Path(cfg.require("HF_CACHE")).expanduser()
+
+
+def ensure_hub_dir(cache: Path, source: str = "") -> Path:
+    """HF_CACHE/hub, created only below a parent that exists: never a /raid tree on a box without /raid."""
+    hub = cache / "hub"
+    if not cache.is_dir() and not cache.parent.is_dir():
+        where = f" ({source})" if source else ""
+        raise SparkError(f"HF_CACHE={cache}{where}: its parent {cache.parent} does not exist",
+                         fix=f"create it (sudo mkdir -p {cache} && sudo chown $(id -un): {cache}), or "
+                             "sparkhelpers config set HF_CACHE ~/.cache/huggingface")
+    try:
+        hub.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SparkError(f"cannot create {hub}: {exc.strerror}",
+                         fix=f"sudo mkdir -p {hub} && sudo chown -R $(id -un): {cache}") from None
+    if not os.access(hub, os.W_OK):
+        raise SparkError(f"{hub} is not writable by {os.environ.get('USER', 'this user')}",
+                         fix=f"sudo chown -R $(id -un): {cache}")
+    return hub
 
 
 def gated_error(spec: ModelSpec, token: str | None) -> SparkError:
@@ -63,7 +60,7 @@ def gated_error(spec: ModelSpec, token: str | None) -> SparkError:
                           fix=f"request access at {page} with the account that owns the token")
     return SparkError(f"{spec.repo} is gated and no Hugging Face token is configured",
                       fix=f"accept the licence at {page}, then: printf %s \"$TOKEN\" | "
-                          "sparkhelpers config set HF_TOKEN -   (or set HF_TOKEN_FILE)")
+                          "sparkhelpers config set HF_TOKEN -   (or set HF_TOKEN_FILE, or run hf auth login)")
 
 
 def _hub_error(exc: Exception, spec: ModelSpec, token: str | None) -> SparkError:
@@ -180,17 +177,9 @@ def download(cfg: Config, spec: ModelSpec, *, progress: bool = True, echo=print,
     from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.utils import build_hf_headers, get_session
 
-    token = hf_token(cfg)
+    token = secret_value(cfg, "HF_TOKEN") or None
     cache = cache_root(cfg)
-    hub = cache / "hub"
-    try:
-        hub.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SparkError(f"cannot create {hub}: {exc.strerror}",
-                         fix=f"sudo mkdir -p {hub} && sudo chown -R $(id -un): {cache}") from None
-    if not os.access(hub, os.W_OK):
-        raise SparkError(f"{hub} is not writable by {os.environ.get('USER', 'this user')}",
-                         fix=f"sudo chown -R $(id -un): {cache}")
+    hub = ensure_hub_dir(cache, cfg.source("HF_CACHE"))
     api = HfApi(token=token or False)
     errors = (HfHubHTTPError, httpx2.HTTPError, OSError, ValueError)
     try:

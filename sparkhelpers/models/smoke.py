@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from sparkhelpers.config import Config
 from sparkhelpers.errors import SparkError
 
 
@@ -21,16 +19,6 @@ class SmokeResult:
     completion_tokens: int
     seconds_to_healthy: float
     seconds_to_answer: float
-
-
-def api_key(cfg: Config) -> str:
-    key = cfg.get("API_KEY")
-    if not key and cfg.get("API_KEY_FILE"):
-        try:
-            key = Path(cfg.get("API_KEY_FILE")).expanduser().read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise SparkError(f"cannot read API_KEY_FILE: {exc.strerror}", fix="check API_KEY_FILE") from None
-    return key
 
 
 def smoke(url: str, *, key: str = "", expect_model: str = "", timeout_s: float = 1800,
