@@ -272,3 +272,32 @@ def test_planted_symlinks_are_refused_and_never_written_through(tmp_path):
     sweep.write_text_nofollow(results / "sweeps" / "v" / "matrix.md", "new")  # replaces the link itself
     assert not target.exists() and not (results / "sweeps" / "v" / "matrix.md").is_symlink()
     assert list(outside.iterdir()) == []
+
+
+def test_models_by_number_and_by_node_count():
+    r = script("--dry-run", "--models", "1,3", "--profile", "smoke")
+    assert r.returncode == 0, r.stderr
+    assert [ln.split("|")[0] for ln in r.stdout.splitlines()[:-1]] == ["smollm2-135m", "qwen3-8b"]
+    single = script("--dry-run", "--single-node", "--profile", "smoke")
+    multi = script("--dry-run", "--multi-node", "--profile", "smoke")
+    assert single.returncode == 0 and multi.returncode == 0, single.stderr + multi.stderr
+    single_models = {ln.split("|")[0] for ln in single.stdout.splitlines()[:-1]}
+    multi_models = {ln.split("|")[0] for ln in multi.stdout.splitlines()[:-1]}
+    assert "smollm2-135m" in single_models and "llama-3.1-70b" in multi_models
+    assert not single_models & multi_models
+    r = script("--dry-run", "--multi-node", "--models", "qwen3-8b")
+    assert r.returncode == 2 and "no multi-node model among qwen3-8b" in r.stderr
+    r = script("--dry-run", "--single-node", "--multi-node")
+    assert r.returncode == 2 and "exclude each other" in r.stderr
+
+
+def test_skip_token_skips_gated_models(tmp_path, monkeypatch):
+    from sparkhelpers.bench.sweep_steps import InProcessSteps
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token_value")
+    cfg = load_config()
+    with_token = InProcessSteps(cfg, log=lambda _m: None)
+    skipping = InProcessSteps(cfg, log=lambda _m: None, skip_gated=True)
+    assert with_token.skip_reason("llama-3.1-70b") == ""
+    assert skipping.skip_reason("llama-3.1-70b") == "gated model (--skip-token)"
+    assert skipping.skip_reason("smollm2-135m") == ""
