@@ -135,7 +135,7 @@ def switch(cfg: Config, req: SwitchRequest, *, runner=None, say: Callable[[str],
     try:
         outcome = step("start", lambda: start(serving, runner=runner, say=say, spec=spec))
     except SparkError as exc:
-        exc.message = f"{exc.message}; {_saved(report)}"
+        exc.message = f"the start failed: {exc.message}; {_saved(report)}"
         raise
     report.restarted = True
     report.endpoint = getattr(outcome.plan, "endpoint", "")
