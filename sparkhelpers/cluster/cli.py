@@ -134,11 +134,18 @@ def switch_cmd(
     req.check()
     cfg = _config()
     signal.signal(signal.SIGTERM, _terminated)
-    if download_only:  # touches neither the config nor the cluster: no lock (a download may take an hour)
-        report = sw.switch(cfg, req)
-    else:
-        with cluster_lock(cfg, what="switch_model.sh", wait_s=wait):
+    try:
+        if download_only:  # touches neither the config nor the cluster: no lock (a download may take an hour)
             report = sw.switch(cfg, req)
+        else:
+            with cluster_lock(cfg, what="switch_model.sh", wait_s=wait):
+                report = sw.switch(cfg, req)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside the start (which cleans up and reports itself)
+        from sparkhelpers.cluster.lifecycle import Interrupted
+
+        raise Interrupted("switch interrupted (a start in progress removed what it had started)",
+                          fix="run switch_model.sh again (downloads resume); sparkhelpers status shows the "
+                              "cluster") from None
     if as_json:
         print_json(report.as_dict())
     elif download_only:
