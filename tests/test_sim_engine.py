@@ -22,8 +22,10 @@ def engine(module: str, *args: str, env: dict | None = None, timeout: float = 30
                           text=True, env=full, timeout=timeout)
 
 
-def test_vllm_flag_file_is_consistent():
-    spec = json.loads((ENGINE / "vllm_flags.json").read_text())
+@pytest.mark.parametrize("flags_file", sorted((ENGINE / "flags").glob("vllm-*.json")), ids=lambda p: p.stem)
+def test_vllm_flag_file_is_consistent(flags_file):
+    spec = json.loads(flags_file.read_text())
+    assert flags_file.stem == f"vllm-{spec['vllm_version']}"
     kinds = {"str", "int", "float", "json", "size", "choice", "list", "store_true", "bool_optional"}
     assert spec["vllm_version"]
     for flag, meta in spec["flags"].items():

@@ -166,3 +166,34 @@ def image_build(
 
     built = image.build(force=force, progress=info)
     typer.echo(f"{built.tag}  {built.tar}")
+
+
+@app.command()
+def flags(
+    version: list[str] = typer.Option([], "--version", help="Only this vLLM version (repeatable; default: every "
+                                                            "supported one that is installed)."),
+    write: bool = typer.Option(False, "--write", help="Write the generated flag sets into the package."),
+) -> None:
+    """Compare (or --write) the stand-in's vLLM flag sets with the real vLLM parser's.
+
+    Needs the real vLLM side environment: tools/real-vllm.sh --parser-only (cached under
+    /var/cache/sparkhelpers/real-vllm). Exits 1 when a checked-in flag set is stale.
+    Example: sparkhelpers sim flags --write --version 0.32.0"""
+    from sparkhelpers.errors import SparkError
+    from sparkhelpers.sim import realvllm
+
+    wanted = version or [v for v in realvllm.SUPPORTED if realvllm.available(v)]
+    if not wanted:
+        raise SparkError("no real vLLM parser is installed", fix=realvllm.BUILD_HINT)
+    stale = []
+    for v in wanted:
+        spec = realvllm.generate(v)
+        same = realvllm.flags_path(v).is_file() and realvllm.load_flags(v) == spec
+        if write and not same:
+            info(f"vLLM {v}: {len(spec['flags'])} flags written to {realvllm.write_flags(v, spec)}")
+        else:
+            typer.echo(f"vLLM {v}: {len(spec['flags'])} flags, {'current' if same else 'STALE'}")
+            stale += [] if same else [v]
+    if stale:
+        raise SparkError(f"the flag set of vLLM {', '.join(stale)} differs from the real parser's",
+                         fix="sparkhelpers sim flags --write")

@@ -92,9 +92,25 @@ def tool_paths() -> list[Path]:
     return out
 
 
+def vllm_version() -> str:
+    """The vLLM version the image's stand-in claims (`vllm --version`) and whose real flag set it parses:
+    SPARK_SIM_VLLM_VERSION, else the first supported one."""
+    from sparkhelpers.sim.realvllm import DEFAULT_VERSION, SUPPORTED
+
+    version = os.environ.get("SPARK_SIM_VLLM_VERSION") or DEFAULT_VERSION
+    if version not in SUPPORTED:
+        raise SparkError(f"SPARK_SIM_VLLM_VERSION={version} has no flag set in the sim",
+                         fix=f"use one of: {', '.join(SUPPORTED)}")
+    return version
+
+
+def image_changes() -> list[str]:
+    return [*IMAGE_CHANGES, f"ENV SPARKSIM_VLLM_VERSION={vllm_version()}"]
+
+
 def content_hash(src: dict[str, Path]) -> str:
     """Engine code by content; big inputs by path, size and mtime (re-hashing 200 MB each time is waste)."""
-    h = hashlib.sha256(f"recipe {RECIPE_VERSION}\n".encode())
+    h = hashlib.sha256(f"recipe {RECIPE_VERSION} vllm {vllm_version()}\n".encode())
     for f in sorted(p for p in ENGINE_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
         h.update(f"{f.relative_to(ENGINE_DIR)}\n".encode() + f.read_bytes())
     for p in [src["interpreter"], *tool_paths()]:  # system files: path, size and mtime
@@ -179,7 +195,7 @@ def _assemble(root: Path, src: dict[str, Path], runner: Runner) -> None:
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ENGINE_DIR / "sparksim_engine", root / "opt/sparksim/lib/sparksim_engine",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(ENGINE_DIR / "vllm_flags.json", root / "opt/sparksim/lib/vllm_flags.json")
+    shutil.copytree(ENGINE_DIR / "flags", root / "opt/sparksim/lib/flags")
     _link_or_copy(src["model"], root / "opt/sparksim/models" / MODEL_NAME)
     # shared libraries of everything above
     so_files = [*binaries, *Path(root / str(stdlib).lstrip("/"), "lib-dynload").glob("*.so"),
@@ -229,7 +245,7 @@ def load(cluster, built: Built, nodes: list[str], runner: Runner | None = None, 
             first = todo.pop(0)
             staging = Path(cluster.dir) / "engine.rootfs.tar"
             _link_or_copy(built.tar, staging)
-            changes = [a for c in IMAGE_CHANGES for a in ("--change", c)]
+            changes = [a for c in image_changes() for a in ("--change", c)]
             cluster.exec(first, ["docker", "import", *changes, str(staging), built.tag], timeout=600,
                          runner=runner).check(f"importing the engine image into {first}",
                                               fix=f"see {cluster.dir}/{first}/dockerd.log")

@@ -1,10 +1,13 @@
 """`vllm` stand-in (test infrastructure): `vllm serve MODEL [flags]` and `vllm --version`.
 
-Parses the flags against the flag set of the emulated vLLM version (../vllm_flags.json; unknown flag
+Parses the flags against the flag set of the emulated vLLM version (../flags/vllm-VERSION.json,
+generated from the real vLLM parser; the version is the image's SPARKSIM_VLLM_VERSION; unknown flag
 or bad value: exit 2, like argparse), checks what vLLM checks before serving (model in the HF cache
 when offline; tensor x pipeline parallel size against the GPUs of the Ray cluster, or the ranks of a
 --nnodes launch meeting at --master-addr:--master-port), then serves SmolLM2 via xllamacpp under the
 served model name. Engine faults (crash-load, hang-load, crash-after N) come from common.fault().
+Like real vLLM (native multi-node), rank 0 keeps answering /health 200 after a rank is lost; the next
+request fails with HTTP 500, then /health answers 503 and the server exits.
 """
 
 from __future__ import annotations
@@ -22,18 +25,30 @@ from pathlib import Path
 from sparksim_engine import ray_cli
 from sparksim_engine.common import MODEL_FILE, fault, keepalive, local_ipv4, log, model_snapshot
 
-FLAGS_FILE = Path(os.environ.get("SPARKSIM_VLLM_FLAGS",
-                                 str(Path(__file__).resolve().parent.parent / "vllm_flags.json")))
+FLAGS_DIR = Path(os.environ.get("SPARKSIM_VLLM_FLAGS_DIR", str(Path(__file__).resolve().parent.parent / "flags")))
+DEFAULT_VERSION = "0.19.0"
 RENDEZVOUS_TIMEOUT_S = float(os.environ.get("SPARKSIM_RENDEZVOUS_TIMEOUT_S", "600"))
 GPUS_PER_NODE = 1  # a DGX Spark has one GB10
 
 
-def load_flags() -> dict:
-    return json.loads(FLAGS_FILE.read_text())
+def emulated_version() -> str:
+    return os.environ.get("SPARKSIM_VLLM_VERSION") or DEFAULT_VERSION
+
+
+def load_flags(version: str | None = None) -> dict:
+    version = version or emulated_version()
+    path = Path(os.environ["SPARKSIM_VLLM_FLAGS"]) if os.environ.get("SPARKSIM_VLLM_FLAGS") else \
+        FLAGS_DIR / f"vllm-{version}.json"
+    try:
+        return json.loads(path.read_text())
+    except OSError:
+        have = sorted(p.stem.removeprefix("vllm-") for p in FLAGS_DIR.glob("vllm-*.json"))
+        print(f"sparksim vllm: no flag set for vLLM {version} (have: {', '.join(have)})", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _size(text: str) -> str:
-    if not re.fullmatch(r"-?\d+(\.\d+)?[kKmMgG]?", text):
+    if not re.fullmatch(r"-?\d+(\.\d+)?[kKmMgGtT]?", text):
         raise argparse.ArgumentTypeError(f"invalid size value: {text!r}")
     return text
 
@@ -47,46 +62,80 @@ def _json(text: str) -> object:
         raise argparse.ArgumentTypeError(f"invalid JSON: {text!r}") from None
 
 
+def _with_extra(conv, extra: list[str]):  # noqa: ANN001, ANN202
+    def convert(text: str) -> object:
+        return text if text in extra else conv(text)
+    convert.__name__ = getattr(conv, "__name__", "value")
+    return convert
+
+
 def build_parser(spec: dict) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vllm serve", usage="vllm serve [model_tag] [options]", allow_abbrev=False)
     p.add_argument("model_tag", nargs="?")
     types = {"str": str, "int": int, "float": float, "json": _json, "size": _size}
     for flag, meta in spec["flags"].items():
         names = [flag, *meta.get("aliases", [])]
-        dest = flag.lstrip("-").replace("-", "_")
+        dest = meta.get("dest") or flag.lstrip("-").replace("-", "_")
         kind = meta["type"]
         if kind == "store_true":
             p.add_argument(*names, dest=dest, action="store_true")
         elif kind == "bool_optional":
             p.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction, default=None)
         elif kind == "choice":
-            p.add_argument(*names, dest=dest, choices=meta["choices"])
+            p.add_argument(*names, dest=dest, choices=meta["choices"], nargs=meta.get("nargs"))
         elif kind == "list":
             p.add_argument(*names, dest=dest, nargs="+")
         else:
-            p.add_argument(*names, dest=dest, type=types[kind])
+            conv = _with_extra(types[kind], meta["also"]) if meta.get("also") else types[kind]
+            p.add_argument(*names, dest=dest, type=conv, nargs="?" if meta.get("optional_value") else None)
     return p
+
+
+def normalize(argv: list[str], spec: dict) -> list[str]:
+    """What vLLM's FlexibleArgumentParser does first: ``--max_model_len`` is ``--max-model-len``,
+    ``--compilation-config.mode 3`` sets one key of a config-valued flag, ``-O3`` is the compilation mode."""
+    out: list[str] = []
+    flags = spec["flags"]
+    bare = ("store_true", "bool_optional")
+    it = iter(argv)
+    for arg in it:
+        if arg.startswith("-O") and not arg.startswith("--") and "--compilation-config" in flags:
+            level = arg[2:].lstrip("=") or next(it, "")
+            out += ["--compilation-config", json.dumps({"mode": int(level)}) if level.isdigit() else level]
+            continue
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg.partition("=")
+            name = "--" + name[2:].replace("_", "-")
+            base, dot, key = name.partition(".")
+            if dot and base in flags and flags[base]["type"] not in bare:
+                out.append(base)
+                out.append(f"{key}={value if eq else next(it, '')}")
+                continue
+            arg = name + eq + value
+        out.append(arg)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    spec = load_flags()
+    version = emulated_version()
+    spec = load_flags(version)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: vllm [-h] [-v] {serve} ...\n(sparksim test stand-in; only `serve` is emulated)")
         return 0
     if argv[0] in ("-v", "--version"):
-        print(spec["vllm_version"])
+        print(version)
         return 0
     if argv[0] != "serve":
         print(f"vllm: error: argument subparser: invalid choice: '{argv[0]}' (sparksim emulates only 'serve')",
               file=sys.stderr)
         return 2
-    args = build_parser(spec).parse_args(argv[1:])  # exits 2 on unknown flags or bad values
+    args = build_parser(spec).parse_args(normalize(argv[1:], spec))  # exits 2 on unknown flags or bad values
     model = args.model_tag or args.model
     if not model:
         print("vllm serve: error: the model is required (positional MODEL or --model)", file=sys.stderr)
         return 2
-    return serve(args, model, spec["vllm_version"])
+    return serve(args, model, version)
 
 
 def serve(args: argparse.Namespace, model: str, version: str) -> int:
