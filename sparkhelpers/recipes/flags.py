@@ -1,7 +1,7 @@
 """The engine flag sets recipes are checked against: one function, ``flag_set``, reads them.
 
-vLLM's flags come from the list the emulated engine parses with (sparkhelpers/sim/engine/vllm_flags.json,
-regenerated from the real vLLM parser); llama-server's from the list below (the options the product and
+vLLM's flags come from the sets the emulated engine parses with (sparkhelpers/sim/engine/flags/vllm-V.json,
+generated from the real vLLM parser of each supported version); llama-server's from the list below (the options the product and
 the emulated llama-server use). A flag set maps the engine-argument key (``max_model_len``) to its flag.
 """
 
@@ -14,7 +14,8 @@ from pathlib import Path
 
 from sparkhelpers.errors import SparkError
 
-VLLM_FLAGS_FILE = Path(__file__).resolve().parents[1] / "sim" / "engine" / "vllm_flags.json"
+VLLM_FLAGS_DIR = Path(__file__).resolve().parents[1] / "sim" / "engine" / "flags"
+VLLM_DEFAULT_VERSION = "0.19.0"  # the version the emulated engine claims by default (sim.realvllm.DEFAULT_VERSION)
 # vLLM turns these on by itself, so a recipe's `false` must say --no-X; for every other boolean,
 # `false` is the default and renders as nothing (an older image may not know the --no- spelling).
 VLLM_DEFAULT_ON = frozenset({"enable_prefix_caching", "enable_chunked_prefill", "async_scheduling"})
@@ -72,13 +73,16 @@ def flag_set(runtime: str, version: str | None = None) -> FlagSet:
         return _from_table(runtime, version or "any", LLAMA_SERVER_FLAGS, frozenset())
     if runtime != "vllm":
         raise SparkError(f"no flag set for runtime {runtime!r}", fix="use runtime vllm or llama-cpp")
+    known = sorted(p.stem.removeprefix("vllm-") for p in VLLM_FLAGS_DIR.glob("vllm-*.json"))
+    wanted = version or VLLM_DEFAULT_VERSION
+    if wanted not in known:
+        raise SparkError(f"engine_version {wanted} has no flag list here (this sparkhelpers knows vLLM "
+                         f"{', '.join(known) or 'none'})",
+                         fix=f"set engine_version to one of {', '.join(known)}, or remove engine_version")
+    path = VLLM_FLAGS_DIR / f"vllm-{wanted}.json"
     try:
-        data = json.loads(VLLM_FLAGS_FILE.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise SparkError(f"cannot read the vLLM flag list {VLLM_FLAGS_FILE}: {exc}",
+        raise SparkError(f"cannot read the vLLM flag list {path}: {exc}",
                          fix="reinstall sparkhelpers (the file ships with the package)") from None
-    known = str(data.get("vllm_version", "unknown"))
-    if version and version != known:
-        raise SparkError(f"engine_version {version} has no flag list here (this sparkhelpers knows vLLM {known})",
-                         fix=f"set engine_version: \"{known}\", or remove engine_version to use it")
-    return _from_table(runtime, known, data["flags"], VLLM_DEFAULT_ON)
+    return _from_table(runtime, wanted, data["flags"], VLLM_DEFAULT_ON)

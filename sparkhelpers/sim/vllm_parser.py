@@ -108,6 +108,8 @@ def dump() -> dict:
                 meta["nargs"] = "+"
         if action.nargs == "?":
             meta["optional_value"] = True
+        if kind == "bool_optional" and action.default is True:
+            meta["default"] = True  # on unless --no-X (recipes render `false` as --no-X for these)
         if kind == "size" and _accepts(action, "auto"):
             meta["also"] = ["auto"]
         flags[flag] = meta
