@@ -1,8 +1,9 @@
 """The engine flag sets recipes are checked against: one function, ``flag_set``, reads them.
 
 vLLM's flags come from the sets the emulated engine parses with (sparkhelpers/sim/engine/flags/vllm-V.json,
-generated from the real vLLM parser of each supported version); llama-server's from the list below (the options the product and
-the emulated llama-server use). A flag set maps the engine-argument key (``max_model_len``) to its flag.
+generated from the real vLLM parser of each supported version); llama-server's from the list below (the
+options the product and the emulated llama-server use). A flag set maps the engine-argument key
+(``max_model_len``) to its flag.
 """
 
 from __future__ import annotations
