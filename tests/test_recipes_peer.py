@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from oracles import oracle_venv
 
 from sparkhelpers.errors import SparkError
 from sparkhelpers.recipes import export, imports, load, serve_argv
@@ -29,20 +30,11 @@ CLUSTER_FLAGS = {"nnodes", "master_addr", "master_port", "node_rank", "headless"
 ALIASES = {"-tp": "--tensor-parallel-size", "-pp": "--pipeline-parallel-size"}
 
 
-def sparkrun_venv() -> Path:
-    out = subprocess.run([str(ROOT / "tools" / "recipe-oracles.sh"), "--print"], capture_output=True, text=True,
-                         check=True).stdout.split()
-    venv = Path(out[0])
-    if not (venv / ".specs").is_file():
-        if os.environ.get("SPARK_REQUIRE_SIM"):
-            pytest.fail(f"sparkrun is not installed in {venv} (fix: make oracles)")
-        pytest.skip(f"sparkrun is not installed in {venv} (make oracles installs it)")
-    return venv
 
 
 @pytest.fixture(scope="module")
 def sparkrun(tmp_path_factory):
-    venv = sparkrun_venv()
+    venv = oracle_venv("sparkrun")
     home = tmp_path_factory.mktemp("sparkrun-home")
     (home / ".config" / "sparkrun").mkdir(parents=True)
     (home / ".config" / "sparkrun" / "registries.yaml").write_text("registries: []\n")

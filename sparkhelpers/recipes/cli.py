@@ -153,6 +153,9 @@ def export_(ref: str = typer.Argument(..., help="Recipe file, name, or preset.")
             nodes: int | None = typer.Option(None, "--nodes", help=NODES_HELP),
             output: Path | None = typer.Option(None, "-o", "--output", help="Write here instead of stdout."),
             ttl: int = typer.Option(0, "--ttl", help="llama-swap: seconds idle before unloading (0 = never)."),
+            tools_image: str = typer.Option("", "--tools-image",
+                                            help="Kubernetes: image with sparkhelpers for the discovery init step."),
+            hf_cache: str = typer.Option("", "--hf-cache", help="Kubernetes: the nodes' HF cache (default HF_CACHE)."),
             ) -> None:
     """Export a recipe: to sparkrun v2, a llama-swap config.yaml entry, or Kubernetes manifests.
 
@@ -164,7 +167,11 @@ def export_(ref: str = typer.Argument(..., help="Recipe file, name, or preset.")
     if to not in export.TARGETS:
         raise UsageError(f"--to {to} is not an export target", fix=f"use one of {', '.join(export.TARGETS)}")
     recipe = _load(ref, nodes)
-    _write(export.export(recipe, to, ref=ref, ttl=ttl), output)
+    from sparkhelpers.recipes.loader import looks_like_path
+
+    where = str(Path(ref).resolve()) if looks_like_path(ref) else ref  # llama-swap may run from another cwd
+    _write(export.export(recipe, to, ref=where, ttl=ttl, tools_image=tools_image,
+                         hf_cache=hf_cache or _cfg().get("HF_CACHE")), output)
 
 
 def _write(text: str, output: Path | None) -> None:

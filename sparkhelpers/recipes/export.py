@@ -82,11 +82,13 @@ def _sparkrun_literal(arg: str) -> str:
     return shlex.quote(arg)
 
 
-def export(recipe: Recipe, to: str, *, ref: str = "", ttl: int = 0) -> str:
+def export(recipe: Recipe, to: str, *, ref: str = "", ttl: int = 0, tools_image: str = "",
+           hf_cache: str = "") -> str:
     if to == "recipe":
         return dump_yaml(to_document(recipe))
     if to == "sparkrun":
         return dump_yaml(to_sparkrun(recipe))
     from sparkhelpers.recipes import deploy
 
-    return dump_yaml(deploy.export(recipe, to, ref=ref or recipe.name, ttl=ttl))
+    return dump_yaml(deploy.export(recipe, to, ref=ref or recipe.name, ttl=ttl, tools_image=tools_image,
+                                   hf_cache=hf_cache or deploy.HF_CACHE))
