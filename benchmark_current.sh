@@ -9,7 +9,7 @@
 #   -q, --quick                 20 requests at concurrency 16 (the 'quick' profile).
 #   --profile NAME              A named profile: built-in (single, quick, default, ladder, standard, smoke) or
 #                               from BENCH_PROFILES_FILE (default: BENCH_PROFILE).
-#   -u, --url URL               Server root (default: http://127.0.0.1:VLLM_PORT; a trailing /v1 is accepted).
+#   -u, --url URL               Server root (default: the cluster's endpoint; a trailing /v1 is accepted).
 #   -n, --num-prompts PROMPTS   Requests per run (overrides the profile).
 #   -c, --concurrency LIST      Concurrency, or a comma-separated ladder such as 1,4,16 (overrides the profile).
 #   -d, --dataset FILE          A local ShareGPT JSON file to draw prompts from instead of the profile's cells.

@@ -92,6 +92,14 @@ class RunResult:
         return self
 
 
+# Programs that open a connection to another machine: never run under --dry-run, even read-only.
+CONNECTING = frozenset({"ssh", "scp", "rsync"})
+
+
+def connects(argv: Sequence[str]) -> bool:
+    return bool(argv) and os.path.basename(str(argv[0])) in CONNECTING
+
+
 def ssh_transport(host: Host, *, tty: bool = False) -> list[str]:
     """The ssh command and options for ``host``, without target or command (rsync's ``-e`` wants this)."""
     cmd = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={host.connect_timeout}",
@@ -139,9 +147,8 @@ class Runner:
         signal handler raising, Ctrl-C) the whole group is ended before we return or re-raise, so no
         grandchild (a script's own children) keeps working behind our back."""
         argv = tuple(str(a) for a in argv)
-        if self.dry_run and mutating:
-            self.echo(f"[dry-run] {host}: {shell_join(argv)}")
-            return RunResult(argv, 0, host=host, dry_run=True)
+        if self.dry_run and (mutating or connects(argv)):
+            return self._pretend(argv, host, mutating)
         full_env = {**os.environ, **env} if env else None
         timeout = timeout if timeout is not None else self.default_timeout
         text = not isinstance(input, bytes)
@@ -164,6 +171,13 @@ class Runner:
                              duration_s=time.monotonic() - t0)
         return RunResult(argv, proc.returncode, _text(proc.stdout), _text(proc.stderr),
                          time.monotonic() - t0, host)
+
+    def _pretend(self, argv: tuple[str, ...], host: str, mutating: bool) -> RunResult:
+        """Under --dry-run: print the command instead of running it. A read-only question to another
+        node is printed too (a dry run opens no connection); its answer is empty."""
+        what = "" if mutating else "would ask (read-only; not asked in a dry run): "
+        self.echo(f"[dry-run] {host}: {what}{shell_join(argv)}")
+        return RunResult(argv, 0, host=host, dry_run=True)
 
     def _run_group(self, argv, input, timeout, env, cwd, capture, stdin, text, host, t0) -> RunResult:  # noqa: ANN001
         pipe = subprocess.PIPE if capture else None
@@ -219,9 +233,8 @@ class Runner:
         """Run argv, calling ``on_output`` with each stdout line as it arrives (a line ends at \\n or
         \\r, so progress meters that redraw in place are seen). Returns the last 64 KiB of stdout."""
         argv = tuple(str(a) for a in argv)
-        if self.dry_run and mutating:
-            self.echo(f"[dry-run] {host}: {shell_join(argv)}")
-            return RunResult(argv, 0, host=host, dry_run=True)
+        if self.dry_run and (mutating or connects(argv)):
+            return self._pretend(argv, host, mutating)
         full_env = {**os.environ, **env} if env else None
         t0 = time.monotonic()
         try:

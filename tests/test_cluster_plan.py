@@ -13,13 +13,19 @@ from sparkhelpers.cluster import render as rd
 from sparkhelpers.cluster.plan import PER_NODE_VARS, build_plan
 from sparkhelpers.config import load_config
 from sparkhelpers.errors import SparkError
+from sparkhelpers.models import resolve_model
 
 FABRIC = {"WORKER_HOST": "spark2 spark3", "WORKER_IB_IP": "169.254.100.12 169.254.100.13",
           "HEAD_IP": "169.254.100.11", "FABRIC_IF": "enp1s0f1np1", "NCCL_IB_HCA": "rocep1s0f1,roceP2p1s0f1"}
 
 
+def plan_of(cfg, **kwargs):
+    """A plan built as the start builds it: from the real ModelSpec of the configured model."""
+    return build_plan(cfg, resolve_model(cfg), **kwargs)
+
+
 def plan_for(nodes=None, solo=False, **flags):
-    return build_plan(load_config(flags={**FABRIC, **flags}), nodes=nodes, solo=solo)
+    return plan_of(load_config(flags={**FABRIC, **flags}), nodes=nodes, solo=solo)
 
 
 def scripts_of(plan):
@@ -72,8 +78,8 @@ def test_ray_mode_keeps_per_node_and_secret_variables_on_their_node():
 
 
 @pytest.mark.parametrize("flags,message", [
-    ({"MODEL": "x$(touch /tmp/cl/pwned)"}, "is not a Hugging Face repo id"),
-    ({"MODEL": "a/b;rm -rf /"}, "is not a Hugging Face repo id"),
+    ({"MODEL": "x$(touch /tmp/cl/pwned)"}, "is neither a catalog preset nor a Hugging Face repo id"),
+    ({"MODEL": "a/b;rm -rf /"}, "is neither a catalog preset nor a Hugging Face repo id"),
     ({"SERVED_MODEL_NAME": "m`id`"}, "not a valid served model name"),
     ({"VLLM_IMAGE": "--privileged"}, "not a container image"),
     ({"CLUSTER_NAME": "Bad Name"}, "not a valid cluster name"),
@@ -81,7 +87,7 @@ def test_ray_mode_keeps_per_node_and_secret_variables_on_their_node():
     ({"FABRIC_IF": "eth0;reboot"}, "not a network interface name"),
     ({"EXTRA_ARGS": "--api-key s3cret"}, "puts a secret on the command line"),
     ({"EXTRA_ARGS": "--x 'unbalanced"}, "cannot be split"),
-    ({"GPU_MEMORY_UTIL": "1.5"}, "fraction between"),
+    ({"GPU_MEMORY_UTIL": "1.5"}, "outside 0.05-0.98"),
     ({"KV_CACHE_DTYPE": "int3"}, "is not one of"),
     ({"SPECULATIVE_CONFIG": "{not json"}, "not valid JSON"),
     ({"TENSOR_PARALLEL": "4"}, "needs 4 GPUs"),
@@ -101,14 +107,14 @@ def test_launch_mode_follows_what_the_image_supports():
     assert parse_version("no version") is None
     assert (0, 10, 1) < NATIVE_MIN_VLLM <= (0, 19, 0)
     cfg = load_config(flags=FABRIC)
-    assert build_plan(cfg, nodes=2, native_supported=False).mode == "ray"
-    assert build_plan(cfg, nodes=2, native_supported=None).mode == "native"
-    assert build_plan(load_config(flags={**FABRIC, "LAUNCH_MODE": "native"}), nodes=2,
-                      native_supported=False).mode == "native", "an explicit choice wins"
+    assert plan_of(cfg, nodes=2, native_supported=False).mode == "ray"
+    assert plan_of(cfg, nodes=2, native_supported=None).mode == "native"
+    assert plan_of(load_config(flags={**FABRIC, "LAUNCH_MODE": "native"}), nodes=2,
+                   native_supported=False).mode == "native", "an explicit choice wins"
 
 
 def test_more_nodes_than_configured_is_refused():
-    with pytest.raises(SparkError, match="more nodes than configured"):
+    with pytest.raises(SparkError, match="--nodes 4 asks for more nodes than this cluster has 3"):
         plan_for(nodes=4)
 
 
@@ -149,12 +155,13 @@ def test_container_settings_follow_the_facts():
 def test_config_hash_identifies_the_launch():
     assert plan_for(nodes=2).config_hash() == plan_for(nodes=2).config_hash()
     assert plan_for(nodes=2).config_hash() != plan_for(nodes=2, MODEL="Qwen/Qwen3-1.7B").config_hash()
-    assert plan_for(nodes=2).config_hash() == build_plan(load_config(flags=FABRIC), nodes=2, timeout_s=5).config_hash()
+    assert plan_for(nodes=2).config_hash() == plan_of(load_config(flags=FABRIC), nodes=2, timeout_s=5).config_hash()
 
 
 @pytest.mark.parametrize("mode_flags", [
     {"nodes": 2}, {"nodes": 3, "LAUNCH_MODE": "ray"}, {"solo": True}, {"solo": True, "RUNTIME": "llama-cpp"},
-    {"solo": True, "RUNTIME": "llama-cpp", "MODEL": "/models/x.gguf", "PRIVILEGED": "true", "IPC_HOST": "false"},
+    {"solo": True, "RUNTIME": "llama-cpp", "MODEL": "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF", "PRIVILEGED": "true",
+     "IPC_HOST": "false"},
 ])
 def test_every_rendered_script_passes_bash_n_and_shellcheck(mode_flags, tmp_path):
     flags = dict(mode_flags)

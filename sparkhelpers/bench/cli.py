@@ -68,7 +68,7 @@ def current_cmd(
     profile: str = typer.Option("", "--profile", help="Profile name (default: BENCH_PROFILE)."),
     single: bool = typer.Option(False, "-s", "--single", help="The 'single' profile: one request at concurrency 1."),
     quick: bool = typer.Option(False, "-q", "--quick", help="The 'quick' profile: 20 requests at concurrency 16."),
-    url: str = typer.Option("", "-u", "--url", help="Server root (default: http://127.0.0.1:VLLM_PORT)."),
+    url: str = typer.Option("", "-u", "--url", help="Server root (default: the cluster's endpoint)."),
     num_prompts: int = typer.Option(None, "-n", "--num-prompts", help="Requests per run (overrides the profile)."),
     concurrency: str = typer.Option("", "-c", "--concurrency", help="Concurrency or a ladder, e.g. 1,4,16."),
     dataset: str = typer.Option("", "-d", "--dataset", help="A local ShareGPT JSON file instead of the cells."),

@@ -23,8 +23,10 @@ class RunOutcome:
 
 
 def configured_url(cfg) -> str:
-    """The engine on this head: loopback and VLLM_PORT (the scripts run on the head)."""
-    return f"http://127.0.0.1:{cfg.get('VLLM_PORT', '8000')}"
+    """The configured cluster's endpoint (sparkhelpers.topology.endpoint: VLLM_HOST, VLLM_PORT, HEAD_HOST)."""
+    from sparkhelpers.topology import endpoint
+
+    return endpoint(cfg)
 
 
 def gateway_of(base_url: str, api_key: str, model: str) -> dict | None:

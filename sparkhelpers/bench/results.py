@@ -28,19 +28,18 @@ ENGINE_OPTION_KEYS = ("ENABLE_PREFIX_CACHING", "KV_CACHE_DTYPE", "ENABLE_CHUNKED
 
 
 def cluster_target(cfg, base_url: str, model: str, variant: str = "") -> dict:
-    """What was benchmarked, from the configuration: model, nodes, TP/PP, image, engine options."""
-    workers = cfg.get_list("WORKER_HOST")
-    nodes = 1 + len(workers)
-    tp, pp = cfg.get("TENSOR_PARALLEL"), cfg.get_int("PIPELINE_PARALLEL", 1)
-    tp_value = int(tp) if tp.isdigit() else None
-    image = cfg.get("VLLM_IMAGE")
-    try:  # the effective sizes (preset defaults, explicit config wins), not the node count
-        from sparkhelpers.models.catalog import resolve_model
+    """What was benchmarked, from the configuration: model, nodes, TP/PP (the layout rule of
+    sparkhelpers.topology, as a start without flags would choose), image, engine options."""
+    from sparkhelpers.errors import SparkError
+    from sparkhelpers.models.catalog import resolve_model
+    from sparkhelpers.topology import layout_for
 
+    nodes, tp_value, pp, image = None, None, None, cfg.get("VLLM_IMAGE")
+    try:
         spec = resolve_model(cfg)
-        tp_value, pp, nodes = spec.tensor_parallel or tp_value, spec.pipeline_parallel or pp, spec.nodes or nodes
-        image = spec.image or image
-    except Exception:  # noqa: BLE001 - an unknown model must not stop a benchmark from being recorded
+        lay = layout_for(cfg, spec, check=False)
+        nodes, tp_value, pp, image = lay.nodes, lay.tensor_parallel, lay.pipeline_parallel, spec.image or image
+    except SparkError:  # an unknown model must not stop a benchmark from being recorded
         pass
     return {
         "base_url": base_url,

@@ -35,7 +35,7 @@ def _f(name: str, decl: str | tuple[str, ...], type_: Any, default: Any, help_te
 
 FLAGS: tuple[Flag, ...] = (
     _f("base_url", "--base-url", str, "", "Server root, e.g. http://127.0.0.1:8000 (a trailing /v1 is accepted; "
-       "default: 127.0.0.1:VLLM_PORT)."),
+       "default: the cluster's endpoint)."),
     _f("host", "--host", str, "", "Server host when --base-url is not given (vLLM's; default 127.0.0.1).",
        option=False),
     _f("port", "--port", int | None, None, "Server port when --base-url is not given (default: VLLM_PORT).",

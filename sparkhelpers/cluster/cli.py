@@ -181,6 +181,7 @@ def _menu_choice() -> str:
 def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Per node: our containers and their state, MemAvailable, NCCL transport; Ray; model and health."""
     from sparkhelpers.cluster import status as st
+    from sparkhelpers.errors import SparkError
     from sparkhelpers.runner import Runner
 
     cfg = _config()
@@ -189,6 +190,10 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         print_json(data)
     else:
         typer.echo(st.format_text(data), nl=False)
+    if data["errors"]:  # never report absence where we could not look
+        raise SparkError(f"could not look at {len(data['errors'])} node(s): {'; '.join(data['errors'])}",
+                         fix="start Docker there (sudo systemctl start docker) or bring the node back, "
+                             "then run status again")
     if not data["healthy"] and data["running"]:
         raise typer.Exit(1)
 
@@ -202,16 +207,16 @@ def logs(
 ) -> None:
     """Print the last lines of a node's engine log (kept on the host under SPARK_STATE_DIR/logs)."""
     from sparkhelpers.cluster import nodes as nd
-    from sparkhelpers.cluster.status import pick_node
     from sparkhelpers.config import state_dir
     from sparkhelpers.runner import Runner
+    from sparkhelpers.topology import topology
 
     cfg = _config()
-    rank, host = pick_node(cfg, node)
+    picked = topology(cfg).pick(node)
     cluster = cfg.get("CLUSTER_NAME", "spark")
-    script = nd.tail_cmd(f"{state_dir(cfg)}/logs/{cluster}", rank, tail, follow, "ray" if ray else "")
+    script = nd.tail_cmd(f"{state_dir(cfg)}/logs/{cluster}", picked.rank, tail, follow, "ray" if ray else "")
     try:
-        r = Runner().on(host, script, capture=False, timeout=None)
+        r = Runner().on(picked.host, script, capture=False, timeout=None)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     if not r.ok:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sparkhelpers.appkit import info, warn
 from sparkhelpers.config import Config
+from sparkhelpers.models.catalog import ModelSpec
 from sparkhelpers.secrets import secret_value
 
 
@@ -22,7 +23,7 @@ class StartOutcome:
     dry_run_text: str = ""
 
 
-def model_spec(cfg: Config):  # noqa: ANN201
+def model_spec(cfg: Config) -> ModelSpec:
     from sparkhelpers.models.catalog import resolve_model
 
     return resolve_model(cfg)
@@ -30,30 +31,32 @@ def model_spec(cfg: Config):  # noqa: ANN201
 
 def start_cluster(cfg: Config, *, nodes: int | None = None, solo: bool = False, replace: bool = False,
                   keep_on_failure: bool = False, timeout: int | None = None, dry_run: bool = False,
-                  runner=None, say: Callable[[str], None] = info, spec=None) -> StartOutcome:  # noqa: ANN001
-    """Preflight, image, model, containers, health, one chat request (or, with ``dry_run``, the commands)."""
+                  runner=None, say: Callable[[str], None] = info,  # noqa: ANN001
+                  spec: ModelSpec | None = None) -> StartOutcome:
+    """Preflight, image, model, containers, health, one chat request (or, with ``dry_run``, the commands;
+    a dry run opens no connection: what it would ask a node is printed as such)."""
     from sparkhelpers.cluster import lifecycle, render
     from sparkhelpers.cluster.fabric import native_supported, resolve_fabric
     from sparkhelpers.cluster.plan import build_plan
     from sparkhelpers.config import state_dir
     from sparkhelpers.runner import Runner
+    from sparkhelpers.topology import layout_for, topology
 
-    runner = runner or Runner()
+    runner = runner or Runner(dry_run=dry_run)
     api_key, hf_token = secret_value(cfg, "API_KEY"), secret_value(cfg, "HF_TOKEN")
     spec = spec or model_spec(cfg)
-    fabric = resolve_fabric(cfg, runner, nodes=nodes, solo=solo,
-                            preset_nodes=spec.nodes if getattr(spec, "preset", None) else None)
+    topo = topology(cfg)
+    lay = layout_for(cfg, spec, nodes=nodes, solo=solo)
+    fabric = resolve_fabric(cfg, runner, lay.nodes)
     native = None
-    if len(fabric) > 1 and cfg.get("LAUNCH_MODE", "auto") == "auto" and cfg.get("RUNTIME", "vllm") == "vllm":
-        image = getattr(spec, "image", None) or cfg.get("VLLM_IMAGE")
-        native = native_supported(runner, image, state_dir(cfg) / "image-probe.json", probe=not dry_run)
-    plan = build_plan(cfg, nodes=nodes, solo=solo, timeout_s=timeout, spec=spec, fabric=fabric,
-                      native_supported=native)
+    if lay.nodes > 1 and cfg.get("LAUNCH_MODE", "auto") == "auto" and cfg.get("RUNTIME", "vllm") == "vllm":
+        native = native_supported(runner, spec.image or cfg.get("VLLM_IMAGE"), state_dir(cfg) / "image-probe.json",
+                                  probe=not dry_run, head=topo.head.host)
+    plan = build_plan(cfg, spec, nodes=nodes, solo=solo, timeout_s=timeout, fabric=fabric, native_supported=native)
     if native is False:
         say("the image's vLLM is older than 0.10.2 (no Ray-less multi-node launch): using Ray")
-    if nodes is None and not solo and getattr(spec, "preset", None) and len(cfg.get_list("WORKER_HOST")) + 1 != \
-            len(plan.nodes):
-        say(f"preset {spec.name} runs on {len(plan.nodes)} node(s); use --nodes N to spread it over more")
+    if lay.why == "the preset" and len(topo.nodes) != lay.nodes:
+        say(f"preset {spec.name} runs on {lay.nodes} node(s); use --nodes N to spread it over more")
     secrets = {}
     if api_key:
         secrets["LLAMA_API_KEY" if plan.mode == "llama-cpp" else "VLLM_API_KEY"] = api_key
@@ -63,8 +66,8 @@ def start_cluster(cfg: Config, *, nodes: int | None = None, solo: bool = False, 
         config_hash = plan.config_hash()
         return StartOutcome(plan, None, render.describe(plan, render.start_phases(plan, config_hash, secrets),
                                                         config_hash))
-    starter = lifecycle.Starter(plan, runner, secrets=secrets, replace=replace, keep_on_failure=keep_on_failure,
-                                drop_caches=cfg.get_bool("DROP_CACHES", False), api_key=api_key, say=say,
+    starter = lifecycle.Starter(plan, runner, spec=spec, secrets=secrets, replace=replace,
+                                keep_on_failure=keep_on_failure, drop_caches=cfg.get_bool("DROP_CACHES", False), api_key=api_key, say=say,
                                 stop_all=lambda: stop_cluster(cfg, runner))
     return StartOutcome(plan, starter.start())
 
@@ -73,14 +76,14 @@ def stop_cluster(cfg: Config, runner=None, *, force: bool = False, local_only: b
                  quiet: bool = False) -> list:
     """Remove this cluster's containers on every node in parallel; one result per node."""
     from sparkhelpers.cluster import lifecycle
-    from sparkhelpers.cluster.plan import worker_hosts
     from sparkhelpers.config import state_dir
-    from sparkhelpers.runner import LOCAL, Runner
+    from sparkhelpers.runner import Runner
+    from sparkhelpers.topology import topology
     from sparkhelpers.validate import cluster_name
 
     runner = runner or Runner()
     cluster = cluster_name(cfg.get("CLUSTER_NAME", "spark"))
-    hosts = [("head", LOCAL)] + ([] if local_only else [(h.address, h) for h in worker_hosts(cfg)])
+    hosts = [(n.name, n.host) for n in topology(cfg).nodes[: 1 if local_only else None]]
     results = lifecycle.stop_nodes(runner, cluster, f"{state_dir(cfg)}/run/{cluster}", hosts, force=force,
                                    grace_s=cfg.get_int("STOP_TIMEOUT", 20))
     if not quiet:

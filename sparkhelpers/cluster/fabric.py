@@ -13,10 +13,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sparkhelpers.cluster.plan import NodeNet, fabric_from_config, node_count, worker_hosts
+from sparkhelpers.cluster.plan import DISCOVER, NodeNet, fabric_from_config
 from sparkhelpers.config import Config
 from sparkhelpers.errors import SparkError
-from sparkhelpers.runner import LOCAL, Host, Runner
+from sparkhelpers.runner import Host, Runner
+from sparkhelpers.topology import topology
 
 
 def discovered(runner: Runner, host: Host) -> dict[str, str]:
@@ -36,25 +37,30 @@ def discovered(runner: Runner, host: Host) -> dict[str, str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def resolve_fabric(cfg: Config, runner: Runner, *, nodes: int | None, solo: bool,
-                   preset_nodes: int | None = None) -> dict[int, NodeNet]:
-    count = node_count(cfg, nodes if nodes is not None or solo else preset_nodes, solo)
-    configured = fabric_from_config(cfg, count)
+def resolve_fabric(cfg: Config, runner: Runner, count: int) -> dict[int, NodeNet]:
+    """Fabric facts of the first ``count`` nodes of the topology. Under --dry-run (``runner.dry_run``)
+    nothing is asked: what discovery would fill in is shown as ``DISCOVER``."""
+    topo = topology(cfg)
+    configured = fabric_from_config(topo, cfg, count)
     if count == 1 or all(n.fabric_ip and n.ifname and n.hcas for n in configured.values()):
         return configured
-    hosts = [LOCAL] + worker_hosts(cfg)[: count - 1]
-    envs = runner.parallel(lambda h: discovered(runner, h), hosts)
+    nodes = topo.nodes[:count]
+    if runner.dry_run:
+        return {rank: NodeNet(net.fabric_ip or DISCOVER, net.ifname or DISCOVER, net.hcas or DISCOVER,
+                              net.gid_index) for rank, net in configured.items()}
+    envs = runner.parallel(lambda n: discovered(runner, n.host), list(nodes))
     out: dict[int, NodeNet] = {}
-    for rank, (net, env) in enumerate(zip([configured[r] for r in range(count)], envs, strict=True)):
+    for node, env in zip(nodes, envs, strict=True):
+        net = configured[node.rank]
         if not env and not (net.fabric_ip and net.ifname):
-            name = "the head" if rank == 0 else hosts[rank].address
+            name = "the head" if node.is_head else node.name
             raise SparkError(f"discovery found no usable ConnectX-7 fabric on {name}",
                              fix="run `sparkhelpers discover` there for details, or set HEAD_IP/WORKER_IB_IP, "
                                  "FABRIC_IF and NCCL_IB_HCA")
-        out[rank] = NodeNet(fabric_ip=net.fabric_ip or env.get("VLLM_HOST_IP", ""),
-                            ifname=net.ifname or env.get("NCCL_SOCKET_IFNAME", ""),
-                            hcas=net.hcas or env.get("NCCL_IB_HCA", ""),
-                            gid_index=net.gid_index or env.get("NCCL_IB_GID_INDEX", ""))
+        out[node.rank] = NodeNet(fabric_ip=net.fabric_ip or env.get("VLLM_HOST_IP", ""),
+                                 ifname=net.ifname or env.get("NCCL_SOCKET_IFNAME", ""),
+                                 hcas=net.hcas or env.get("NCCL_IB_HCA", ""),
+                                 gid_index=net.gid_index or env.get("NCCL_IB_GID_INDEX", ""))
     return out
 
 
@@ -69,10 +75,15 @@ def parse_version(text: str) -> tuple[int, ...] | None:
     return tuple(int(x) for x in m.groups()) if m else None
 
 
-def native_supported(runner: Runner, image: str, cache: Path, *, probe: bool = True) -> bool | None:
+def native_supported(runner: Runner, image: str, cache: Path, *, probe: bool = True,
+                     head: Host | None = None) -> bool | None:
     """Whether the head's image can launch Ray-less (None = unknown: the default, native, is used).
-    The answer is cached per image ID, because `vllm --version` imports vLLM (seconds on a Spark)."""
-    r = runner.run(["docker", "image", "inspect", "--format", "{{.Id}}", image], timeout=30, mutating=False)
+    The answer is cached per image ID, because `vllm --version` imports vLLM (seconds on a Spark).
+    A dry run of a remote head asks nothing (None)."""
+    head = head or Host("local")
+    if runner.dry_run and not head.is_local:
+        return None
+    r = runner.on(head, ["docker", "image", "inspect", "--format", "{{.Id}}", image], timeout=30, mutating=False)
     image_id = r.stdout.strip()
     if not r.ok or not image_id:
         return None  # preflight reports the missing image with its fix
@@ -82,8 +93,8 @@ def native_supported(runner: Runner, image: str, cache: Path, *, probe: bool = T
     if image_id not in known:
         if not probe:
             return None
-        v = runner.run(["docker", "run", "--rm", "--pull", "never", "--network", "none", "--entrypoint", "vllm",
-                        image, "--version"], timeout=300, mutating=False)
+        v = runner.on(head, ["docker", "run", "--rm", "--pull", "never", "--network", "none", "--entrypoint", "vllm",
+                             image, "--version"], timeout=300, mutating=False)
         version = parse_version(v.stdout) if v.ok else None
         known[image_id] = ".".join(map(str, version)) if version else ""
         cache.parent.mkdir(parents=True, exist_ok=True)

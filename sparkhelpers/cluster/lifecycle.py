@@ -8,13 +8,14 @@ import json
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sparkhelpers.cluster import nodes as nd
 from sparkhelpers.cluster import render as rd
 from sparkhelpers.cluster.plan import ClusterPlan, NodePlan
 from sparkhelpers.errors import SparkError
+from sparkhelpers.models.catalog import ModelSpec
 from sparkhelpers.runner import Host, Runner, build_ssh_cmd, shell_join, shell_quote
 
 POLL_S = 0.5
@@ -48,10 +49,10 @@ class StartReport:
 class Starter:
     """One start attempt. ``say`` prints progress; ``started`` tracks nodes we put containers on."""
 
-    def __init__(self, plan: ClusterPlan, runner: Runner, *, secrets: dict[str, str], replace: bool = False,
-                 keep_on_failure: bool = False, drop_caches: bool = False, api_key: str = "",
+    def __init__(self, plan: ClusterPlan, runner: Runner, *, spec: ModelSpec, secrets: dict[str, str],
+                 replace: bool = False, keep_on_failure: bool = False, drop_caches: bool = False, api_key: str = "",
                  say: Callable[[str], None] = print, stop_all: Callable[[], None] | None = None) -> None:
-        self.plan, self.runner, self.secrets = plan, runner, secrets
+        self.plan, self.runner, self.secrets, self.spec = plan, runner, secrets, spec
         self.replace, self.keep_on_failure, self.drop_caches = replace, keep_on_failure, drop_caches
         self.api_key, self.say, self.stop_all = api_key, say, stop_all
         self.config_hash = plan.config_hash()
@@ -215,7 +216,7 @@ class Starter:
                 load = shell_join(build_ssh_cmd(node.host, ["docker", "load"]))
                 script = f"set -o pipefail; docker save {shell_quote(plan.image)} | {load}"
                 self.executed.append(f"# [head] copy image to {node.label}\n{script}\n")
-                self.runner.run(["bash", "-c", script], timeout=3600, host="head").check(
+                self.runner.on(plan.head.host, script, timeout=3600).check(
                     f"copying {plan.image} to {node.label}", fix="check free disk space on that node (df -h "
                     "/var/lib/docker) and SSH between head and worker")
 
@@ -235,20 +236,7 @@ class Starter:
         missing = [n for n in plan.workers if not probes[n.rank].model_present]
         if not missing:
             return
-        synced = _models_sync(self.runner, plan, missing)
-        if not synced:
-            self.say(f"copying model {plan.model} to {', '.join(n.label for n in missing)} (rsync)")
-            self.runner.parallel(lambda n: self.rsync_model(n), missing)
-
-    def rsync_model(self, node: NodePlan) -> None:
-        plan = self.plan
-        sub = f"hub/models--{plan.model.replace('/', '--')}/"
-        src, dst = f"{plan.hf_cache}/{sub}", f"{plan.worker_hf_cache}/{sub}"
-        ssh = shell_join(build_ssh_cmd(node.host, [])[:-3])  # ssh and its options, without target, "--", command
-        self.on(node, f"mkdir -p {shell_quote(dst)}").check(f"creating {dst} on {node.label}")
-        self.runner.run(["rsync", "-a", "--partial", "--timeout=120", "-e", ssh, src, f"{node.host.target}:{dst}"],
-                        timeout=24 * 3600, host="head").check(f"copying the model to {node.label}",
-                                                              fix="check free disk space and SSH on that node")
+        ensure_model_on(self.runner, self.spec, plan, missing)
 
     def drop_page_cache(self) -> None:
         script = "sync; if [ \"$(id -u)\" = 0 ]; then echo 3 >/proc/sys/vm/drop_caches; " \
@@ -388,17 +376,14 @@ def _fix_for(line: str, node: NodePlan) -> str:
     return f"see the output above; `sparkhelpers logs --node {node.rank}` has the engine log"
 
 
-def _models_sync(runner: Runner, plan: ClusterPlan, missing: list[NodePlan]) -> bool:
-    """Use the models helper's sync+verify when it is installed; False means: do it ourselves."""
-    try:
-        from sparkhelpers.models import ensure_on_nodes, resolve_model  # type: ignore[attr-defined]
-    except ImportError:
-        return False
-    from sparkhelpers.config import load_config
+def ensure_model_on(runner: Runner, spec: ModelSpec, plan: ClusterPlan, missing: list[NodePlan]) -> None:
+    """The models helper's sync + verify, over each worker's fabric address (the plan's, discovered or
+    configured), falling back to management when the fabric does not answer SSH."""
+    from sparkhelpers.models import Worker, ensure_on_nodes
 
-    spec = resolve_model(load_config())
-    ensure_on_nodes(runner, spec, [n.host for n in missing])
-    return True
+    workers = [Worker(n.host.address, replace(n.host, address=n.fabric_ip) if n.fabric_ip else n.host, n.host,
+                      plan.worker_hf_cache) for n in missing]
+    ensure_on_nodes(runner, spec, workers, head_cache=plan.hf_cache)
 
 
 def chat_once(plan: ClusterPlan, api_key: str, prompt: str = "Say hello in five words.",

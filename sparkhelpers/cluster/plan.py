@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shlex
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from sparkhelpers import validate as v
 from sparkhelpers.config import Config, state_dir
 from sparkhelpers.errors import SparkError
+from sparkhelpers.models.catalog import ModelSpec
 from sparkhelpers.runner import Host
+from sparkhelpers.topology import Layout, Topology, endpoint_url, layout_for, topology
 
 MODES = ("ray", "native", "single", "llama-cpp")
+# What a --dry-run shows for a fabric fact it would discover over SSH at start (it opens no connection).
+DISCOVER = "<discovered at start>"
 # Variables that differ per node (or are secret): vLLM's Ray executor must not copy the head's copy of
 # these to the workers. vLLM reads this list from $VLLM_CONFIG_ROOT/ray_non_carry_over_env_vars.json.
 PER_NODE_VARS = ("VLLM_HOST_IP", "NCCL_SOCKET_IFNAME", "NCCL_IB_HCA", "NCCL_IB_GID_INDEX", "GLOO_SOCKET_IFNAME",
@@ -105,8 +107,8 @@ class ClusterPlan:
 
     @property
     def endpoint(self) -> str:
-        host = "127.0.0.1" if self.listen in ("0.0.0.0", "::", "") else self.listen
-        return f"http://{host}:{self.port}"
+        """The URL clients use (sparkhelpers.topology's rule, for this plan's head)."""
+        return endpoint_url(self.listen, self.port, self.head.host)
 
     def hf_cache_on(self, node: NodePlan) -> str:
         return self.hf_cache if node.rank == 0 else self.worker_hf_cache
@@ -121,50 +123,16 @@ class ClusterPlan:
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def worker_hosts(cfg: Config) -> list[Host]:
-    user = cfg.get("WORKER_USER")
-    key = cfg.get("SSH_KEY")
-    options = tuple(shlex.split(cfg.get("SSH_OPTIONS")))
-    timeout = v.positive_int(cfg.get_int("SSH_CONNECT_TIMEOUT", 5), "SSH_CONNECT_TIMEOUT", 1, 300)
-    if user:
-        v.ssh_host(user, "WORKER_USER")
-    return [Host(v.ssh_host(a), user=user, key=key, options=options, connect_timeout=timeout)
-            for a in cfg.get_list("WORKER_HOST")]
-
-
-def node_count(cfg: Config, nodes: int | None, solo: bool) -> int:
-    available = 1 + len(cfg.get_list("WORKER_HOST"))
-    if solo:
-        return 1
-    if nodes is None:
-        return available
-    if nodes < 1 or nodes > available:
-        raise SparkError(f"--nodes {nodes} asks for more nodes than configured (head + {available - 1} "
-                         f"worker{'s' if available != 2 else ''})" if nodes > available else "--nodes must be >= 1",
-                         fix="add workers to WORKER_HOST (sparkhelpers config set WORKER_HOST 'host2 host3') "
-                             "or ask for fewer nodes")
-    return nodes
-
-
-def fabric_from_config(cfg: Config, count: int) -> dict[int, NodeNet]:
-    """Fabric facts as configured (used when discovery is not available or to override it)."""
-    ips = cfg.get_list("WORKER_IB_IP")
-    ifname = cfg.get("FABRIC_IF")
-    hcas = cfg.get("NCCL_IB_HCA")
-    gid = cfg.get("NCCL_IB_GID_INDEX")
-    out = {0: NodeNet(cfg.get("HEAD_IP"), ifname, hcas, gid)}
-    for rank in range(1, count):
-        out[rank] = NodeNet(ips[rank - 1] if rank - 1 < len(ips) else "", ifname, hcas, gid)
-    return out
+def fabric_from_config(topo: Topology, cfg: Config, count: int) -> dict[int, NodeNet]:
+    """Fabric facts as configured (discovery fills what is left open)."""
+    ifname, hcas, gid = cfg.get("FABRIC_IF"), cfg.get("NCCL_IB_HCA"), cfg.get("NCCL_IB_GID_INDEX")
+    return {node.rank: NodeNet(node.fabric_ip, ifname, hcas, gid) for node in topo.nodes[:count]}
 
 
 def choose_mode(cfg: Config, count: int, native_supported: bool | None) -> str:
     runtime = v.choice(cfg.get("RUNTIME", "vllm"), "RUNTIME", ("vllm", "llama-cpp"))
     requested = v.choice(cfg.get("LAUNCH_MODE", "auto"), "LAUNCH_MODE", ("auto", "ray", "native"))
-    if runtime == "llama-cpp":
-        if count > 1:
-            raise SparkError(f"RUNTIME=llama-cpp serves from one node, but {count} nodes were asked for",
-                             fix="start with --solo, or use RUNTIME=vllm for a multi-node cluster")
+    if runtime == "llama-cpp":  # one node: the layout rule (sparkhelpers.topology) already refused more
         return "llama-cpp"
     if count == 1:
         return "single"
@@ -182,34 +150,32 @@ def _flag(args: list[str], name: str, value: bool | None) -> None:
         args.append(f"--no-{name}")
 
 
-def engine_args(cfg: Config, spec: Any, mode: str, model: str, served: str, tp: int, pp: int) -> list[str]:
-    """The serve arguments every rank shares (API, parallelism, Tier-1 options, EXTRA_ARGS)."""
+def engine_args(cfg: Config, spec: ModelSpec, mode: str, served: str, lay: Layout, listen: str,
+                port: int) -> list[str]:
+    """The serve arguments every rank shares (API, parallelism, Tier-1 options, EXTRA_ARGS). The model
+    spec already holds the catalog preset's values with the user's explicit config values on top."""
     if mode == "llama-cpp":
-        args = ["--host", cfg.get("VLLM_HOST", "0.0.0.0"), "--port", str(cfg.get_int("VLLM_PORT", 8000)),
-                "--alias", served]
-        ctx = cfg.get_int("MAX_MODEL_LEN", getattr(spec, "max_model_len", 0) or 0)
-        if ctx:
-            args += ["--ctx-size", str(ctx)]
+        args = ["--host", listen, "--port", str(port), "--alias", served]
+        if spec.max_model_len:
+            args += ["--ctx-size", str(spec.max_model_len)]
         return args + v.arg_list(cfg.get("EXTRA_ARGS"), "EXTRA_ARGS")
-    args = ["--served-model-name", served, "--tensor-parallel-size", str(tp), "--pipeline-parallel-size", str(pp)]
-    # The model spec (models helper) already merges catalog preset values with explicit config values.
-    if spec is not None:
-        util, max_len, rev = spec.gpu_memory_util, spec.max_model_len or 0, spec.revision or ""
-        trust, ep = spec.trust_remote_code, spec.expert_parallel
-    else:
-        util, max_len, rev = cfg.get_float("GPU_MEMORY_UTIL", 0.85), cfg.get_int("MAX_MODEL_LEN", 0), \
-            cfg.get("MODEL_REVISION")
-        trust = cfg.get_bool("TRUST_REMOTE_CODE", False)
-        ep = v.tristate(cfg.get("ENABLE_EXPERT_PARALLEL", "auto"), "ENABLE_EXPERT_PARALLEL")
-    args += ["--gpu-memory-utilization", f"{v.fraction(util, 'GPU_MEMORY_UTIL'):g}"]
-    if max_len:
-        args += ["--max-model-len", str(v.positive_int(max_len, "MAX_MODEL_LEN", 16, 1 << 24))]
-    if v.revision(rev):
-        args += ["--revision", rev]
-    if trust:
+    args = ["--served-model-name", served, "--tensor-parallel-size", str(lay.tensor_parallel),
+            "--pipeline-parallel-size", str(lay.pipeline_parallel),
+            "--gpu-memory-utilization", f"{v.fraction(spec.gpu_memory_util, 'GPU_MEMORY_UTIL'):g}"]
+    if spec.max_model_len:
+        args += ["--max-model-len", str(v.positive_int(spec.max_model_len, "MAX_MODEL_LEN", 16, 1 << 24))]
+    if v.revision(spec.revision or ""):
+        args += ["--revision", spec.revision]
+    if spec.trust_remote_code:
         args.append("--trust-remote-code")
-    if ep:
+    if spec.expert_parallel:
         args.append("--enable-expert-parallel")
+    return args + tier1_args(cfg) + list(spec.extra_args) + v.arg_list(cfg.get("EXTRA_ARGS"), "EXTRA_ARGS")
+
+
+def tier1_args(cfg: Config) -> list[str]:
+    """The engine options set in config only (prefix caching, KV dtype, batching, speculation, loading)."""
+    args: list[str] = []
     _flag(args, "enable-prefix-caching", v.tristate(cfg.get("ENABLE_PREFIX_CACHING", "auto"), "ENABLE_PREFIX_CACHING"))
     kv = v.choice(cfg.get("KV_CACHE_DTYPE", "auto"), "KV_CACHE_DTYPE", v.KV_CACHE_DTYPES)
     if kv != "auto":
@@ -224,8 +190,7 @@ def engine_args(cfg: Config, spec: Any, mode: str, model: str, served: str, tp: 
     load = v.choice(cfg.get("LOAD_FORMAT", "auto"), "LOAD_FORMAT", v.LOAD_FORMATS)
     if load != "auto":
         args += ["--load-format", load]
-    args += [str(a) for a in (getattr(spec, "extra_args", None) or [])]
-    return args + v.arg_list(cfg.get("EXTRA_ARGS"), "EXTRA_ARGS")
+    return args
 
 
 def node_env(cfg: Config, mode: str, net: NodeNet, head_ip: str, offline: bool, run_dir: str) -> dict[str, str]:
@@ -261,85 +226,75 @@ def node_env(cfg: Config, mode: str, net: NodeNet, head_ip: str, offline: bool, 
     return env
 
 
-def build_plan(cfg: Config, *, nodes: int | None = None, solo: bool = False,
-               fabric: dict[int, NodeNet] | None = None, spec: Any = None,
-               native_supported: bool | None = None, offline: bool = True,
-               secret_names: tuple[str, ...] = (), timeout_s: int | None = None) -> ClusterPlan:
+def check_net(rank: int, name: str, net: NodeNet) -> None:
+    """A multi-node launch needs each node's fabric address and interface (HCAs and GID are optional)."""
+    key = "HEAD_IP" if rank == 0 else "WORKER_IB_IP"
+    if DISCOVER in (net.fabric_ip, net.ifname, net.hcas):
+        return  # a dry run: discovery (and its checks) happen at start
+    if not net.fabric_ip:
+        raise SparkError(f"no fabric IP known for node {rank} ({name})",
+                         fix=f"set {key}, or run `sparkhelpers discover` on that node")
+    v.ip(net.fabric_ip, key)
+    if not net.ifname:
+        raise SparkError(f"no fabric interface known for node {rank}",
+                         fix="set FABRIC_IF (e.g. enp1s0f1np1), or run `sparkhelpers discover`")
+    v.ifname(net.ifname)
+    if net.hcas:
+        v.hca_list(net.hcas)
+    if net.gid_index and not net.gid_index.isdigit():
+        raise v.bad("NCCL_IB_GID_INDEX", net.gid_index, "is not a number", "leave it empty (NCCL picks)")
+
+
+def node_plans(cfg: Config, topo: Topology, count: int, mode: str, fabric: dict[int, NodeNet], cluster: str,
+               sdir: str, offline: bool) -> tuple[NodePlan, ...]:
+    """Rank 0 is the topology's head (this machine or HEAD_HOST), then the first count-1 workers."""
+    fabric_launch = mode in ("ray", "native")
+    head_ip = fabric.get(0, NodeNet()).fabric_ip
+    plans = []
+    for node in topo.nodes[:count]:
+        net = fabric.get(node.rank, NodeNet())
+        if fabric_launch:
+            check_net(node.rank, node.name, net)
+        plans.append(NodePlan(rank=node.rank, role="head" if node.rank == 0 else "worker", host=node.host,
+                              fabric_ip=net.fabric_ip, container=f"sparkhelpers-{cluster}-{node.rank}",
+                              env=node_env(cfg, mode, net, head_ip, offline, f"{sdir}/run/{cluster}/{node.rank}")))
+    ips = [n.fabric_ip for n in plans if n.fabric_ip != DISCOVER]
+    if fabric_launch and len(set(ips)) != len(ips):
+        raise SparkError(f"two nodes share the fabric IP {max(ips, key=ips.count)}",
+                         fix="every node needs its own ConnectX-7 address; check HEAD_IP and WORKER_IB_IP")
+    return tuple(plans)
+
+
+def checked_path(key: str, path: str, fix: str) -> str:
+    if not v._PATH.match(path):
+        raise v.bad(key, path, "must be an absolute path without spaces", fix)
+    return path
+
+
+def build_plan(cfg: Config, spec: ModelSpec, *, nodes: int | None = None, solo: bool = False,
+               fabric: dict[int, NodeNet] | None = None, native_supported: bool | None = None,
+               offline: bool = True, secret_names: tuple[str, ...] = (),
+               timeout_s: int | None = None) -> ClusterPlan:
     """Validate the configuration and compute who runs what. Raises SparkError on the first bad value."""
     cluster = v.cluster_name(cfg.get("CLUSTER_NAME", "spark"))
-    preset = getattr(spec, "preset", None)
-    nodes_asked = nodes is not None or solo
-    if not nodes_asked and preset is not None:
-        nodes = spec.nodes  # a catalog preset says how many nodes it needs (a TP1 model stays on the head)
-    count = node_count(cfg, nodes, solo)
-    mode = choose_mode(cfg, count, native_supported)
-    model = v.model_id(getattr(spec, "repo", "") or cfg.require("MODEL"))
-    served = v.served_name(cfg.get("SERVED_MODEL_NAME") or getattr(spec, "served_name", "") or model)
-    image = v.image(getattr(spec, "image", "") or cfg.require("VLLM_IMAGE"))
-    pp = v.positive_int(spec.pipeline_parallel if preset is not None else cfg.get_int("PIPELINE_PARALLEL", 1),
-                        "PIPELINE_PARALLEL", 1, 8)
-    if cfg.get("TENSOR_PARALLEL"):
-        tp = cfg.get_int("TENSOR_PARALLEL")
-    elif preset is not None and not nodes_asked:
-        tp = spec.tensor_parallel
-    else:
-        tp = count // pp if mode != "llama-cpp" else 1
-    v.positive_int(tp, "TENSOR_PARALLEL", 1, 8)
-    if mode != "llama-cpp" and tp * pp != count:
-        raise SparkError(f"TENSOR_PARALLEL={tp} x PIPELINE_PARALLEL={pp} needs {tp * pp} GPUs, but {count} "
-                         f"node{'s' if count != 1 else ''} (one GB10 GPU each) {'were' if count != 1 else 'was'} "
-                         "asked for",
-                         fix=f"use --nodes {tp * pp}, or set TENSOR_PARALLEL to {count // pp or 1} "
-                             "(empty = one per node)")
-    hosts = worker_hosts(cfg)[: count - 1]
-    sdir = str(state_dir(cfg))
-    if not v._PATH.match(sdir):
-        raise v.bad("SPARK_STATE_DIR", sdir, "must be an absolute path without spaces",
-                    "sparkhelpers config set SPARK_STATE_DIR /var/lib/sparkhelpers")
-    fabric = fabric or fabric_from_config(cfg, count)
-    head_ip = ""
-    node_plans: list[NodePlan] = []
-    for rank in range(count):
-        net = fabric.get(rank, NodeNet())
-        if mode in ("ray", "native"):
-            who = "HEAD_IP" if rank == 0 else f"WORKER_IB_IP (entry {rank})"
-            if not net.fabric_ip:
-                name = "head" if rank == 0 else hosts[rank - 1].address
-                raise SparkError(f"no fabric IP known for node {rank} ({name})",
-                                 fix=f"set {who.split()[0]}, or run `sparkhelpers discover` on that node")
-            v.ip(net.fabric_ip, who.split()[0])
-            if not net.ifname:
-                raise SparkError(f"no fabric interface known for node {rank}",
-                                 fix="set FABRIC_IF (e.g. enp1s0f1np1), or run `sparkhelpers discover`")
-            v.ifname(net.ifname)
-            if net.hcas:
-                v.hca_list(net.hcas)
-            if net.gid_index and not net.gid_index.isdigit():
-                raise v.bad("NCCL_IB_GID_INDEX", net.gid_index, "is not a number", "leave it empty (NCCL picks)")
-        if rank == 0:
-            head_ip = net.fabric_ip
-        host = Host("local") if rank == 0 else hosts[rank - 1]
-        node_plans.append(NodePlan(rank=rank, role="head" if rank == 0 else "worker", host=host,
-                                   fabric_ip=net.fabric_ip, container=f"sparkhelpers-{cluster}-{rank}",
-                                   env=node_env(cfg, mode, net, head_ip, offline, f"{sdir}/run/{cluster}/{rank}")))
-    if mode in ("ray", "native"):
-        ips = [n.fabric_ip for n in node_plans]
-        if len(set(ips)) != len(ips):
-            raise SparkError(f"two nodes share the fabric IP {max(ips, key=ips.count)}",
-                             fix="every node needs its own ConnectX-7 address; check HEAD_IP and WORKER_IB_IP")
-    hf_cache = cfg.require("HF_CACHE")
-    worker_cache = cfg.get("WORKER_HF_CACHE") or hf_cache
-    for key, path in (("HF_CACHE", hf_cache), ("WORKER_HF_CACHE", worker_cache)):
-        if not v._PATH.match(path):
-            raise v.bad(key, path, "must be an absolute path", f"sparkhelpers config set {key} /raid/hf-cache")
+    topo = topology(cfg)
+    lay = layout_for(cfg, spec, nodes=nodes, solo=solo)
+    mode = choose_mode(cfg, lay.nodes, native_supported)
+    model = v.model_id(spec.repo)
+    served = v.served_name(cfg.get("SERVED_MODEL_NAME") or model)
+    sdir = checked_path("SPARK_STATE_DIR", str(state_dir(cfg)),
+                        "sparkhelpers config set SPARK_STATE_DIR /var/lib/sparkhelpers")
+    hf_cache = checked_path("HF_CACHE", cfg.require("HF_CACHE"), "sparkhelpers config set HF_CACHE /raid/hf-cache")
+    worker_cache = checked_path("WORKER_HF_CACHE", cfg.get("WORKER_HF_CACHE") or hf_cache,
+                                "sparkhelpers config set WORKER_HF_CACHE /raid/hf-cache")
+    plans = node_plans(cfg, topo, lay.nodes, mode, fabric or fabric_from_config(topo, cfg, lay.nodes), cluster,
+                       sdir, offline)
     return ClusterPlan(
-        cluster=cluster, mode=mode, image=image, model=model,
-        revision=v.revision(cfg.get("MODEL_REVISION")), served_name=served,
-        tensor_parallel=tp, pipeline_parallel=pp,
-        port=v.port(cfg.get_int("VLLM_PORT", 8000), "VLLM_PORT"),
-        listen=v.ip(cfg.get("VLLM_HOST", "0.0.0.0"), "VLLM_HOST"),
-        nodes=tuple(node_plans),
-        engine_args=tuple(engine_args(cfg, spec, mode, model, served, tp, pp)),
+        cluster=cluster, mode=mode, image=v.image(spec.image or cfg.require("VLLM_IMAGE")), model=model,
+        revision=v.revision(spec.revision or ""), served_name=served,
+        tensor_parallel=lay.tensor_parallel, pipeline_parallel=lay.pipeline_parallel,
+        port=topo.port, listen=topo.listen, nodes=plans,
+        engine_args=tuple(engine_args(cfg, spec, mode, served, lay, topo.listen, topo.port)),
         state_dir=sdir, hf_cache=hf_cache, worker_hf_cache=worker_cache,
         ipc_host=cfg.get_bool("IPC_HOST", True), shm_size=v.size(cfg.get("SHM_SIZE", "16g"), "SHM_SIZE"),
         privileged=cfg.get_bool("PRIVILEGED", False),

@@ -8,7 +8,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from sparkhelpers.cluster.plan import PER_NODE_VARS, ClusterPlan, NodePlan
+from sparkhelpers.cluster.plan import DISCOVER, PER_NODE_VARS, ClusterPlan, NodePlan
 from sparkhelpers.runner import shell_quote
 from sparkhelpers.templating import render
 
@@ -158,11 +158,21 @@ def start_phases(plan: ClusterPlan, config_hash: str, secrets: dict[str, str]) -
     return phases
 
 
+def describe_facts(plan: ClusterPlan) -> str:
+    return " ".join(f"{n.fabric_ip} {' '.join(n.env.values())}" for n in plan.nodes)
+
+
 def describe(plan: ClusterPlan, phases: list[Phase], config_hash: str) -> str:
     """The --dry-run listing: every command per node, in order."""
     nodes = ", ".join(f"{n.label}={n.fabric_ip or n.host.address}" for n in plan.nodes)
+    probed = ", ".join("this machine" if n.host.is_local else f"ssh {n.host.target}" for n in plan.nodes)
     out = [f"# sparkhelpers start plan: cluster {plan.cluster}, mode {plan.mode}, {len(plan.nodes)} node(s) "
-           f"({nodes}), model {plan.model} as {plan.served_name}, config {config_hash}"]
+           f"({nodes}), model {plan.model} as {plan.served_name}, config {config_hash}",
+           f"# a dry run opens no connection. At start, first: one read-only probe per node ({probed}: Docker, "
+           "image, fabric addresses, model cache, our containers); the image and model are copied where missing."]
+    if DISCOVER in describe_facts(plan):
+        out.append(f"# {DISCOVER}: a fabric fact (address, interface, HCAs) that discovery reads on that node "
+                   "over SSH at start; set HEAD_IP/WORKER_IB_IP, FABRIC_IF and NCCL_IB_HCA to fix it in advance")
     for phase in phases:
         out.append(f"\n## phase {phase.name}")
         out += [step.show() for step in phase.steps]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from sparkhelpers.appkit import info, warn
 from sparkhelpers.config import Config
 from sparkhelpers.errors import SparkError, UsageError
+from sparkhelpers.topology import Layout, layout_for
 
 
 @dataclass(frozen=True)
@@ -50,16 +51,9 @@ class SwitchReport:
                 "steps_s": {k: round(v, 2) for k, v in self.steps.items()}}
 
 
-def available_nodes(cfg: Config) -> int:
-    """The head plus every configured worker."""
-    return 1 + len(cfg.get_list("WORKER_HOST"))
-
-
-def check_layout(spec, cfg: Config) -> None:  # noqa: ANN001
-    have = available_nodes(cfg)
-    if spec.nodes > have:
-        raise SparkError(f"{spec.name} needs {spec.nodes} nodes; this cluster has {have} (head + WORKER_HOST)",
-                         fix="add workers to WORKER_HOST, or pick a model for fewer nodes (switch_model.sh --list)")
+def check_layout(spec, cfg: Config) -> Layout:  # noqa: ANN001
+    """The layout rule (sparkhelpers.topology) on the nodes this cluster has; raises with the fix."""
+    return layout_for(cfg, spec)
 
 
 def fit_warning(spec) -> str:  # noqa: ANN001

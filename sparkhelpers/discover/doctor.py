@@ -25,7 +25,7 @@ from sparkhelpers.errors import SparkError, UsageError
 from sparkhelpers.runner import LOCAL, Host, Runner, shell_quote
 
 LEVELS = ("quick", "ib", "nccl", "full")
-HEAD = Node("head", LOCAL)
+HEAD = Node(0, "head", LOCAL)
 _PRESENT = "__spark_log_present__"
 
 
@@ -112,11 +112,14 @@ def run(cfg: Config, *, level: str = "quick", snapshots: list[tuple[str, Path]] 
             captured = runner.parallel(lambda n: _capture_node(runner, cfg, n, work), nodes)
             facts = []
             for node, (path, error) in zip(nodes, captured, strict=True):
-                if not node.is_head:
+                if not node.host.is_local:  # a worker, or the head seen from a control machine
                     report.checks.append(_ssh_check(node, error))
                 if path is None:
                     if node.is_head:
-                        raise SparkError(f"could not read this host's facts: {error}")
+                        where = "this host's" if node.host.is_local else f"the head's ({node.host.target})"
+                        raise SparkError(f"could not read {where} facts: {error}",
+                                         fix="check HEAD_HOST and `ssh -o BatchMode=yes HEAD true`"
+                                         if not node.host.is_local else "")
                     continue
                 report.snapshots[node.name] = path
                 facts.append(ck.NodeFacts(node.name, discover_snapshot(str(path)), node.is_head))
@@ -142,7 +145,7 @@ def _partial_checks(facts: list[ck.NodeFacts], plan: ck.Plan) -> list[ck.Check]:
 
 def _ssh_check(node: Node, error: str) -> ck.Check:
     if not error:
-        return ck.Check("ssh", node.name, "pass", f"SSH in batch mode from the head to {node.host.target} works")
+        return ck.Check("ssh", node.name, "pass", f"SSH in batch mode to {node.host.target} works")
     key = f" -i {node.host.key}" if node.host.key else ""
     return ck.Check("ssh", node.name, "fail", f"cannot probe {node.name}: {error}",
                     f"`ssh -o BatchMode=yes{key} {node.host.target} true` must work: "
@@ -153,6 +156,7 @@ def live_checks(runner: Runner, cfg: Config, nodes: list[Node], facts: list[ck.N
                 plan: ck.Plan, progress) -> list[ck.Check]:  # noqa: ANN001
     by_name = {f.name: f for f in facts}
     head = by_name.get("head")
+    head_node = nodes[0]  # this machine, or HEAD_HOST from a control machine
     workers = [n for n in nodes if not n.is_head and n.name in by_name]
     if head is None or not workers:
         return []
@@ -165,19 +169,19 @@ def live_checks(runner: Runner, cfg: Config, nodes: list[Node], facts: list[ck.N
         kind, w = item
         if kind == "ssh-back":
             return [ssh_back(runner, w, head.facts, head_ip)]
-        return fabric_pings(runner, head.facts, w, by_name[w.name].facts, plan.mtu)
+        return fabric_pings(runner, head.facts, w, by_name[w.name].facts, plan.mtu, head_node.host)
 
     for result in runner.parallel(job, jobs):
         out += result
     if level in ("ib", "full"):
         progress("measuring RDMA bandwidth with ib_write_bw")
         for w in workers:
-            out += ib_bandwidth(runner, head.facts, w, by_name[w.name].facts)
+            out += ib_bandwidth(runner, head.facts, w, by_name[w.name].facts, head_node.host)
     if level in ("nccl", "full"):
         progress("reading NCCL transport from the engine logs; nccl-tests when installed")
-        out.append(nccl_tests(runner, [head, *(by_name[w.name] for w in workers)], nodes))
+        out.append(nccl_tests(runner, [head, *(by_name[w.name] for w in workers)], head_node.host))
         log_dir = engine_log_dir(cfg)
-        out += runner.parallel(lambda n: engine_transport(runner, n, log_dir), [HEAD, *workers])
+        out += runner.parallel(lambda n: engine_transport(runner, n, log_dir), [head_node, *workers])
     return out
 
 
@@ -201,7 +205,8 @@ def _peer_twin(head: HostFacts, twin: Twin) -> Twin | None:
     return next((h for h in head.active_twins if nets & {a.network for a in h.ipv4}), None)
 
 
-def fabric_pings(runner: Runner, head: HostFacts, worker: Node, wfacts: HostFacts, mtu: int) -> list[ck.Check]:
+def fabric_pings(runner: Runner, head: HostFacts, worker: Node, wfacts: HostFacts, mtu: int,
+                 head_host: Host = LOCAL) -> list[ck.Check]:
     out = []
     configured = worker.fabric_ip
     ips = {a.ip for t in wfacts.active_twins for a in t.ipv4}
@@ -218,8 +223,8 @@ def fabric_pings(runner: Runner, head: HostFacts, worker: Node, wfacts: HostFact
         size = (min(local.mtu or 1500, twin.mtu or 1500)) - 28
         want = (local.mtu or 1500) - 28
         ip = twin.ipv4[0].ip
-        r = runner.run(["ping", "-c", "2", "-W", "2", "-i", "0.2", "-M", "do", "-s", str(want), "-I", local.netdev, ip],
-                       timeout=20, mutating=False, host="head")
+        r = runner.on(head_host, ["ping", "-c", "2", "-W", "2", "-i", "0.2", "-M", "do", "-s", str(want),
+                                  "-I", local.netdev, ip], timeout=20, mutating=False)
         name = f"ping-{twin.netdev}"
         if r.ok:
             out.append(ck.Check(name, worker.name, "pass", f"{ip} answers {want}-byte no-fragment pings over "
@@ -238,8 +243,9 @@ def _has(runner: Runner, host: Host, tool: str) -> bool:
     return runner.on(host, f"command -v {tool} >/dev/null", timeout=20, mutating=False).ok
 
 
-def ib_bandwidth(runner: Runner, head: HostFacts, worker: Node, wfacts: HostFacts) -> list[ck.Check]:
-    if not (_has(runner, LOCAL, "ib_write_bw") and _has(runner, worker.host, "ib_write_bw")):
+def ib_bandwidth(runner: Runner, head: HostFacts, worker: Node, wfacts: HostFacts,
+                 head_host: Host = LOCAL) -> list[ck.Check]:
+    if not (_has(runner, head_host, "ib_write_bw") and _has(runner, worker.host, "ib_write_bw")):
         return [ck.Check("ib-bandwidth", worker.name, "warn", "ib_write_bw is not installed on every node: "
                          "RDMA bandwidth not measured", "sudo apt-get install -y perftest (on every node)")]
     out = []
@@ -255,15 +261,15 @@ def ib_bandwidth(runner: Runner, head: HostFacts, worker: Node, wfacts: HostFact
             if item == "server":
                 return runner.on(worker.host, server, timeout=60)
             time.sleep(2)  # the server must listen first
-            return runner.run(client, timeout=60)
+            return runner.on(head_host, client, timeout=60)
 
         _, res = runner.parallel(side, ["server", "client"])
         out.append(ck.judge_ib_write_bw(res.stdout, worker.name, local.hca))
     return out
 
 
-def nccl_tests(runner: Runner, facts: list[ck.NodeFacts], nodes: list[Node]) -> ck.Check:
-    if not (_has(runner, LOCAL, "all_gather_perf") and _has(runner, LOCAL, "mpirun")):
+def nccl_tests(runner: Runner, facts: list[ck.NodeFacts], head_host: Host = LOCAL) -> ck.Check:
+    if not (_has(runner, head_host, "all_gather_perf") and _has(runner, head_host, "mpirun")):
         return ck.Check("nccl-bandwidth", ck.CLUSTER, "warn", "nccl-tests (all_gather_perf) or mpirun is not "
                         "installed on the head: NCCL bandwidth not measured",
                         "build nccl-tests with MPI=1 on every node (NVIDIA playbook 'nccl'), same path everywhere")
@@ -277,7 +283,7 @@ def nccl_tests(runner: Runner, facts: list[ck.NodeFacts], nodes: list[Node]) -> 
     for key in ("NCCL_SOCKET_IFNAME", "NCCL_IB_HCA", "NCCL_IB_DISABLE"):
         argv += ["-x", f"{key}={env[key]}"]
     argv += ["all_gather_perf", "-b", "1G", "-e", "4G", "-f", "2"]
-    r = runner.run(argv, timeout=600)
+    r = runner.on(head_host, argv, timeout=600)
     return ck.judge_nccl_busbw(r.stdout + r.stderr)
 
 

@@ -61,7 +61,7 @@ def validate_worker(runner: Runner, cfg: Config, address: str, head: HostFacts, 
     try:
         facts = _facts(runner, cfg, address, tmp)
     except SparkError as exc:
-        node = Node(address, worker_host(cfg, address))
+        node = Node(1, address, worker_host(cfg, address))
         return "", [doctor._ssh_check(node, exc.message)]
     checks = [Check("ssh", address, "pass", f"SSH in batch mode to {worker_host(cfg, address).target} works")]
     ib_ip = nccl_env(facts).get("VLLM_HOST_IP", "")
@@ -71,7 +71,7 @@ def validate_worker(runner: Runner, cfg: Config, address: str, head: HostFacts, 
         checks.append(Check("fabric", address, "fail", f"{address} has no usable fabric"
                             + (f": {first.message}" if first else ""), first.fix if first else ""))
         return "", checks
-    node = Node(address, worker_host(cfg, address), ib_ip)
+    node = Node(1, address, worker_host(cfg, address), ib_ip)
     checks += doctor.fabric_pings(runner, head, node, facts, cfg.get_int("FABRIC_MTU", 9000))
     return ib_ip, checks
 

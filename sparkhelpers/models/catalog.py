@@ -14,6 +14,7 @@ from typing import Any
 from sparkhelpers.config import Config
 from sparkhelpers.errors import SparkError
 from sparkhelpers.models.arch import ARCH_FIELDS, ATTENTION_KINDS, Arch, dtype_bytes
+from sparkhelpers.topology import LayoutAsk, available_nodes, choose_layout
 
 BUILTIN = Path(__file__).with_name("catalog.yaml")
 REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -81,6 +82,7 @@ class ModelSpec:
     extra_args: tuple[str, ...]
     arch: Arch
     sources: dict[str, str] = field(default_factory=dict)
+    ask: LayoutAsk = field(default_factory=LayoutAsk)  # what the layout rule gets (sparkhelpers.topology)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -267,13 +269,10 @@ def resolve_model(cfg: Config, choice: str | None = None, catalog: dict[str, Pre
         sources[key] = cfg.source(key)
         return convert(key) if cfg.get(key) != "" else preset_value
 
-    workers = len(cfg.get_list("WORKER_HOST"))
     pp = pick("PIPELINE_PARALLEL", base.pipeline_parallel, cfg.get_int)
-    tp_default = base.tensor_parallel if preset else max(1, (1 + workers) // max(pp, 1))
-    tp = pick("TENSOR_PARALLEL", tp_default, cfg.get_int)
-    if tp < 1 or pp < 1:
-        raise SparkError(f"TENSOR_PARALLEL={tp} / PIPELINE_PARALLEL={pp} must be at least 1",
-                         fix="sparkhelpers config set TENSOR_PARALLEL 1")
+    ask = _layout_ask(cfg, preset, pp, sources)
+    lay = choose_layout(ask, available=available_nodes(cfg), runtime=cfg.get("RUNTIME", "vllm"), check=False)
+    tp = lay.tensor_parallel
     max_len = pick("MAX_MODEL_LEN", base.max_model_len, cfg.get_int)
     util = pick("GPU_MEMORY_UTIL", base.gpu_memory_util, cfg.get_float)
     if not 0.05 <= util <= 0.98:
@@ -291,8 +290,28 @@ def resolve_model(cfg: Config, choice: str | None = None, catalog: dict[str, Pre
     image = cfg.get("VLLM_IMAGE") if _explicit(cfg, "VLLM_IMAGE") or not base.image else base.image
     return ModelSpec(
         name=preset.name if preset else choice, repo=base.repo, revision=revision, preset=preset,
-        nodes=tp * pp, tensor_parallel=tp, pipeline_parallel=pp, max_model_len=max_len, gpu_memory_util=util,
+        nodes=lay.nodes, tensor_parallel=tp, pipeline_parallel=lay.pipeline_parallel, max_model_len=max_len,
+        gpu_memory_util=util,
         quantization=base.quantization, gated=base.gated, trust_remote_code=trust,
         expert_parallel=expert_parallel, image=image or None, extra_args=base.extra_args, arch=base.arch,
-        sources=sources,
+        sources=sources, ask=ask,
     )
+
+
+def _layout_ask(cfg: Config, preset: Preset | None, pp: int, sources: dict[str, str]) -> LayoutAsk:
+    """What the model asks of the layout rule (sparkhelpers.topology): the user's TP wins, then the
+    preset's; a raw repo with none asks for one TP rank per node."""
+    user_tp = _explicit(cfg, "TENSOR_PARALLEL") or (preset is None and cfg.get("TENSOR_PARALLEL") != "")
+    if user_tp:
+        sources["TENSOR_PARALLEL"] = cfg.source("TENSOR_PARALLEL")
+        tp = cfg.get_int("TENSOR_PARALLEL")
+        if tp < 1:
+            raise SparkError(f"TENSOR_PARALLEL={tp} must be at least 1",
+                             fix="sparkhelpers config set TENSOR_PARALLEL 1")
+    else:
+        sources["TENSOR_PARALLEL"] = f"preset {preset.name}" if preset else "one per node"
+    if pp < 1:
+        raise SparkError(f"PIPELINE_PARALLEL={pp} must be at least 1",
+                         fix="sparkhelpers config set PIPELINE_PARALLEL 1")
+    return LayoutAsk(pipeline_parallel=pp, tensor_parallel=tp if user_tp else None,
+                     preset_tensor_parallel=preset.tensor_parallel if preset else None)

@@ -272,7 +272,7 @@ def sync(
 
 @app.command("smoke")
 def smoke_cmd(
-    url: str = typer.Option("", "--url", help="API base URL (default: http://127.0.0.1:VLLM_PORT)."),
+    url: str = typer.Option("", "--url", help="API base URL (default: the cluster's endpoint, VLLM_HOST:VLLM_PORT)."),
     model: str = typer.Option("", "--model", help="Model id the API must list (default: any; first one)."),
     timeout: float = typer.Option(None, "--timeout", min=1, help="Seconds to wait for /health (START_TIMEOUT)."),
     as_json: bool = JSON_OPT,
@@ -282,7 +282,9 @@ def smoke_cmd(
     from sparkhelpers.secrets import secret_value
 
     cfg = _cfg()
-    base = url or f"http://127.0.0.1:{cfg.get_int('VLLM_PORT', 8000)}"
+    from sparkhelpers.topology import endpoint
+
+    base = url or endpoint(cfg)
     result = smoke(base.rstrip("/"), key=secret_value(cfg, "API_KEY"), expect_model=model,
                    timeout_s=timeout if timeout is not None else cfg.get_float("START_TIMEOUT", 1800), echo=info)
     if as_json:

@@ -43,19 +43,13 @@ class Worker:
 
 
 def workers_from_config(cfg: Config) -> list[Worker]:
-    hosts, fabric = cfg.get_list("WORKER_HOST"), cfg.get_list("WORKER_IB_IP")
-    if fabric and len(fabric) != len(hosts):
-        raise SparkError(f"WORKER_IB_IP has {len(fabric)} address(es) but WORKER_HOST has {len(hosts)}",
-                         fix="list one fabric IP per worker, in the order of WORKER_HOST")
-    common = dict(user=cfg.get("WORKER_USER"), key=cfg.get("SSH_KEY"),
-                  options=tuple(shlex.split(cfg.get("SSH_OPTIONS"))),
-                  connect_timeout=cfg.get_int("SSH_CONNECT_TIMEOUT", 5))
+    """The topology's workers (sparkhelpers.topology); copies go over each one's WORKER_IB_IP when set."""
+    from sparkhelpers.topology import topology
+
+    workers = topology(cfg).workers
     cache = cfg.get("WORKER_HF_CACHE") or cfg.require("HF_CACHE")
-    out = []
-    for i, name in enumerate(hosts):
-        mgmt = Host(name, **common)
-        out.append(Worker(name, Host(fabric[i], **common) if fabric else mgmt, mgmt, cache))
-    return out
+    return [Worker(n.name, replace(n.host, address=n.fabric_ip) if n.fabric_ip else n.host, n.host, cache)
+            for n in workers]
 
 
 def select(workers: list[Worker], wanted: list[str]) -> list[Worker]:
