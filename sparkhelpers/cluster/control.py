@@ -67,8 +67,8 @@ def start_cluster(cfg: Config, *, nodes: int | None = None, solo: bool = False, 
         return StartOutcome(plan, None, render.describe(plan, render.start_phases(plan, config_hash, secrets),
                                                         config_hash))
     starter = lifecycle.Starter(plan, runner, spec=spec, secrets=secrets, replace=replace,
-                                keep_on_failure=keep_on_failure, drop_caches=cfg.get_bool("DROP_CACHES", False), api_key=api_key, say=say,
-                                stop_all=lambda: stop_cluster(cfg, runner))
+                                keep_on_failure=keep_on_failure, drop_caches=cfg.get_bool("DROP_CACHES", False),
+                                api_key=api_key, say=say, stop_all=lambda: stop_cluster(cfg, runner))
     return StartOutcome(plan, starter.start())
 
 
