@@ -22,7 +22,7 @@ import pytest
 from sparkhelpers.errors import SparkError
 
 SESSION_IMAGE_ON = "all"  # a healthy cluster: the same image on every node
-_STALE = re.compile(r"^sparksim-(t(\d+)(?:-\d+)?)-(?:sw|spark\d+)$")
+_STALE = re.compile(r"^sparksim-(t(\d+)(?:-\d+)?)-(?:sw|ctl|spark\d+)$")
 
 
 def sim_unavailable() -> str:

@@ -172,8 +172,20 @@ def test_a_multi_node_dry_run_opens_no_connection(recording_ssh, sparkhelpers_bi
     stop = subprocess.run([str(ROOT / "stop_cluster.sh"), "--dry-run"], env=env, capture_output=True, text=True,
                           timeout=60)
     assert stop.returncode == 0 and "192.0.2.11" in stop.stdout + stop.stderr, stop.stderr
+    # from a control machine (HEAD_HOST), the sync's dry run asks neither the head nor the workers
+    sync = subprocess.run([*sparkhelpers_bin, "models", "sync", "qwen3-0.6b", "--dry-run"],
+                          env={**env, "HEAD_HOST": "192.0.2.9"}, capture_output=True, text=True, timeout=60)
+    assert sync.returncode == 0 and "would copy" in sync.stdout, sync.stderr
+    assert "would ask" in sync.stderr and "192.0.2.9" in sync.stderr
     assert time.monotonic() - t0 < 25, "a dry run waits for no node"
     assert not log.exists(), log.read_text()
+
+
+def test_the_control_machine_namespace_belongs_to_its_sim_cluster():
+    from sparkhelpers.sim import netplan
+    from sparkhelpers.sim.control import netns_name
+
+    assert netplan.owns_netns("a", netns_name("a")) and not netplan.owns_netns("a", netns_name("a-b"))
 
 
 @pytest.mark.parametrize("ask,flags,available,want", [

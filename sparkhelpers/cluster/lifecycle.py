@@ -383,7 +383,7 @@ def ensure_model_on(runner: Runner, spec: ModelSpec, plan: ClusterPlan, missing:
 
     workers = [Worker(n.host.address, replace(n.host, address=n.fabric_ip) if n.fabric_ip else n.host, n.host,
                       plan.worker_hf_cache) for n in missing]
-    ensure_on_nodes(runner, spec, workers, head_cache=plan.hf_cache)
+    ensure_on_nodes(runner, spec, workers, head_cache=plan.hf_cache, head=plan.head.host)
 
 
 def chat_once(plan: ClusterPlan, api_key: str, prompt: str = "Say hello in five words.",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from sparkhelpers.appkit import info, warn
 from sparkhelpers.config import Config
 from sparkhelpers.errors import SparkError, UsageError
-from sparkhelpers.topology import Layout, layout_for
+from sparkhelpers.topology import Layout, layout_for, topology
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,8 @@ def fetch(cfg: Config, spec, runner, say: Callable[[str], None]) -> None:  # noq
                          fix=exc.fix or "run the same command again: it resumes") from None
     if spec.nodes > 1:
         workers = sync.workers_from_config(cfg)[: spec.nodes - 1]
-        sync.ensure_on_nodes(runner, spec, workers, head_cache=cfg.require("HF_CACHE"), echo=say)
+        sync.ensure_on_nodes(runner, spec, workers, head_cache=cfg.require("HF_CACHE"), echo=say,
+                             head=topology(cfg).head.host)
 
 
 def switch(cfg: Config, req: SwitchRequest, *, runner=None, say: Callable[[str], None] = info,  # noqa: ANN001

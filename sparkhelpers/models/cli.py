@@ -254,6 +254,7 @@ def sync(
     from sparkhelpers.models import sync as syncmod
     from sparkhelpers.models.catalog import resolve_model
     from sparkhelpers.runner import Runner
+    from sparkhelpers.topology import topology
 
     cfg = _cfg()
     spec = resolve_model(cfg, name)
@@ -261,6 +262,7 @@ def sync(
     if not nodes:
         warn("no workers configured (WORKER_HOST is empty); nothing to sync")
     rows = syncmod.ensure_on_nodes(Runner(dry_run=dry_run), spec, nodes, head_cache=cfg.require("HF_CACHE"),
+                                   head=topology(cfg).head.host,
                                    idle_timeout=idle_timeout, bwlimit_kbps=bwlimit)
     if as_json:
         print_json(rows)

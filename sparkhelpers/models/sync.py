@@ -23,7 +23,7 @@ from sparkhelpers.config import Config
 from sparkhelpers.errors import SparkError, UsageError
 from sparkhelpers.models import snapshot_check
 from sparkhelpers.models.catalog import ModelSpec
-from sparkhelpers.runner import Host, Runner, RunResult, shell_join, shell_quote, ssh_transport
+from sparkhelpers.runner import Host, Runner, RunResult, build_ssh_cmd, shell_join, shell_quote, ssh_transport
 
 IDLE_TIMEOUT_S = 120
 PARTIAL_DIR = ".rsync-partial"
@@ -182,12 +182,33 @@ def as_workers(cfg: Config, nodes: list[Worker | Host]) -> list[Worker]:
     return out
 
 
-def _probe(runner: Runner, worker: Worker, spec: ModelSpec, manifest: dict) -> tuple[Worker, dict]:
+def head_report(runner: Runner, head: Host, head_cache: str, spec: ModelSpec) -> dict:
+    """The head's snapshot manifest: read here, or over SSH when the head is remote (a control machine)."""
+    if head.is_local:
+        return head_manifest(head_cache, spec)
+    result, report = check_on(runner, Worker("head", head, head, head_cache), spec)
+    if result.dry_run:  # not asked: the whole repo directory would be copied where incomplete
+        return {"files": {}, "model_dir": snapshot_check.repo_dir(head_cache, spec.repo), "total_bytes": 0}
+    if report is None or not report["complete"]:
+        problems = "; ".join((report or {}).get("problems", [result.last_line or "no answer"])[:3])
+        raise SparkError(f"{spec.repo} is not complete on the head ({head.target}): {problems}",
+                         fix=f"sparkhelpers models download {spec.name} (on the head)")
+    return report
+
+
+def _asked(worker: Worker, head: Host) -> Host | None:
+    """Where checks reach a worker: its copy address, or from a control machine its management one."""
+    return None if head.is_local else worker.mgmt
+
+
+def _probe(runner: Runner, worker: Worker, spec: ModelSpec, manifest: dict, head: Host) -> tuple[Worker, dict]:
     """The worker's preflight report; an unreachable fabric address falls back to management."""
     from sparkhelpers.appkit import warn
 
-    result, report = check_on(runner, worker, spec, expected=manifest, preflight=True)
-    if report is None and _unreachable(result) and worker.host != worker.mgmt:
+    result, report = check_on(runner, worker, spec, expected=manifest, preflight=True, host=_asked(worker, head))
+    if result.dry_run:  # a dry run asks nothing: every worker would be checked, then copied
+        return worker, {"complete": False, "files": {}}
+    if report is None and _unreachable(result) and worker.host != worker.mgmt and head.is_local:
         warn(f"{worker.name}: fabric address {worker.host.address} unreachable over SSH "
              f"({result.last_line}); copying over management {worker.mgmt.address} instead (slower)")
         worker = replace(worker, host=worker.mgmt)
@@ -219,13 +240,17 @@ def _refuse_faults(probed: list[tuple[Worker, dict]], head: dict) -> None:
 
 
 def _copy_all(runner: Runner, spec: ModelSpec, todo: list[Worker], src: str, rows: dict[str, dict], *,
-              total_bytes: int, idle_timeout: int, bwlimit_kbps: int | None) -> list[tuple[Worker, RunResult]]:
-    """rsync to every worker in ``todo`` at once, one progress line for all; raises when any copy failed."""
+              total_bytes: int, idle_timeout: int, bwlimit_kbps: int | None,
+              head: Host) -> list[tuple[Worker, RunResult]]:
+    """rsync to every worker in ``todo`` at once, one progress line for all; raises when any copy failed.
+    From a control machine the head runs the copies (over SSH); we only watch their progress."""
     board = Board(total_bytes)
 
     def copy(worker: Worker) -> tuple[Worker, RunResult]:
         dest = snapshot_check.repo_dir(worker.cache, spec.repo)
         argv = rsync_argv(src, worker, dest, idle_timeout=idle_timeout, bwlimit_kbps=bwlimit_kbps)
+        if not head.is_local:
+            argv = build_ssh_cmd(head, shell_join(argv))
         rows[worker.name]["started_at"] = round(time.time(), 3)
         result = runner.stream(argv, lambda line: board.update(worker.name, line), host=worker.name)
         rows[worker.name]["finished_at"] = round(time.time(), 3)
@@ -242,9 +267,9 @@ def _copy_all(runner: Runner, spec: ModelSpec, todo: list[Worker], src: str, row
 
 
 def _verify_copies(runner: Runner, spec: ModelSpec, results: list[tuple[Worker, RunResult]], manifest: dict,
-                   rows: dict[str, dict]) -> None:
+                   rows: dict[str, dict], head: Host) -> None:
     def verify(worker: Worker) -> tuple[Worker, dict | None]:
-        return worker, check_on(runner, worker, spec, expected=manifest)[1]
+        return worker, check_on(runner, worker, spec, expected=manifest, host=_asked(worker, head))[1]
 
     reports = runner.parallel(verify, [w for w, _ in results])
     for (worker, result), (_, report) in zip(results, reports, strict=True):
@@ -259,9 +284,11 @@ def _verify_copies(runner: Runner, spec: ModelSpec, results: list[tuple[Worker, 
 
 def ensure_on_nodes(runner: Runner, spec: ModelSpec, nodes: list[Worker | Host], *, head_cache: str | None = None,
                     idle_timeout: int = IDLE_TIMEOUT_S, bwlimit_kbps: int | None = None,
-                    echo=None) -> list[dict]:  # noqa: ANN001
+                    echo=None, head: Host | None = None) -> list[dict]:  # noqa: ANN001
     """Make ``spec`` present and verified on every worker in ``nodes`` (Workers, or the Hosts of the
-    cluster plan). Returns one row per worker; raises SparkError (nothing half-copied is reported ok)."""
+    cluster plan). Returns one row per worker; raises SparkError (nothing half-copied is reported ok).
+    ``head`` is rank 0 (default: this machine); a remote one (a control machine's HEAD_HOST) is asked
+    for its manifest over SSH and runs the copies itself."""
     from sparkhelpers.appkit import info, warn
     from sparkhelpers.config import load_config
 
@@ -270,14 +297,17 @@ def ensure_on_nodes(runner: Runner, spec: ModelSpec, nodes: list[Worker | Host],
         cfg = load_config()
         head_cache = head_cache or cfg.require("HF_CACHE")
         nodes = as_workers(cfg, nodes)
-    head = head_manifest(head_cache, spec)
+    head_host = head or Host("local")
+    if not nodes and not head_host.is_local:
+        return []
+    head = head_report(runner, head_host, head_cache, spec)
     manifest = head["files"]
     if not nodes:
         return []
     for w in nodes:
         if w.host == w.mgmt and not w.host.is_local:
             warn(f"{w.name}: no fabric address (WORKER_IB_IP); copying over management")
-    probed = runner.parallel(lambda w: _probe(runner, w, spec, manifest), nodes)
+    probed = runner.parallel(lambda w: _probe(runner, w, spec, manifest, head_host), nodes)
     _refuse_faults(probed, head)
     rows = {w.name: {"worker": w.name, "address": w.host.address, "via": w.via, "action": "present",
                      "bytes": 0, "seconds": 0.0, "verified": True} for w, _ in probed}
@@ -288,10 +318,10 @@ def ensure_on_nodes(runner: Runner, spec: ModelSpec, nodes: list[Worker | Host],
     echo(f"copying {spec.repo} ({head['total_bytes'] / 1024**3:.2f} GiB) to {', '.join(w.name for w in todo)} "
          "in parallel")
     results = _copy_all(runner, spec, todo, head["model_dir"], rows, total_bytes=head["total_bytes"],
-                        idle_timeout=idle_timeout, bwlimit_kbps=bwlimit_kbps)
+                        idle_timeout=idle_timeout, bwlimit_kbps=bwlimit_kbps, head=head_host)
     if runner.dry_run:
         for w in todo:
             rows[w.name].update(action="would copy", verified=False)
         return list(rows.values())
-    _verify_copies(runner, spec, results, manifest, rows)
+    _verify_copies(runner, spec, results, manifest, rows, head_host)
     return list(rows.values())

@@ -54,7 +54,7 @@ def cgroup_name(name: str, index: int) -> str:
 
 def owns_netns(name: str, netns: str) -> bool:
     """True for exactly this cluster's namespaces (cluster ``a`` never matches those of ``a-b``)."""
-    return re.fullmatch(rf"{PREFIX}-{re.escape(name)}-(sw|spark\d+)", netns) is not None
+    return re.fullmatch(rf"{PREFIX}-{re.escape(name)}-(sw|ctl|spark\d+)", netns) is not None  # ctl: sim/control.py
 
 
 def switch_side(iface: str, index: int) -> str:
