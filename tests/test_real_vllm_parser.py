@@ -20,6 +20,7 @@ import pytest
 from sparkhelpers.cluster import render as rd
 from sparkhelpers.cluster.plan import build_plan
 from sparkhelpers.config import load_config
+from sparkhelpers.models import resolve_model
 from sparkhelpers.sim import realvllm
 
 try:  # the validation module is moving to sparkhelpers/validate.py (consolidation issue)
@@ -71,7 +72,8 @@ def rendered_argvs() -> dict[str, list[str]]:
     """Every rank's `vllm serve` argv of every configuration above."""
     out = {}
     for name, (kw, flags) in _configs().items():
-        plan = build_plan(load_config(flags={**FABRIC, **flags}), **kw)
+        cfg = load_config(flags={**FABRIC, **flags})
+        plan = build_plan(cfg, resolve_model(cfg), **kw)  # as the start builds it: from the real ModelSpec
         for node in plan.nodes:
             for script_name, text in rd.entry_scripts(plan, node).items():
                 if "exec vllm serve " in text:
