@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Summary: Start the vLLM cluster on the head and every worker, wait until it serves, and prove it.
 #
-# Usage: start_cluster.sh [--dry-run] [--nodes N | --solo] [--replace] [--keep-on-failure] [--timeout SECONDS]
-#                       [--json]
+# Usage: start_cluster.sh [--dry-run] [--nodes N | --solo] [--recipe NAME|FILE] [--replace] [--keep-on-failure]
+#                       [--timeout SECONDS] [--json]
 #
 # Options:
 #   --dry-run           Print every command per node and change nothing.
 #   --nodes N           Use the head plus the first N-1 workers of WORKER_HOST.
 #   --solo              Single node: the head only.
+#   --recipe NAME|FILE  Serve this recipe (a file, a name on RECIPE_PATH, or a preset) instead of MODEL.
 #   --replace           Stop a different running configuration first.
 #   --keep-on-failure   Leave containers running after a failure, for debugging.
 #   --timeout SECONDS   Seconds to wait for the engine to be healthy (default: START_TIMEOUT).
@@ -25,6 +26,11 @@ while [[ $# -gt 0 ]]; do
     --nodes | --timeout)
       need_value "$1" $#
       [[ "$2" =~ ^[0-9]+$ ]] || usage_error "$1 needs a whole number, not '$2'"
+      args+=("$1" "$2")
+      shift
+      ;;
+    --recipe)
+      need_value "$1" $#
       args+=("$1" "$2")
       shift
       ;;

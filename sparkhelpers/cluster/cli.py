@@ -28,6 +28,8 @@ def start(
     keep_on_failure: bool = typer.Option(False, "--keep-on-failure",
                                          help="Leave containers running after a failure, for debugging."),
     timeout: int | None = typer.Option(None, "--timeout", help="Seconds to wait for health (START_TIMEOUT)."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Serve this recipe (file, name on RECIPE_PATH, or "
+                                                             "preset) instead of the configured MODEL."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Start the cluster: preflight, image, model, containers, health, one chat request."""
@@ -36,15 +38,15 @@ def start(
     from sparkhelpers.cluster import control
     from sparkhelpers.locking import cluster_lock
 
-    cfg = _config()
+    cfg, spec = _recipe_start(_config(), recipe, nodes, solo)
     if dry_run:
-        outcome = control.start_cluster(cfg, nodes=nodes, solo=solo, timeout=timeout, dry_run=True)
+        outcome = control.start_cluster(cfg, nodes=nodes, solo=solo, timeout=timeout, dry_run=True, spec=spec)
         typer.echo(outcome.dry_run_text, nl=False)
         return
     signal.signal(signal.SIGTERM, _terminated)
     with cluster_lock(cfg, what="start_cluster.sh"):
         outcome = control.start_cluster(cfg, nodes=nodes, solo=solo, replace=replace,
-                                        keep_on_failure=keep_on_failure, timeout=timeout)
+                                        keep_on_failure=keep_on_failure, timeout=timeout, spec=spec)
     plan, report = outcome.plan, outcome.report
     if as_json:
         print_json(report.as_dict())
@@ -52,6 +54,87 @@ def start(
     if report.already_running:
         return
     _print_ready(plan, report)
+
+
+def _recipe_start(cfg, recipe: str | None, nodes: int | None, solo: bool):  # noqa: ANN001, ANN202
+    """(config, spec): the configured model (spec None: control resolves MODEL), or the recipe's."""
+    if not recipe:
+        return cfg, None
+    from sparkhelpers.recipes.apply import load_for_start
+
+    return load_for_start(cfg, recipe, nodes, solo)
+
+
+@app.command("run")
+def run(
+    recipe: str = typer.Option(..., "--recipe", help="The recipe to serve (file, name on RECIPE_PATH, or preset)."),
+    nodes: str | None = typer.Option(None, "--nodes", help="A node count, or the node set H1,H2,... "
+                                                           "(configured nodes; the first serves the API)."),
+    solo: bool = typer.Option(False, "--solo", help="Single node: the head only."),
+    port: int | None = typer.Option(None, "--port", help="Serve on this port (VLLM_PORT)."),
+    replace: bool = typer.Option(False, "--replace", help="Stop a different running configuration first."),
+    timeout: int | None = typer.Option(None, "--timeout", help="Seconds to wait for health (START_TIMEOUT)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print every command per node and change nothing."),
+) -> None:
+    """Foreground mode: start the recipe, stay while every rank is alive and healthy; SIGTERM/SIGINT stop every
+    rank (exit 0); a rank that dies stops the rest (exit 1). What llama-swap, systemd or the gateway run.
+
+    Example: sparkhelpers cluster run --recipe qwen3-8b --nodes 2 --port 8001
+    """
+    import signal
+
+    from sparkhelpers.cluster import control, foreground
+    from sparkhelpers.locking import cluster_lock
+    from sparkhelpers.runner import Runner
+
+    base = _config(VLLM_PORT=str(port) if port else None)
+    count, base = _node_set(base, nodes)
+    cfg, spec = _recipe_start(base, recipe, count, solo)
+    if dry_run:
+        outcome = control.start_cluster(cfg, nodes=count, solo=solo, timeout=timeout, dry_run=True, spec=spec)
+        typer.echo(outcome.dry_run_text, nl=False)
+        return
+    signal.signal(signal.SIGTERM, _terminated)
+    runner = Runner()
+    with cluster_lock(cfg, what="sparkhelpers cluster run"):
+        outcome = control.start_cluster(cfg, nodes=count, solo=solo, replace=replace, timeout=timeout, spec=spec,
+                                        runner=runner)
+    _print_ready(outcome.plan, outcome.report)
+    foreground.install_stop_signals()
+    try:
+        reason = foreground.Watch(outcome.plan, runner, info).serve()
+    except foreground.Stop as why:
+        info(f"{why}: stopping every rank")
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with cluster_lock(cfg, what="sparkhelpers cluster run (stop)", wait_s=60):
+            control.stop_cluster(cfg, runner)
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    info(f"{reason}: stopping the other ranks")
+    with cluster_lock(cfg, what="sparkhelpers cluster run (stop)", wait_s=60):
+        control.stop_cluster(cfg, runner, force=True)
+    raise SparkError(f"recipe {recipe} stopped serving: {reason.splitlines()[0]}",
+                     fix="read the rank's log (`sparkhelpers logs --node N`), then run it again")
+
+
+def _node_set(cfg, nodes: str | None):  # noqa: ANN001, ANN202
+    """--nodes N (a count) or H1,H2,...: the configuration narrowed to those nodes, the first as rank 0."""
+    if nodes is None or nodes.isdigit():
+        return (int(nodes) if nodes else None), cfg
+    from sparkhelpers.topology import topology
+
+    topo = topology(cfg)
+    picked = [topo.pick(name.strip()) for name in nodes.split(",") if name.strip()]
+    if len({n.rank for n in picked}) != len(picked) or not picked:
+        raise UsageError(f"--nodes {nodes} names a node twice (or none)", fix="list each node once: H1,H2")
+    head, workers = picked[0], picked[1:]
+    flags = {"WORKER_HOST": " ".join(w.host.address for w in workers),
+             "WORKER_IB_IP": " ".join(w.fabric_ip for w in workers) if all(w.fabric_ip for w in workers) else "",
+             "HEAD_IP": head.fabric_ip}
+    if head.rank != 0:
+        flags["HEAD_HOST"] = head.host.address
+    return len(picked), cfg.with_overrides(**flags)
 
 
 def _terminated(signum, frame):  # noqa: ANN001, ANN202

@@ -305,12 +305,7 @@ class Starter:
             time.sleep(POLL_S)
 
     def healthy(self) -> bool:
-        import requests
-
-        try:
-            return requests.get(f"{self.plan.endpoint}/health", timeout=3).status_code == 200
-        except requests.RequestException:
-            return False
+        return engine_healthy(self.plan.endpoint)
 
     def wait_healthy(self) -> None:
         checks = 0
@@ -363,6 +358,16 @@ class Starter:
         path = Path(self.plan.run_dir) / "last-start.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(self.executed))
+
+
+def engine_healthy(endpoint: str, timeout: float = 3) -> bool:
+    """GET {endpoint}/health answers 200 (the start's wait and the foreground mode's watch)."""
+    import requests
+
+    try:
+        return requests.get(f"{endpoint}/health", timeout=timeout).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 def _fix_for(line: str, node: NodePlan) -> str:

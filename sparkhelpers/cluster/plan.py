@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from sparkhelpers import validate as v
 from sparkhelpers.config import Config, state_dir
@@ -80,6 +80,7 @@ class ClusterPlan:
     offline: bool
     secret_names: tuple[str, ...]  # which secrets the head's engine gets (never their values)
     timeout_s: int
+    recipe_id: str = ""  # <model-slug>@<runtime>@<hash> when a recipe says how the model is served
 
     @property
     def head(self) -> NodePlan:
@@ -153,7 +154,12 @@ def _flag(args: list[str], name: str, value: bool | None) -> None:
 def engine_args(cfg: Config, spec: ModelSpec, mode: str, served: str, lay: Layout, listen: str,
                 port: int) -> list[str]:
     """The serve arguments every rank shares (API, parallelism, Tier-1 options, EXTRA_ARGS). The model
-    spec already holds the catalog preset's values with the user's explicit config values on top."""
+    spec already holds the catalog preset's values with the user's explicit config values on top.
+    A recipe's spec renders by the recipe's rules alone (sparkhelpers.recipes.render)."""
+    if spec.recipe is not None:
+        from sparkhelpers.recipes import engine_argv
+
+        return (["--host", listen, "--port", str(port)] if mode == "llama-cpp" else []) + engine_argv(spec.recipe)
     if mode == "llama-cpp":
         args = ["--host", listen, "--port", str(port), "--alias", served]
         if spec.max_model_len:
@@ -289,6 +295,12 @@ def build_plan(cfg: Config, spec: ModelSpec, *, nodes: int | None = None, solo: 
                                 "sparkhelpers config set WORKER_HF_CACHE /raid/hf-cache")
     plans = node_plans(cfg, topo, lay.nodes, mode, fabric or fabric_from_config(topo, cfg, lay.nodes), cluster,
                        sdir, offline)
+    rid = ""
+    if spec.recipe is not None:  # the recipe's container env on every rank (it carries no per-node variable)
+        from sparkhelpers.recipes import recipe_id
+
+        plans = tuple(replace(n, env={**n.env, **spec.recipe.env}) for n in plans)
+        rid = recipe_id(spec.recipe)
     return ClusterPlan(
         cluster=cluster, mode=mode, image=v.image(spec.image or cfg.require("VLLM_IMAGE")), model=model,
         revision=v.revision(spec.revision or ""), served_name=served,
@@ -305,7 +317,7 @@ def build_plan(cfg: Config, spec: ModelSpec, *, nodes: int | None = None, solo: 
         object_store_bytes=v.positive_int(cfg.get_int("RAY_OBJECT_STORE_BYTES", 1 << 30), "RAY_OBJECT_STORE_BYTES",
                                           78643200),
         master_port=v.port(cfg.get_int("MASTER_PORT", 29501), "MASTER_PORT"),
-        offline=offline, secret_names=tuple(secret_names),
+        offline=offline, secret_names=tuple(secret_names), recipe_id=rid,
         timeout_s=timeout_s if timeout_s is not None else v.positive_int(cfg.get_int("START_TIMEOUT", 1800),
                                                                          "START_TIMEOUT"),
     )

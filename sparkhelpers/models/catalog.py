@@ -83,6 +83,7 @@ class ModelSpec:
     arch: Arch
     sources: dict[str, str] = field(default_factory=dict)
     ask: LayoutAsk = field(default_factory=LayoutAsk)  # what the layout rule gets (sparkhelpers.topology)
+    recipe: Any = None  # a sparkhelpers.recipes.Recipe: then it alone says how the model is served
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -97,9 +97,11 @@ def render(ref: str = typer.Argument(..., help="Recipe file, name, or preset."),
            nodes: int | None = typer.Option(None, "--nodes", help=NODES_HELP),
            serve: bool = typer.Option(False, "--serve", help="Only the serve command, as one node runs it."),
            as_json: bool = typer.Option(False, "--json", help="Print the argv as JSON.")) -> None:
-    """Print the commands the recipe runs, without touching any host.
+    """Print the commands the recipe runs on each configured node, in order, without touching any host
+    (what `cluster run --recipe` / `start_cluster.sh --recipe` would run; fabric facts discovery would read at
+    start are shown as <discovered at start>).
 
-    Example: sparkhelpers recipe render my.yaml --serve
+    Example: sparkhelpers recipe render my.yaml --nodes 2
     """
     from sparkhelpers.recipes import recipe_id, serve_argv
     from sparkhelpers.runner import shell_join
@@ -107,12 +109,17 @@ def render(ref: str = typer.Argument(..., help="Recipe file, name, or preset."),
     recipe = _load(ref, nodes)
     argv = serve_argv(recipe)
     if as_json:
-        print_json({"id": recipe_id(recipe), "serve": argv})
+        print_json({"id": recipe_id(recipe), "nodes": recipe.nodes, "serve": argv})
         return
     if serve:
         typer.echo(shell_join(argv))
         return
-    typer.echo(f"# recipe {recipe.name} ({recipe_id(recipe)}), {recipe.nodes} node(s)\n{shell_join(argv)}")
+    from sparkhelpers.cluster import control
+    from sparkhelpers.recipes.apply import recipe_config, recipe_spec
+
+    cfg = recipe_config(_cfg(), recipe)
+    outcome = control.start_cluster(cfg, nodes=recipe.nodes, dry_run=True, spec=recipe_spec(recipe), say=info)
+    typer.echo(f"# recipe {recipe.name} ({recipe_id(recipe)})\n{outcome.dry_run_text}", nl=False)
 
 
 @app.command("list")

@@ -109,8 +109,12 @@ def locate(ref: str, dirs: list[Path]) -> Path | None:
 
 
 def load(ref: str, *, nodes: int | None = None, recipe_path: str = "", catalog: dict | None = None,
-         default_image: str = "") -> Recipe:
+         default_image: str = "", catalog_file: str = "") -> Recipe:
     """The exact recipe ``ref`` names: a file, a name on RECIPE_PATH, or a catalog preset."""
+    if catalog is None and catalog_file:
+        from sparkhelpers.models.catalog import load_catalog
+
+        catalog = load_catalog(catalog_file)
     where, doc = _document(ref, search_dirs(recipe_path), catalog, default_image)
     return sc.resolve(where, doc, nodes)
 
