@@ -10,7 +10,7 @@ import typer
 
 from sparkhelpers import config as cfgmod
 from sparkhelpers import secrets, validate
-from sparkhelpers.appkit import new_app, print_json, warn
+from sparkhelpers.appkit import echo_status, new_app, print_json, warn
 from sparkhelpers.errors import SparkError, UsageError
 
 app = new_app("Show, get and set configuration values and their sources.")
@@ -93,7 +93,7 @@ def check() -> None:
     """
     cfg = cfgmod.load_config()
     for path in cfg.files:
-        typer.echo(f"ok   {path}")
+        echo_status(f"ok   {path}")
     found = validate.problems(cfg) + secrets.problems(cfg)
     for exc in found:
         typer.echo(f"bad  {exc.message}\n     fix: {exc.fix}")

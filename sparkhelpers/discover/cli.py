@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from sparkhelpers.appkit import new_app, print_json
+from sparkhelpers.appkit import echo_status, new_app, print_json
 
 app = new_app("Discover this host's fabric (ConnectX-7 twins, IPs, MTU, GIDs) and the NCCL environment it needs.",
               no_args_is_help=False, invoke_without_command=True)
@@ -123,7 +123,7 @@ def doctor(
     if as_json:
         print_json(report.to_dict())
     else:
-        typer.echo(render.checks_text(report.checks))
+        echo_status(render.checks_text(report.checks))
         if report.bundle:
             typer.echo(f"report bundle: {report.bundle}")
     if report.failed:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from sparkhelpers.appkit import info, new_app, print_json, warn
+from sparkhelpers.appkit import echo_status, info, new_app, print_json, warn
 from sparkhelpers.errors import SparkError, UsageError
 
 app = new_app("Model catalog, memory-fit estimate, download, verify and sync to the workers.")
@@ -230,11 +230,11 @@ def verify(
     if as_json:
         print_json({k: v for k, v in report.items() if k != "files"})
     elif report["complete"]:
-        typer.echo(f"ok  {spec.repo} on {node}: {len(report['files'])} files, "
+        echo_status(f"ok  {spec.repo} on {node}: {len(report['files'])} files, "
                    f"{report['total_bytes'] / 1024**3:.2f} GiB, commit {report['commit'][:12]}")
     else:
         for problem in report["problems"]:
-            typer.echo(f"missing  {problem}")
+            echo_status(f"missing  {problem}")
     if not report["complete"]:
         raise SparkError(f"{spec.repo} is incomplete on {node} ({len(report['problems'])} problem(s))",
                          fix=f"sparkhelpers models download {spec.name}" if node in ("head", "local")
@@ -292,5 +292,5 @@ def smoke_cmd(
     if as_json:
         print_json(result.__dict__)
         return
-    typer.echo(f"ok  {result.model} answered {result.reply!r} ({result.completion_tokens} tokens) in "
+    echo_status(f"ok  {result.model} answered {result.reply!r} ({result.completion_tokens} tokens) in "
                f"{result.seconds_to_answer:.1f} s; healthy after {result.seconds_to_healthy:.1f} s")
