@@ -9,11 +9,29 @@ import sys
 from typing import Any
 
 import typer
+from typer.core import TyperGroup
+
+
+class SuggestGroup(TyperGroup):
+    """An unknown sub-command names the close ones, case-insensitively ("MODELS", "modles" -> models)."""
+
+    def resolve_command(self, ctx, args):  # noqa: ANN001, ANN201
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            from click.exceptions import UsageError as ClickUsageError
+
+            from sparkhelpers.errors import did_you_mean
+
+            hint = did_you_mean(name, self.list_commands(ctx))
+            raise ClickUsageError(f"No such command {name!r}." + (f" {hint[0].upper()}{hint[1:]}" if hint else ""),
+                                  ctx)
+        return super().resolve_command(ctx, args)
 
 
 def new_app(help_text: str, **kwargs: Any) -> typer.Typer:
     """A sub-app with plain help (no rich: keeps start-up fast and --help output stable)."""
     kwargs.setdefault("no_args_is_help", True)
+    kwargs.setdefault("cls", SuggestGroup)
     return typer.Typer(help=help_text, add_completion=False, rich_markup_mode=None,
                        pretty_exceptions_enable=False, **kwargs)
 

@@ -10,9 +10,9 @@ import importlib
 import sys
 
 import typer
-from typer.core import TyperGroup
 
 from sparkhelpers import __version__
+from sparkhelpers.appkit import SuggestGroup
 from sparkhelpers.errors import SparkError
 
 # name -> (module, attribute holding the typer.Typer, one-line help). One entry per concern.
@@ -44,7 +44,7 @@ def load_command(name: str) -> typer.main.click.Command | None:  # type: ignore[
     return command
 
 
-class LazyGroup(TyperGroup):
+class LazyGroup(SuggestGroup):
     def list_commands(self, ctx):  # noqa: ANN001, ANN201
         return list(COMMANDS)
 

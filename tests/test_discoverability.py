@@ -37,3 +37,26 @@ def test_no_colour_with_no_color_or_off_a_terminal(sparkhelpers_bin):
     piped = subprocess.run(doctor_argv(sparkhelpers_bin), capture_output=True, text=True, timeout=60,
                            env={**os.environ, "TERM": "xterm"})
     assert "PASS" in piped.stdout and ESC not in piped.stdout + piped.stderr
+
+
+def _run(sparkhelpers_bin, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*sparkhelpers_bin, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_did_you_mean_for_commands_presets_config_keys_and_profiles(sparkhelpers_bin):
+    for args, hint in ((["modles"], "Did you mean 'models'?"), (["MODELS", "list"], "Did you mean 'models'?"),
+                       (["models", "shwo"], "Did you mean 'show'?"),
+                       (["models", "show", "qwen3-8"], "did you mean 'qwen3-8b'"),
+                       (["config", "get", "vllm_port"], "did you mean 'VLLM_PORT'?"),
+                       (["config", "set", "vllm_port", "8001"], "did you mean 'VLLM_PORT'?"),
+                       (["bench", "current", "--profile", "quik"], "did you mean 'quick'?")):
+        r = _run(sparkhelpers_bin, *args)
+        assert r.returncode != 0 and hint in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+
+
+def test_preset_names_and_repo_ids_match_case_insensitively(sparkhelpers_bin):
+    upper = _run(sparkhelpers_bin, "models", "show", "QWEN3-8B", "--field", "name")
+    repo = _run(sparkhelpers_bin, "models", "show", "qwen/qwen3-8b", "--field", "name")
+    assert upper.returncode == 0 and upper.stdout.strip() == "qwen3-8b", upper.stderr
+    assert repo.returncode == 0 and repo.stdout.strip() == "qwen3-8b", repo.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from sparkhelpers.bench.run import DATASETS, RunOptions
-from sparkhelpers.errors import SparkError, UsageError, read_user_file
+from sparkhelpers.errors import SparkError, UsageError, did_you_mean, read_user_file
 
 BUILTIN = Path(__file__).with_name("profiles.yaml")
 CELL_KEYS = {"name", "dataset", "input_len", "output_len", "range_ratio", "prefix_len", "suffix_len", "num_prefixes",
@@ -133,8 +133,9 @@ def load(extra_file: str = "") -> tuple[dict[str, Profile], dict[str, dict[str, 
 def get(name: str, extra_file: str = "") -> Profile:
     profiles, _ = load(extra_file)
     if name not in profiles:
-        raise UsageError(f"unknown benchmark profile {name!r}",
-                         fix=f"choose one of {', '.join(profiles)} or define it in BENCH_PROFILES_FILE")
+        hint = did_you_mean(name, profiles)
+        raise UsageError(f"unknown benchmark profile {name!r}", fix=(hint + " " if hint else "") +
+                         f"choose one of {', '.join(profiles)} or define it in BENCH_PROFILES_FILE")
     return profiles[name]
 
 

@@ -11,7 +11,7 @@ import typer
 from sparkhelpers import config as cfgmod
 from sparkhelpers import secrets, validate
 from sparkhelpers.appkit import echo_status, new_app, print_json, warn
-from sparkhelpers.errors import SparkError, UsageError
+from sparkhelpers.errors import SparkError, UsageError, did_you_mean
 
 app = new_app("Show, get and set configuration values and their sources.")
 
@@ -49,7 +49,8 @@ def get(key: str = typer.Argument(..., help="Key name, e.g. VLLM_PORT.")) -> Non
     """Print one raw value (for scripts). Unknown keys are an error."""
     cfg = cfgmod.load_config()
     if key not in cfg.settings:
-        raise SparkError(f"unknown config key {key}", fix="see `sparkhelpers config show` for the keys")
+        raise SparkError(f"unknown config key {key}",
+                         fix=did_you_mean(key, cfg.settings) or "see `sparkhelpers config show` for the keys")
     typer.echo(cfg.settings[key].value)
 
 
@@ -65,7 +66,8 @@ def set_(
     """
     documented = {row["key"] for row in cfgmod.documented_keys()}
     if key not in documented and not new:
-        raise UsageError(f"{key} is not a key of config.env", fix=f"check the spelling, or pass --new to add {key}")
+        raise UsageError(f"{key} is not a key of config.env",
+                         fix=did_you_mean(key, documented) or f"check the spelling, or pass --new to add {key}")
     if value == "-":
         value = sys.stdin.readline().rstrip("\n")
     elif cfgmod.is_secret(key) and value:

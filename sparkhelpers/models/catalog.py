@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sparkhelpers.config import Config
-from sparkhelpers.errors import SparkError
+from sparkhelpers.errors import SparkError, did_you_mean
 from sparkhelpers.models.arch import ARCH_FIELDS, ATTENTION_KINDS, Arch, dtype_bytes
 from sparkhelpers.topology import LayoutAsk, available_nodes, choose_layout
 
@@ -230,6 +230,8 @@ def lookup(catalog: dict[str, Preset], choice: str) -> Preset | None:
     """A preset by name, by its number in `models list` (1-based), or by repo id. None: not a preset."""
     if choice in catalog:
         return catalog[choice]
+    if choice.lower() in catalog:  # names are lower-case by rule: QWEN3-8B can only mean qwen3-8b
+        return catalog[choice.lower()]
     if choice.isdigit():
         names = list(catalog)
         index = int(choice)
@@ -238,7 +240,7 @@ def lookup(catalog: dict[str, Preset], choice: str) -> Preset | None:
                              fix="see the numbers in `switch_model.sh --list`")
         return catalog[names[index - 1]]
     for preset in catalog.values():
-        if preset.repo == choice:
+        if preset.repo.lower() == choice.lower():  # Hub repo ids are case-insensitive
             return preset
     return None
 
@@ -255,8 +257,10 @@ def resolve_model(cfg: Config, choice: str | None = None, catalog: dict[str, Pre
     choice = choice or cfg.require("MODEL")
     preset = lookup(catalog, choice)
     if preset is None and not REPO_RE.match(choice):
+        hint = did_you_mean(choice, [*catalog, *(p.repo for p in catalog.values())])
         raise SparkError(f"{choice!r} is neither a catalog preset nor a Hugging Face repo id",
-                         fix="pick a name from `sparkhelpers models list`, or give org/name")
+                         fix=f"{hint} (sparkhelpers models list)" if hint
+                         else "pick a name from `sparkhelpers models list`, or give org/name")
     sources: dict[str, str] = {}
     base = preset or Preset(name=choice, repo=choice, origin="raw repo id")
 
