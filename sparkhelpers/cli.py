@@ -14,6 +14,7 @@ import typer
 from sparkhelpers import __version__
 from sparkhelpers.appkit import SuggestGroup
 from sparkhelpers.errors import SparkError
+from sparkhelpers.examples import epilog
 
 # name -> (module, attribute holding the typer.Typer, one-line help). One entry per concern.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -27,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "logs": ("sparkhelpers.cluster.cli", "logs_app", "Print or follow a node's engine log."),
     "setup": ("sparkhelpers.discover.cli", "setup_app", "Interactive set-up of config.local.env (setup-env.sh)."),
     "bench": ("sparkhelpers.bench.cli", "app", "Benchmark a server (vllm bench serve metrics), ingest, compare."),
+    "chat": ("sparkhelpers.chat", "app", "Chat with the served model (one-shot or interactive, streaming)."),
     "recipe": ("sparkhelpers.recipes.cli", "app", "Recipes: show, validate, hash, render, list, import, export."),
     "gateway": ("sparkhelpers.gateway.cli", "app", "One endpoint for the cluster: models on demand, keys, metrics."),
     "keys": ("sparkhelpers.gateway.keys_cli", "keys_app", "Gateway API keys: create, list, revoke, rotate."),
@@ -41,7 +43,15 @@ def load_command(name: str) -> typer.main.click.Command | None:  # type: ignore[
     module, attr, _ = entry
     command = typer.main.get_command(getattr(importlib.import_module(module), attr))
     command.name = name
+    _add_examples(command, name)
     return command
+
+
+def _add_examples(command, path: str) -> None:  # noqa: ANN001
+    """Each command's --help ends with its examples (sparkhelpers/examples.py)."""
+    command.epilog = command.epilog or epilog(path)
+    for sub_name, sub in (getattr(command, "commands", None) or {}).items():
+        _add_examples(sub, f"{path} {sub_name}")
 
 
 class LazyGroup(SuggestGroup):
@@ -74,6 +84,7 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=epilog(""),
 )
 
 

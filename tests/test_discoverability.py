@@ -7,11 +7,13 @@ import os
 import subprocess
 from pathlib import Path
 
+import test_bench_quirks
 from test_setup_sim import run_in_pty  # a real pty, no sim needed
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAPS = ROOT / "tests" / "fixtures" / "snapshots"
 ESC = "\x1b["
+quirks = test_bench_quirks.quirks  # a real OpenAI-compatible server
 
 
 def doctor_argv(sparkhelpers_bin) -> list[str]:
@@ -60,3 +62,80 @@ def test_preset_names_and_repo_ids_match_case_insensitively(sparkhelpers_bin):
     repo = _run(sparkhelpers_bin, "models", "show", "qwen/qwen3-8b", "--field", "name")
     assert upper.returncode == 0 and upper.stdout.strip() == "qwen3-8b", upper.stderr
     assert repo.returncode == 0 and repo.stdout.strip() == "qwen3-8b", repo.stderr
+
+
+def _leaves(command, path=()):  # noqa: ANN001, ANN202
+    subs = command.list_commands(None) if hasattr(command, "list_commands") else []
+    if not subs or getattr(command, "invoke_without_command", False):
+        yield " ".join(path), command
+    for name in subs:
+        sub = command.get_command(None, name)
+        if sub is not None and not sub.hidden:
+            yield from _leaves(sub, (*path, name))
+
+
+def _parse(root, argv: list[str]) -> None:
+    """Parse argv down to its command the way click would run it, without running anything."""
+    ctx = root.make_context("sparkhelpers", list(argv))
+    command, args = root, [*ctx._protected_args, *ctx.args]
+    while hasattr(command, "resolve_command") and args:
+        name, command, args = command.resolve_command(ctx, args)
+        ctx = command.make_context(name, list(args), parent=ctx)
+        args = [*getattr(ctx, "_protected_args", []), *ctx.args] if hasattr(command, "resolve_command") else []
+
+
+def test_every_command_has_examples_and_each_example_parses():
+    import re
+
+    from typer.main import get_command
+
+    from sparkhelpers import cli
+    from sparkhelpers.examples import EXAMPLES
+
+    root = get_command(cli.app)
+    leaves = dict(_leaves(root))
+    assert not [p for p in leaves if p not in EXAMPLES], "commands without examples in sparkhelpers/examples.py"
+    assert not [p for p in EXAMPLES if p and p not in leaves], "examples for commands that do not exist"
+    for path, lines in EXAMPLES.items():
+        assert 1 <= len(lines) <= 2, path
+        for line in lines:
+            argv = re.search(r"sparkhelpers ([^|)]*)", line).group(1)
+            import shlex
+
+            _parse(root, shlex.split(argv))  # a bad flag, value or missing argument raises UsageError
+
+
+def test_help_shows_the_examples(sparkhelpers_bin):
+    r = _run(sparkhelpers_bin, "models", "fit", "--help")
+    assert "Examples:\n    sparkhelpers models fit qwen3-32b --nodes 2" in r.stdout
+
+
+def test_chat_one_shot_streams_the_reply(quirks, sparkhelpers_bin):
+    quirks.requests.clear()
+    r = _run(sparkhelpers_bin, "chat", "--url", f"http://127.0.0.1:{quirks.port}/v1", "--model", "normal",
+             "--max-tokens", "4", "--system", "be brief", "hello there")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "t0t1t2t3\n"
+    body = quirks.requests[-1]["body"]
+    assert body["stream"] is True and body["messages"] == [{"role": "system", "content": "be brief"},
+                                                           {"role": "user", "content": "hello there"}]
+    piped = subprocess.run([*sparkhelpers_bin, "chat", "--url", f"http://127.0.0.1:{quirks.port}", "--max-tokens",
+                            "2"], input="from stdin", capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0 and piped.stdout == "t0t1\n"  # the first served model, the message from stdin
+
+
+def test_chat_interactive_keeps_the_conversation(quirks, sparkhelpers_bin):
+    quirks.requests.clear()
+    rc, text = run_in_pty([*sparkhelpers_bin, "chat", "--url", f"http://127.0.0.1:{quirks.port}", "--model", "normal",
+                           "--max-tokens", "3"], [(r"you> $", "first"), (r"you> $", "second"), (r"you> $", "/exit")])
+    assert rc == 0, text
+    assert "chatting with normal" in text and text.count("t0t1t2") == 2
+    second = quirks.requests[-1]["body"]["messages"]
+    assert [m["content"] for m in second] == ["first", "t0t1t2", "second"]
+
+
+def test_chat_unknown_model_and_no_server_are_one_line(quirks, sparkhelpers_bin):
+    r = _run(sparkhelpers_bin, "chat", "--url", f"http://127.0.0.1:{quirks.port}", "--model", "norml", "hi")
+    assert r.returncode == 2 and "does not serve 'norml'" in r.stderr and "did you mean 'normal'?" in r.stderr
+    r = _run(sparkhelpers_bin, "chat", "--url", "http://127.0.0.1:9", "hi")
+    assert r.returncode == 1 and "cannot reach" in r.stderr and "Traceback" not in r.stderr
