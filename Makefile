@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SHELL_FILES := $(wildcard *.sh) lib/common.sh .ci/run tools/install-deps.sh tools/demo.sh tools/side-venv.sh tools/real-vllm.sh \
+SHELL_FILES := $(wildcard *.sh) lib/common.sh lib/completion.bash .ci/run tools/install-deps.sh tools/demo.sh tools/side-venv.sh tools/real-vllm.sh \
 	tools/recipe-oracles.sh $(wildcard perf/*.sh) \
 	$(wildcard sparkhelpers/*/*.sh) sparkhelpers/sim/fakes/ibdev2netdev sparkhelpers/sim/fakes/show_gids \
 	sparkhelpers/sim/fakes/nvidia-container-runtime-hook $(wildcard tests/fixtures/*/*.sh)

@@ -72,3 +72,15 @@ def colour_status(text: str, stream=None) -> str:  # noqa: ANN001
 def echo_status(text: str) -> None:
     """typer.echo for check lists: the status words coloured on a terminal."""
     typer.echo(colour_status(text))
+
+
+def complete_preset(incomplete: str) -> list[str]:
+    """Shell completion of a model preset name (the built-in catalog plus MODEL_CATALOG's)."""
+    try:
+        from sparkhelpers.config import load_config
+        from sparkhelpers.models.catalog import catalog_for
+
+        names = list(catalog_for(load_config()))
+    except Exception:  # noqa: BLE001 - a broken config must not break the user's shell
+        return []
+    return [n for n in names if n.startswith(incomplete.lower())]

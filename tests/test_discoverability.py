@@ -139,3 +139,44 @@ def test_chat_unknown_model_and_no_server_are_one_line(quirks, sparkhelpers_bin)
     assert r.returncode == 2 and "does not serve 'norml'" in r.stderr and "did you mean 'normal'?" in r.stderr
     r = _run(sparkhelpers_bin, "chat", "--url", "http://127.0.0.1:9", "hi")
     assert r.returncode == 1 and "cannot reach" in r.stderr and "Traceback" not in r.stderr
+
+
+def _complete(script: str, words: list[str], *, env: dict | None = None) -> list[str]:
+    """COMPREPLY of lib/completion.bash's function for ``words`` in a real bash."""
+    import shlex
+
+    fn = "_sparkhelpers_completion" if words[0] == "sparkhelpers" else "_spark_scripts_completion"
+    code = (f"source {shlex.quote(str(ROOT / 'lib' / 'completion.bash'))}; "
+            f"COMP_WORDS=({' '.join(shlex.quote(w) for w in words)}); COMP_CWORD={len(words) - 1}; "
+            f"{fn}; printf '%s\\n' \"${{COMPREPLY[@]}}\"")
+    r = subprocess.run(["bash", "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                       env={**os.environ, **(env or {})})
+    assert r.returncode == 0, r.stderr
+    return [x for x in r.stdout.splitlines() if x]
+
+
+def test_bash_completion_of_sub_commands_presets_and_script_flags():
+    assert _complete("", ["sparkhelpers", "mod"]) == ["models"]
+    assert set(_complete("", ["sparkhelpers", "models", "s"])) == {"show", "sync", "smoke"}
+    presets = _complete("", ["sparkhelpers", "models", "show", "qwen3-3"])
+    assert presets and all(p.startswith("qwen3-3") for p in presets) and "qwen3-32b" in presets
+    assert "qwen3-8b" in _complete("", ["./switch_model.sh", "qwen3-8"])  # the script's NAME: preset names
+    assert _complete("", ["./switch_model.sh", "--sk"]) == ["--skip-download", "--skip-restart"]
+    flags = _complete("", ["start_cluster.sh", "--"])
+    assert {"--dry-run", "--replace", "--help"} <= set(flags)
+
+
+def test_every_script_flag_in_its_header_completes():
+    import re
+
+    for script in ("setup-env.sh", "checkout_setup.sh", "start_cluster.sh", "stop_cluster.sh", "switch_model.sh",
+                   "benchmark_current.sh", "benchmark_all.sh"):
+        header = "\n".join(line for line in (ROOT / script).read_text().splitlines()[1:40] if line.startswith("#"))
+        documented = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", header))
+        assert documented <= set(_complete("", [f"./{script}", "--"])), script
+
+
+def test_install_and_show_completion_are_enabled(sparkhelpers_bin):
+    r = _run(sparkhelpers_bin, "--show-completion", "bash")
+    assert r.returncode == 0 and "_SPARKHELPERS_COMPLETE=complete_bash" in r.stdout
+    assert "--install-completion" in _run(sparkhelpers_bin, "--help").stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from sparkhelpers.appkit import info, new_app, print_json
+from sparkhelpers.appkit import complete_preset, info, new_app, print_json
 from sparkhelpers.errors import SparkError, UsageError
 
 app = new_app("Start and stop the vLLM cluster (what start_cluster.sh and stop_cluster.sh run).")
@@ -187,7 +187,8 @@ def stop(
 
 @app.command("switch")
 def switch_cmd(
-    name: str = typer.Argument(None, help="Preset name, its number from --list, or a Hugging Face repo id."),
+    name: str = typer.Argument(None, help="Preset name, its number from --list, or a Hugging Face repo id.",
+                               autocompletion=complete_preset),
     list_: bool = typer.Option(False, "-l", "--list", help="List the model presets (numbered) and exit."),
     download_only: bool = typer.Option(False, "-d", "--download-only",
                                        help="Download (and sync) the model; leave the config and cluster alone."),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from sparkhelpers.appkit import echo_status, info, new_app, print_json, warn
+from sparkhelpers.appkit import complete_preset, echo_status, info, new_app, print_json, warn
 from sparkhelpers.errors import SparkError, UsageError
 
 app = new_app("Model catalog, memory-fit estimate, download, verify and sync to the workers.")
@@ -66,7 +66,8 @@ def list_(as_json: bool = JSON_OPT) -> None:
 
 @app.command()
 def show(
-    name: str = typer.Argument(None, help="Preset name, list number or repo id (default: MODEL)."),
+    name: str = typer.Argument(None, help="Preset name, list number or repo id (default: MODEL).",
+                               autocompletion=complete_preset),
     as_json: bool = JSON_OPT,
     field: str = typer.Option("", "--field", help="Print one field of the resolved model (for scripts)."),
 ) -> None:
@@ -95,7 +96,8 @@ def show(
 
 @app.command("fit")
 def fit_cmd(
-    target: str = typer.Argument(..., help="Preset name, repo id in the catalog, or a directory with config.json."),
+    target: str = typer.Argument(..., help="Preset name, repo id, or a directory with config.json.",
+                                 autocompletion=complete_preset),
     tp: int = typer.Option(None, "--tp", min=1, help="Tensor-parallel size (default: the preset's, or --nodes)."),
     nodes: int = typer.Option(None, "--nodes", min=1, help="Nodes (one GPU each) = TP x PP."),
     max_model_len: int = typer.Option(None, "--max-model-len", min=1, help="Context to fit (default: preset's)."),
@@ -176,7 +178,8 @@ def _print_fit(r) -> None:  # noqa: ANN001
 
 # ---- download, verify, sync ---------------------------------------------------------------------
 
-NAME_ARG = typer.Argument(None, help="Preset name, list number or repo id (default: MODEL).")
+NAME_ARG = typer.Argument(None, help="Preset name, list number or repo id (default: MODEL).",
+                          autocompletion=complete_preset)
 
 
 @app.command()
