@@ -76,13 +76,14 @@ def metrics_url(base_url: str) -> str:
     return base_url.rstrip("/") + "/metrics"
 
 
-def scrape(base_url: str, timeout_s: float = 3.0) -> Snapshot:
-    """GET /metrics (plain http.client: no proxy from the environment). Raises OSError/ValueError."""
+def scrape(base_url: str, timeout_s: float = 3.0, api_key: str = "") -> Snapshot:
+    """GET /metrics (plain http.client: no proxy from the environment), with the API key when one is set
+    (vLLM serves /metrics without it; a gateway may not). Raises OSError/ValueError."""
     parts = urlsplit(metrics_url(base_url))
     conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     conn = conn_cls(parts.hostname, parts.port, timeout=timeout_s)
     try:
-        conn.request("GET", parts.path)
+        conn.request("GET", parts.path, headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
         resp = conn.getresponse()
         body = resp.read().decode("utf-8", "replace")
     finally:
@@ -95,8 +96,8 @@ def scrape(base_url: str, timeout_s: float = 3.0) -> Snapshot:
 class Watcher:
     """Scrapes before the run, every ``interval_s`` during it (gauge peaks) and after it (counter deltas)."""
 
-    def __init__(self, base_url: str, interval_s: float = 0.5) -> None:
-        self.base_url, self.interval_s = base_url, interval_s
+    def __init__(self, base_url: str, interval_s: float = 0.5, api_key: str = "") -> None:
+        self.base_url, self.interval_s, self._key = base_url, interval_s, api_key
         self.before: Snapshot | None = None
         self.reason = ""
         self.peaks: dict[str, float] = {}
@@ -106,7 +107,7 @@ class Watcher:
 
     def _take(self) -> Snapshot | None:
         try:
-            snap = scrape(self.base_url)
+            snap = scrape(self.base_url, api_key=self._key)
         except (OSError, ValueError) as exc:
             self.reason = self.reason or f"{metrics_url(self.base_url)}: {type(exc).__name__}: {exc}"[:200]
             return None

@@ -162,7 +162,7 @@ def execute(o: RunOptions, *, api_key: str = "", target: dict | None = None, run
     ignore_eos = o.ignore_eos or o.dataset_name == "random"  # as vLLM: forced on for random
     spec = client.LoadSpec(o.base_url, o.served_model_name or o.model, api_key=api_key,
                            **{**o.load_shape(), "ignore_eos": ignore_eos})
-    watcher = engine_metrics.Watcher(o.base_url) if o.engine_metrics else None
+    watcher = engine_metrics.Watcher(o.base_url, api_key=api_key) if o.engine_metrics else None
     load = client.run_load(spec, prompts, progress=progress, warmup_prompts=warmups,
                            on_measure=watcher.start if watcher else None)
     try:
