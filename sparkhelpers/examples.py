@@ -25,6 +25,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "sim exec": ("sparkhelpers sim exec spark2 ip -br addr",),
     "sim fault": ("sparkhelpers sim fault spark2 link-down twin1", "sparkhelpers sim fault spark2 clear"),
     "sim seed-model": ("sparkhelpers sim seed-model spark2 HuggingFaceTB/SmolLM2-135M-Instruct",),
+    "sim flags": ("sparkhelpers sim flags", "sparkhelpers sim flags --write --version 0.32.0"),
     "sim image build": ("sparkhelpers sim image build", "sparkhelpers sim image build --force"),
     "models list": ("sparkhelpers models list", "sparkhelpers models list --json"),
     "models show": ("sparkhelpers models show qwen3-8b", "sparkhelpers models show --field tensor_parallel"),
