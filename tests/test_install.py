@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 # Imported only behind an optional extra, with its own "install it" error, or inside the sim's images.
-OPTIONAL = {"tokenizers": "tokenizer extra", "xllamacpp": "engine extra", "sparksim_engine": "sim image"}
+OPTIONAL = {"tokenizers": "tokenizer extra", "xllamacpp": "engine extra", "sparksim_engine": "sim image",
+            "vllm": "the real vLLM side venv (tools/real-vllm.sh), run by sim/vllm_parser.py"}
 IMPORT_NAMES = {"yaml": "pyyaml", "jinja2": "jinja2", "prometheus_client": "prometheus-client"}
 
 
