@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -118,7 +119,7 @@ def test_list_json_marks_current_and_fits(sparkhelpers_bin, monkeypatch):
     rows = json.loads(r.stdout)
     current = [row["name"] for row in rows if row["current"]]
     assert current == ["phi-4"]
-    assert {row["fits"] for row in rows} == {True}
+    assert {row["fits"] for row in rows if row["nodes"] == 1} == {True}  # multi-node presets: not on 1 node
     assert all(row["cached"] is False for row in rows)
     r = subprocess.run([*sparkhelpers_bin, "models", "list"], capture_output=True, text=True, timeout=60)
     assert "phi-4" in r.stdout and "* = current MODEL (phi-4)" in r.stdout
@@ -129,3 +130,19 @@ def test_show_field_for_scripts(sparkhelpers_bin):
     assert r.returncode == 0 and r.stdout.strip() == list(load_catalog())[2]
     r = subprocess.run([*sparkhelpers_bin, "models", "show", "bogus"], capture_output=True, text=True)
     assert r.returncode == 1 and "neither a catalog preset" in r.stderr
+
+
+def test_list_fits_against_this_clusters_node_count(sparkhelpers_bin, monkeypatch):
+    def rows(workers: str) -> dict:
+        env = {**os.environ, "WORKER_HOST": workers}
+        r = subprocess.run([*sparkhelpers_bin, "models", "list", "--json"], capture_output=True, text=True,
+                           timeout=60, env=env)
+        assert r.returncode == 0, r.stderr
+        return {row["name"]: row for row in json.loads(r.stdout)}
+
+    alone = rows("")
+    big = [r for r in alone.values() if r["nodes"] > 1]
+    assert big and all(r["fits"] is False and r["fits_why"].startswith(f"needs {r['nodes']} nodes") for r in big)
+    assert alone["qwen3-8b"]["fits"] is True and alone["qwen3-8b"]["cluster_nodes"] == 1
+    eight = rows(" ".join(f"10.0.0.{i}" for i in range(2, 9)))
+    assert eight["deepseek-v3"]["cluster_nodes"] == 8 and not eight["deepseek-v3"]["fits_why"].startswith("needs")

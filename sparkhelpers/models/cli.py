@@ -20,36 +20,13 @@ def _cfg(**flags):  # noqa: ANN003, ANN202
     return load_config(flags=flags)
 
 
-def _fit_for_spec(spec, **overrides):  # noqa: ANN001, ANN003, ANN202
-    from sparkhelpers.models import fit
-
-    return fit.estimate(fit.FitInput(spec.name, spec.arch), tp=spec.tensor_parallel, pp=spec.pipeline_parallel,
-                        max_model_len=spec.max_model_len, gpu_memory_util=spec.gpu_memory_util, **overrides)
-
-
 @app.command("list")
 def list_(as_json: bool = JSON_OPT) -> None:
-    """Numbered presets: size, nodes, context, gated, cached on this node, current (MODEL), fits."""
-    from sparkhelpers.models import catalog as cat
-    from sparkhelpers.models import snapshot_check
+    """Numbered presets: size, nodes, context, gated, cached on this node, current (MODEL), fits on this cluster."""
+    from sparkhelpers.models.listing import preset_rows
 
     cfg = _cfg()
-    presets = cat.catalog_for(cfg)
-    current = cat.lookup(presets, cfg.get("MODEL")) if cfg.get("MODEL") else None
-    cache = cfg.get("HF_CACHE")
-    rows = []
-    for number, (name, preset) in enumerate(presets.items(), start=1):
-        spec = cat.resolve_model(cfg, name, presets)
-        result = _fit_for_spec(spec)
-        cached = False
-        if Path(snapshot_check.repo_dir(cache, preset.repo)).is_dir():
-            cached = snapshot_check.check(cache, preset.repo, spec.revision)["complete"]
-        rows.append({"number": number, "name": name, "repo": preset.repo,
-                     "size_gib": round(result.weights_gib_total, 1) if result.weights_gib_total else None,
-                     "nodes": spec.nodes, "tensor_parallel": spec.tensor_parallel,
-                     "max_model_len": spec.max_model_len, "gated": preset.gated, "cached": cached,
-                     "current": current is not None and current.name == name, "fits": result.fits,
-                     "origin": preset.origin})
+    rows = preset_rows(cfg)
     if as_json:
         print_json(rows)
         return
@@ -58,10 +35,13 @@ def list_(as_json: bool = JSON_OPT) -> None:
     for r in rows:
         size = f"{r['size_gib']:.1f} GiB" if r["size_gib"] is not None else "unknown"
         fits = {True: "yes", False: "NO", None: "unknown"}[r["fits"]]
+        fits += f" ({r['fits_why']})" if r["fits"] is False and r["fits_why"].startswith("needs") else ""
         mark = "*" if r["current"] else " "
         typer.echo(f"{r['number']:>3}{mark} {r['name']:<28} {size:>9} {r['nodes']:>5} {r['max_model_len'] or '-':>8}"
                    f"  {'yes' if r['gated'] else 'no':<5} {'yes' if r['cached'] else 'no':<6} {fits}")
-    typer.echo(f"* = current MODEL ({cfg.get('MODEL') or 'unset'}). Details: sparkhelpers models show NAME")
+    nodes = rows[0]["cluster_nodes"] if rows else 1
+    typer.echo(f"* = current MODEL ({cfg.get('MODEL') or 'unset'}). fits = on this cluster ({nodes} node(s), "
+               f"GB10 memory). Details: sparkhelpers models show NAME; sparkhelpers models fit NAME")
 
 
 @app.command()
