@@ -112,7 +112,7 @@ def test_html_is_self_contained_with_three_plots():
     docs = [doc(variant=v, conc=c, out=c * k, ttft=100 + c) for v, k in (("a", 10), ("b", 12)) for c in (1, 4, 16)]
     docs.append(doc(variant="c", valid=False))
     text = report.to_html(matrix.build(docs, baseline="a"), source="/results")
-    assert text.count("<svg") == 3 and "<script" not in text.lower()
+    assert text.count("<svg") == 3 and "<script" not in text.lower()  # one workload cell: three charts
     assert not re.search(r"""(src|href)\s*=""", text)  # nothing is fetched
     assert "Throughput vs per-user speed" in text and 'class="invalid"' in text and "&#9733;" in text
 
@@ -147,3 +147,52 @@ def test_engine_metrics_columns_from_each_run():
     other = [r for r in json.loads(matrix.to_json(m))["cells"] if r["variant"] == "other"][0]
     assert other["prefix_hit_pct"] is None  # no engine metrics: none invented
     assert "hit 60±" in matrix.to_table(m) and "prefix_hit_pct" in matrix.to_csv(m).splitlines()[0]
+
+
+def _report_docs() -> list[dict]:
+    """Two variants x two workload cells x c=1,4,16, three repeats each (so every point has a CI)."""
+    docs = []
+    for variant, k in (("baseline", 10.0), ("tier1", 12.5)):
+        for cell in ("1024/128", "128/1024"):
+            for c in (1, 4, 16):
+                for rep, jitter in enumerate((0.9, 1.0, 1.1), 1):
+                    d = doc(variant=variant, cell=cell, conc=c, out=c * k * jitter, ttft=100 + c * jitter)
+                    d["target"].update(image="vllm/vllm-openai:v0.11.0", nodes=2, tp=2, pp=1,
+                                       engine_options={"kv_cache_dtype": "fp8"} if variant == "tier1" else {})
+                    d["run"].update(tool="sparkhelpers", started_at=f"2026-12-0{rep}T01:00:00Z")
+                    docs.append(d)
+    return docs
+
+
+def test_html_has_a_chart_per_cell_error_bars_labels_and_metadata():
+    text = report.to_html(matrix.build(_report_docs(), baseline="baseline"), source="/results")
+    assert text.count("<svg") == 6 and "<h3>Workload 1024/128</h3>" in text and "<h3>Workload 128/1024</h3>" in text
+    assert text.count('class="errbar"') == 2 * 2 * 3 * 3  # rows x cells x concurrencies x charts
+    assert text.count('class="point-label"') == 2 * 2 * 3 * 3 and ">c=16</text>" in text
+    assert "vllm/vllm-openai:v0.11.0" in text and "TP2/PP1" in text and "2026-12-01T01:00:00Z" in text
+    hashes = {row: meta["config_hashes"] for row, meta in matrix.build(_report_docs()).meta.items()}
+    assert hashes[("m", "baseline")] != hashes[("m", "tier1")]  # different engine options, different hash
+
+
+def test_html_renders_in_headless_chromium_with_error_bars_and_labels(tmp_path):
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.fail("chromium is missing: make deps installs the Debian chromium package")
+    page = tmp_path / "report.html"
+    page.write_text(report.to_html(matrix.build(_report_docs(), baseline="baseline"), source="/results"))
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    rendered = dom.stdout
+    # what the browser built from the page: SVG elements in the DOM, not just text in a file
+    assert rendered.count("<svg") == 6 and rendered.count('class="errbar"') == 36
+    assert re.search(r'<text class="point-label"[^>]*>c=4</text>', rendered)
+    assert "Workload 128/1024" in rendered and "TP2/PP1" in rendered
+    shot = tmp_path / "shot.png"
+    r = subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1400,2400", page.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and shot.stat().st_size > 20_000, r.stderr[-2000:]  # a drawn page, not blank

@@ -67,6 +67,7 @@ class Matrix:
     cols: list[tuple[str, int]]
     cells: dict[tuple[tuple[str, str], tuple[str, int]], Cell]
     baseline: str = ""
+    meta: dict[tuple[str, str], dict] = field(default_factory=dict)  # per row: images, hashes, layouts, dates
 
 
 def row_key(doc: dict) -> tuple[str, str]:
@@ -127,7 +128,37 @@ def build(docs: Sequence[dict], baseline: str = "") -> Matrix:
             cells[(max(candidates)[1], col)].best = True
     if baseline:
         apply_baseline(rows, cols, cells, baseline)
-    return Matrix(rows, cols, cells, baseline)
+    return Matrix(rows, cols, cells, baseline, meta=row_metadata(docs))
+
+
+def config_hash(target: dict) -> str:
+    """The target's own hash (recipe id or config hash) when it has one, else 12 hex of its configuration."""
+    import hashlib
+
+    for key in ("recipe_id", "config_hash"):
+        if target.get(key):
+            return str(target[key])
+    rest = {k: v for k, v in target.items() if k not in ("base_url", "model", "variant")}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def row_metadata(docs: Sequence[dict]) -> dict[tuple[str, str], dict]:
+    """What each row was run on: image, config hash, nodes, TP/PP, tools, first and last run date."""
+    meta: dict[tuple[str, str], dict] = {}
+    for d in docs:
+        t, run = d.get("target") or {}, d.get("run") or {}
+        m = meta.setdefault(row_key(d), {"images": [], "config_hashes": [], "nodes": [], "layouts": [], "tools": [],
+                                         "first": None, "last": None})
+        layout = f"TP{t.get('tp') or '?'}/PP{t.get('pp') or '?'}" if t.get("tp") or t.get("pp") else None
+        for key, value in (("images", t.get("image")), ("config_hashes", config_hash(t) if t else None),
+                           ("nodes", t.get("nodes")), ("layouts", layout), ("tools", run.get("tool"))):
+            if value is not None and value not in m[key]:
+                m[key].append(value)
+        when = run.get("started_at") or d.get("date")
+        if when:
+            m["first"] = min(m["first"] or when, when)
+            m["last"] = max(m["last"] or when, when)
+    return meta
 
 
 def apply_baseline(rows, cols, cells, baseline: str) -> None:

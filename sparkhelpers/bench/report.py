@@ -28,10 +28,18 @@ def _num(v: float) -> str:
     return f"{v:.0f}" if abs(v) >= 10 or v == int(v) else f"{v:.1f}"
 
 
-def svg_chart(title: str, series: Sequence[tuple[str, list[tuple[float, float]]]], x_label: str, y_label: str,
+def _point(p: tuple) -> tuple:
+    """(x, y[, y half-width[, label]]) -> (x, y, half-width or None, label or "")."""
+    return (p[0], p[1], p[2] if len(p) > 2 else None, p[3] if len(p) > 3 else "")
+
+
+def svg_chart(title: str, series: Sequence[tuple[str, list[tuple]]], x_label: str, y_label: str,
               log2_x: bool = False) -> str:
-    """A line chart with markers; ``log2_x`` for concurrency ladders (1, 4, 16, 64...)."""
-    pts = [(x, y) for _, s in series for x, y in s if x is not None and y is not None and (not log2_x or x > 0)]
+    """A line chart with markers; ``log2_x`` for concurrency ladders (1, 4, 16, 64...). A point is
+    (x, y[, y's 95% CI half-width[, label]]): the half-width is drawn as an error bar, the label beside it."""
+    series = [(name, [_point(p) for p in pts]) for name, pts in series]
+    pts = [(x, y + (e or 0.0)) for _, s in series for x, y, e, _ in s
+           if x is not None and y is not None and (not log2_x or x > 0)]
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
            f'role="img" aria-label="{html.escape(title)}">',
            f'<text x="{W / 2}" y="18" text-anchor="middle" font-size="14" font-weight="bold">{html.escape(title)}'
@@ -59,6 +67,8 @@ def svg_chart(title: str, series: Sequence[tuple[str, list[tuple[float, float]]]
         out.append(f'<line x1="{PAD_L}" y1="{y:.1f}" x2="{PAD_L + pw}" y2="{y:.1f}" stroke="#e4e4e4"/>'
                    f'<text x="{PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{_num(t)}</text>')
     xticks = sorted({x for x, _ in pts}) if log2_x else _ticks(x_lo, x_hi)
+    if not log2_x:  # the points' own x may lie outside the padded range of a single-x series
+        x_lo, x_hi = min(x_lo, *xticks), max(x_hi, *xticks)
     for t in xticks:
         x = px(t)
         out.append(f'<line x1="{x:.1f}" y1="{PAD_T}" x2="{x:.1f}" y2="{PAD_T + ph}" stroke="#eee"/>'
@@ -74,12 +84,26 @@ def svg_chart(title: str, series: Sequence[tuple[str, list[tuple[float, float]]]
                       key=lambda p: p[0])
         if not good:
             continue
-        path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in good)
+        path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y, _, _ in good)
         out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"{dash}>'
                    f"<title>{html.escape(label)}</title></polyline>")
-        for x, y in good:
-            out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{color}">'
-                       f"<title>{html.escape(label)}: {_num(x)}, {_num(y)}</title></circle>")
+        for x, y, err, text in good:
+            cx, cy = px(x), py(y)
+            if err:
+                top, bottom = py(y + err), py(max(y_lo, y - err))
+                out.append(f'<g class="errbar" stroke="{color}" stroke-width="1.2">'
+                           f'<line x1="{cx:.1f}" y1="{top:.1f}" x2="{cx:.1f}" y2="{bottom:.1f}"/>'
+                           f'<line x1="{cx - 4:.1f}" y1="{top:.1f}" x2="{cx + 4:.1f}" y2="{top:.1f}"/>'
+                           f'<line x1="{cx - 4:.1f}" y1="{bottom:.1f}" x2="{cx + 4:.1f}" y2="{bottom:.1f}"/>'
+                           f"<title>95% CI ±{_num(err)}</title></g>")
+            out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3.5" fill="{color}">'
+                       f"<title>{html.escape(label)}: {_num(x)}, {_num(y)}{f' ±{_num(err)}' if err else ''}"
+                       "</title></circle>")
+            if text:  # right of the point, or left of it near the plot's right edge
+                right = cx > PAD_L + pw - 36
+                out.append(f'<text class="point-label" x="{cx - 6 if right else cx + 6:.1f}" y="{cy - 6:.1f}" '
+                           f'font-size="10" text-anchor="{"end" if right else "start"}" fill="{color}">'
+                           f"{html.escape(text)}</text>")
     return "\n".join(out) + "\n</svg>"
 
 
@@ -89,26 +113,66 @@ def legend(labels: Sequence[str]) -> str:
     return '<div class="legend">' + "".join(items) + "</div>"
 
 
-def series_by_row_cell(m: Matrix, x_field: str | None, y_field: str) -> list[tuple[str, list[tuple[float, float]]]]:
-    """One series per (row, workload cell), points ordered by concurrency."""
+def series_for_cell(m: Matrix, cell_name: str, x_field: str | None, y_field: str) -> list[tuple[str, list[tuple]]]:
+    """One series per row (model x variant) in one workload cell: (x, y, y's CI half-width, "c=N") points."""
     out = []
     for r in m.rows:
-        for cell_name in sorted({c[0] for c in m.cols}):
-            pts = []
-            for c in (c for c in m.cols if c[0] == cell_name):
-                cell = m.cells.get((r, c))
-                if cell is None or cell.invalid:
-                    continue
-                x = c[1] if x_field is None else cell.stats[x_field].mean
-                pts.append((x, cell.stats[y_field].mean))
-            if pts:
-                out.append((f"{row_label(r)} {cell_name}", pts))
+        pts = []
+        for c in (c for c in m.cols if c[0] == cell_name):
+            cell = m.cells.get((r, c))
+            if cell is None or cell.invalid:
+                continue
+            x = c[1] if x_field is None else cell.stats[x_field].mean
+            pts.append((x, cell.stats[y_field].mean, cell.stats[y_field].half_width, f"c={c[1]}"))
+        if pts:
+            out.append((row_label(r), pts))
     return out
+
+
+PLOTS = (("Output throughput vs concurrency", None, "output_tok_s", "concurrency", "output tok/s", True),
+         ("Median TTFT vs load", None, "ttft_p50_ms", "concurrency", "median TTFT (ms)", True),
+         ("Throughput vs per-user speed", "per_user_tok_s", "output_tok_s", "per-user tok/s (1000/median TPOT)",
+          "output tok/s", False))
+
+
+def cell_plots(m: Matrix) -> str:
+    """One block of charts per workload cell (input/output lengths), error bars from the 95% CIs."""
+    blocks = []
+    for cell_name in sorted({c[0] for c in m.cols}):
+        charts = []
+        for ptitle, xf, yf, xl, yl, log2 in PLOTS:
+            series = series_for_cell(m, cell_name, xf, yf)
+            charts.append(f'<div class="plot">{svg_chart(f"{ptitle} ({cell_name})", series, xl, yl, log2)}'
+                          f"{legend([s[0] for s in series])}</div>")
+        blocks.append(f'<h3>Workload {html.escape(cell_name)}</h3><div class="plots">{"".join(charts)}</div>')
+    return "".join(blocks)
+
+
+def metadata_html(m: Matrix) -> str:
+    """Per row: image, config hash, nodes, TP/PP, tools and the dates of its runs."""
+    if not m.meta:
+        return ""
+    head = "<tr><th>model [variant]</th><th>image</th><th>config hash</th><th>nodes</th><th>TP/PP</th>" \
+           "<th>tools</th><th>runs from</th><th>to</th></tr>"
+    rows = []
+    for r in m.rows:
+        meta = m.meta.get(r, {})
+
+        def join(key: str, meta: dict = meta) -> str:
+            return html.escape(", ".join(str(v) for v in meta.get(key, [])) or "-")
+
+        rows.append(f"<tr><th>{html.escape(row_label(r))}</th><td>{join('images')}</td><td><code>"
+                    f"{join('config_hashes')}</code></td><td>{join('nodes')}</td><td>{join('layouts')}</td>"
+                    f"<td>{join('tools')}</td><td>{html.escape(meta.get('first') or '-')}</td>"
+                    f"<td>{html.escape(meta.get('last') or '-')}</td></tr>")
+    return f'<h2>Runs</h2><table class="meta-table">{head}{"".join(rows)}</table>'
+
 
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
-h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px} .meta{color:#666;font-size:13px}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px} h3{font-size:15px;margin:18px 0 6px}
+.meta{color:#666;font-size:13px}
 table{border-collapse:collapse;font-size:12.5px} th,td{border:1px solid #d0d0d0;padding:6px 8px;vertical-align:top}
 th{background:#f0f3f7;text-align:left} td.best{background:#e7f6e7} td.invalid{background:#eee;color:#999}
 td .big{font-weight:600;font-size:13.5px} .delta-up{color:#187a18} .delta-down{color:#b22}
@@ -139,15 +203,6 @@ def to_html(m: Matrix, title: str = "Benchmark report", source: str = "") -> str
     header = "".join(f"<th>{html.escape(col_label(c))}</th>" for c in m.cols)
     rows = "".join(f"<tr><th>{html.escape(row_label(r))}</th>" + "".join(cell_html(m.cells.get((r, c)))
                                                                        for c in m.cols) + "</tr>" for r in m.rows)
-    plots = []
-    for ptitle, xf, yf, xl, yl, log2 in (
-            ("Output throughput vs concurrency", None, "output_tok_s", "concurrency", "output tok/s", True),
-            ("Median TTFT vs load", None, "ttft_p50_ms", "concurrency", "median TTFT (ms)", True),
-            ("Throughput vs per-user speed", "per_user_tok_s", "output_tok_s", "per-user tok/s (1000/median TPOT)",
-             "output tok/s", False)):
-        series = series_by_row_cell(m, xf, yf)
-        plots.append(f'<div class="plot">{svg_chart(ptitle, series, xl, yl, log2)}{legend([s[0] for s in series])}'
-                     "</div>")
     base = f" Deltas: output tok/s against <b>{html.escape(m.baseline)}</b>." if m.baseline else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{CSS}</style></head>
@@ -155,8 +210,11 @@ def to_html(m: Matrix, title: str = "Benchmark report", source: str = "") -> str
 <h1>{html.escape(title)}</h1>
 <div class="meta">{len(m.rows)} configuration(s) x {len(m.cols)} workload column(s). Source: {html.escape(source)}.
 Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by sparkhelpers.</div>
+{metadata_html(m)}
 <h2>Plots</h2>
-<div class="plots">{''.join(plots)}</div>
+<p class="note">Error bars: 95% confidence intervals over repeats (none for a single run); each point is
+labelled with its concurrency.</p>
+{cell_plots(m)}
 <h2>Matrix</h2>
 <p class="note">Each cell: output tok/s (mean ± 95% confidence half-width over repeats), per-user tok/s,
 median / p99 TTFT, p99 TPOT, failed/total requests and the number of runs. Green with &#9733; = highest output
