@@ -70,7 +70,7 @@ def fit_warning(spec) -> str:  # noqa: ANN001
         if result.fits is False else ""
 
 
-def fetch(cfg: Config, spec, runner, say: Callable[[str], None]) -> None:  # noqa: ANN001
+def fetch(cfg: Config, spec, nodes: int, runner, say: Callable[[str], None]) -> None:  # noqa: ANN001
     """Download to the head's cache, then copy to the workers a multi-node model needs."""
     from sparkhelpers.models import sync
     from sparkhelpers.models.download import download
@@ -80,8 +80,8 @@ def fetch(cfg: Config, spec, runner, say: Callable[[str], None]) -> None:  # noq
     except SparkError as exc:
         raise SparkError(f"download of {spec.name} failed: {exc.message}",
                          fix=exc.fix or "run the same command again: it resumes") from None
-    if spec.nodes > 1:
-        workers = sync.workers_from_config(cfg)[: spec.nodes - 1]
+    if nodes > 1:
+        workers = sync.workers_from_config(cfg)[: nodes - 1]
         sync.ensure_on_nodes(runner, spec, workers, head_cache=cfg.require("HF_CACHE"), echo=say,
                              head=topology(cfg).head.host)
 
@@ -98,8 +98,8 @@ def switch(cfg: Config, req: SwitchRequest, *, runner=None, say: Callable[[str],
     runner = runner or Runner()
     start, stop = start or control.start_cluster, stop or control.stop_cluster
     spec = resolve_model(cfg, req.choice)
-    check_layout(spec, cfg)
-    report = SwitchReport(spec.name, spec.repo, spec.nodes)
+    layout = check_layout(spec, cfg)
+    report = SwitchReport(spec.name, spec.repo, layout.nodes)
     if note := fit_warning(spec):
         warn(note)
 
@@ -110,7 +110,7 @@ def switch(cfg: Config, req: SwitchRequest, *, runner=None, say: Callable[[str],
         return result
 
     if not req.skip_download:
-        step("fetch", lambda: fetch(cfg, spec, runner, say))
+        step("fetch", lambda: fetch(cfg, spec, layout.nodes, runner, say))
     if req.download_only:
         return report
     if req.persist:
