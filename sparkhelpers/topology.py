@@ -22,7 +22,8 @@ A GB10 node has one GPU, so nodes = TP x PP always.
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from sparkhelpers import validate as v
@@ -138,6 +139,22 @@ def topology(cfg: Config) -> Topology:
     return Topology(tuple(nodes), listen, port)
 
 
+def node_set(cfg: Config, names: Sequence[str]) -> Topology:
+    """The configured nodes narrowed and ordered to ``names`` (e.g. a recipe's or the gateway's placement):
+    the first becomes rank 0, the head whose address is the endpoint. A name is a rank, "head", a
+    WORKER_HOST entry or a fabric IP; each node keeps its SSH settings and configured fabric IP."""
+    topo = topology(cfg)
+    if not names:
+        return topo
+    picked: list[Node] = []
+    for name in names:
+        node = topo.pick(name)
+        if node in picked:
+            raise UsageError(f"node {name} is listed twice in the node set", fix="name each node once")
+        picked.append(node)
+    return replace(topo, nodes=tuple(replace(n, rank=i) for i, n in enumerate(picked)))
+
+
 def endpoint_url(listen: str, port: int, head: Host = LOCAL) -> str:
     """The URL clients use for an engine listening on ``listen``:``port`` on ``head``."""
     if listen in WILDCARDS:
@@ -229,9 +246,10 @@ def choose_layout(ask: LayoutAsk, *, available: int, nodes: int | None = None, s
 
 
 def layout_for(cfg: Config, spec: ModelSpec, *, nodes: int | None = None, solo: bool = False,
-               check: bool = True) -> Layout:
-    """The layout of ``spec`` (a ModelSpec) on the configured nodes with the start flags."""
-    return choose_layout(spec.ask, available=len(topology(cfg).nodes), nodes=nodes, solo=solo,
+               check: bool = True, topo: Topology | None = None) -> Layout:
+    """The layout of ``spec`` (a ModelSpec) on the configured nodes (or ``topo``, a node set) with the
+    start flags."""
+    return choose_layout(spec.ask, available=len((topo or topology(cfg)).nodes), nodes=nodes, solo=solo,
                          runtime=cfg.get("RUNTIME", "vllm"), check=check, name=spec.name)
 
 

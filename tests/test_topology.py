@@ -221,3 +221,16 @@ def test_models_show_and_the_plan_agree_on_the_layout():
     spec, plan = resolve_model(cfg), plan_of(cfg)
     assert (spec.nodes, spec.tensor_parallel, spec.pipeline_parallel) == (3, 1, 3)
     assert (len(plan.nodes), plan.tensor_parallel, plan.pipeline_parallel) == (3, 1, 3)
+
+
+def test_a_node_set_without_this_machine_serves_with_its_first_node_as_rank_0():
+    cfg = load_config(flags=FABRIC)
+    topo = tp.node_set(cfg, ["spark3", "spark2"])
+    plan = build_plan(cfg, resolve_model(cfg), nodes=2, topo=topo)
+    assert [n.host.address for n in plan.nodes] == ["spark3", "spark2"] and topo.remote_head
+    assert plan.head.fabric_ip == "169.254.100.13" and plan.nodes[1].env["MASTER_ADDR"] == "169.254.100.13"
+    assert plan.endpoint == topo.endpoint() == "http://spark3:8000"
+    with pytest.raises(SparkError, match="spark3 asks for more nodes|--nodes 3 asks for more nodes"):
+        build_plan(cfg, resolve_model(cfg), nodes=3, topo=topo)
+    with pytest.raises(SparkError, match="no such node"):
+        tp.node_set(cfg, ["spark9"])

@@ -32,27 +32,29 @@ def model_spec(cfg: Config) -> ModelSpec:
 def start_cluster(cfg: Config, *, nodes: int | None = None, solo: bool = False, replace: bool = False,
                   keep_on_failure: bool = False, timeout: int | None = None, dry_run: bool = False,
                   runner=None, say: Callable[[str], None] = info,  # noqa: ANN001
-                  spec: ModelSpec | None = None) -> StartOutcome:
+                  spec: ModelSpec | None = None, node_names: list[str] | None = None) -> StartOutcome:
     """Preflight, image, model, containers, health, one chat request (or, with ``dry_run``, the commands;
-    a dry run opens no connection: what it would ask a node is printed as such)."""
+    a dry run opens no connection: what it would ask a node is printed as such). ``node_names``: serve on
+    this node set (``topology.node_set``: the first is rank 0) instead of the configured cluster."""
     from sparkhelpers.cluster import lifecycle, render
     from sparkhelpers.cluster.fabric import native_supported, resolve_fabric
     from sparkhelpers.cluster.plan import build_plan
     from sparkhelpers.config import state_dir
     from sparkhelpers.runner import Runner
-    from sparkhelpers.topology import layout_for, topology
+    from sparkhelpers.topology import layout_for, node_set
 
     runner = runner or Runner(dry_run=dry_run)
     api_key, hf_token = secret_value(cfg, "API_KEY"), secret_value(cfg, "HF_TOKEN")
     spec = spec or model_spec(cfg)
-    topo = topology(cfg)
-    lay = layout_for(cfg, spec, nodes=nodes, solo=solo)
-    fabric = resolve_fabric(cfg, runner, lay.nodes)
+    topo = node_set(cfg, node_names or [])
+    lay = layout_for(cfg, spec, nodes=nodes, solo=solo, topo=topo)
+    fabric = resolve_fabric(cfg, runner, lay.nodes, topo)
     native = None
     if lay.nodes > 1 and cfg.get("LAUNCH_MODE", "auto") == "auto" and cfg.get("RUNTIME", "vllm") == "vllm":
         native = native_supported(runner, spec.image or cfg.get("VLLM_IMAGE"), state_dir(cfg) / "image-probe.json",
                                   probe=not dry_run, head=topo.head.host)
-    plan = build_plan(cfg, spec, nodes=nodes, solo=solo, timeout_s=timeout, fabric=fabric, native_supported=native)
+    plan = build_plan(cfg, spec, nodes=nodes, solo=solo, timeout_s=timeout, fabric=fabric, native_supported=native,
+                      topo=topo)
     if native is False:
         say("the image's vLLM is older than 0.10.2 (no Ray-less multi-node launch): using Ray")
     if lay.why == "the preset" and len(topo.nodes) != lay.nodes:

@@ -17,7 +17,7 @@ from sparkhelpers.cluster.plan import DISCOVER, NodeNet, fabric_from_config
 from sparkhelpers.config import Config
 from sparkhelpers.errors import SparkError
 from sparkhelpers.runner import Host, Runner
-from sparkhelpers.topology import topology
+from sparkhelpers.topology import Topology, topology
 
 
 def discovered(runner: Runner, host: Host) -> dict[str, str]:
@@ -37,10 +37,10 @@ def discovered(runner: Runner, host: Host) -> dict[str, str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def resolve_fabric(cfg: Config, runner: Runner, count: int) -> dict[int, NodeNet]:
-    """Fabric facts of the first ``count`` nodes of the topology. Under --dry-run (``runner.dry_run``)
-    nothing is asked: what discovery would fill in is shown as ``DISCOVER``."""
-    topo = topology(cfg)
+def resolve_fabric(cfg: Config, runner: Runner, count: int, topo: Topology | None = None) -> dict[int, NodeNet]:
+    """Fabric facts of the first ``count`` nodes of the topology (or node set ``topo``). Under --dry-run
+    (``runner.dry_run``) nothing is asked: what discovery would fill in is shown as ``DISCOVER``."""
+    topo = topo or topology(cfg)
     configured = fabric_from_config(topo, cfg, count)
     if count == 1 or all(n.fabric_ip and n.ifname and n.hcas for n in configured.values()):
         return configured

@@ -280,11 +280,12 @@ def checked_path(key: str, path: str, fix: str) -> str:
 def build_plan(cfg: Config, spec: ModelSpec, *, nodes: int | None = None, solo: bool = False,
                fabric: dict[int, NodeNet] | None = None, native_supported: bool | None = None,
                offline: bool = True, secret_names: tuple[str, ...] = (),
-               timeout_s: int | None = None) -> ClusterPlan:
-    """Validate the configuration and compute who runs what. Raises SparkError on the first bad value."""
+               timeout_s: int | None = None, topo: Topology | None = None) -> ClusterPlan:
+    """Validate the configuration and compute who runs what. Raises SparkError on the first bad value.
+    ``topo`` is a node set (``topology.node_set``); default: every configured node, the head first."""
     cluster = v.cluster_name(cfg.get("CLUSTER_NAME", "spark"))
-    topo = topology(cfg)
-    lay = layout_for(cfg, spec, nodes=nodes, solo=solo)
+    topo = topo or topology(cfg)
+    lay = layout_for(cfg, spec, nodes=nodes, solo=solo, topo=topo)
     mode = choose_mode(cfg, lay.nodes, native_supported)
     model = v.model_id(spec.repo)
     served = v.served_name(cfg.get("SERVED_MODEL_NAME") or model)
