@@ -262,13 +262,24 @@ def _menu_choice() -> str:
 
 
 @status_app.command("status")
-def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Per node: our containers and their state, MemAvailable, NCCL transport; Ray; model and health."""
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (with --watch: one object per refresh)."),
+    watch_: bool = typer.Option(False, "--watch", "-w", help="Refresh in place until Ctrl-C (off a terminal: once)."),
+    interval: float = typer.Option(2.0, "--interval", min=0.2, help="Seconds between refreshes (--watch)."),
+    count: int = typer.Option(0, "--count", min=0, help="Stop after this many refreshes (--watch; 0 = never)."),
+) -> None:
+    """Per node: our containers and their state, MemAvailable, NCCL transport; Ray; model and health; the
+    engine's requests running/waiting, KV-cache use and prefix hits (its /metrics)."""
     from sparkhelpers.cluster import status as st
     from sparkhelpers.errors import SparkError
     from sparkhelpers.runner import Runner
 
     cfg = _config()
+    if watch_:
+        from sparkhelpers.cluster.watch import watch
+
+        watch(lambda: st.collect(cfg, Runner()), st.format_text, interval_s=interval, as_json=as_json, count=count)
+        return
     data = st.collect(cfg, Runner())
     if as_json:
         print_json(data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sparkhelpers.cluster import nodes as nd
+from sparkhelpers.cluster.watch import engine_numbers, engine_text
 from sparkhelpers.config import Config, state_dir
 from sparkhelpers.runner import Runner, shell_quote
 from sparkhelpers.secrets import secret_value
@@ -67,6 +68,7 @@ def collect(cfg: Config, runner: Runner) -> dict:
     models_code, models = _http(f"{endpoint}/v1/models", api_key)
     served = [m.get("id") for m in models.get("data", [])] if models_code == 200 and isinstance(models, dict) else []
     data.update(endpoint=endpoint, healthy=code == 200, served_models=served)
+    data["engine"] = engine_numbers(endpoint, api_key)  # its /metrics: queue, KV use, prefix hits
     return data
 
 
@@ -89,5 +91,7 @@ def format_text(data: dict) -> str:
         lines.append(f"  Ray: {data['ray_nodes']} node(s), {data['ray_gpus']} GPU(s)")
     served = ", ".join(data["served_models"]) or "-"
     lines.append(f"  API {data['endpoint']}: {'healthy' if data['healthy'] else 'not answering'}; serving {served}")
+    if data.get("engine"):
+        lines.append(engine_text(data["engine"]))
     return "\n".join(lines) + "\n"
 
