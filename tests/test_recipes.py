@@ -240,3 +240,44 @@ def test_cli_render_and_list_with_recipe_path(tmp_path):
     assert rows[0]["name"] == "qwen3-8b-pair" and any(r["name"] == "qwen3-8b" for r in rows)
     shown = cli("show", "pair", "--json", env=env)
     assert json.loads(shown.stdout)["id"] == recipe_id(load(str(tmp_path / "pair.yaml")))
+
+
+# ---- one path: the plan, its label and the benchmark results carry the recipe id -------------------
+
+def test_a_recipe_plan_renders_by_the_recipe_and_labels_its_id(tmp_path):
+    from test_cluster_plan import FABRIC
+
+    from sparkhelpers.cluster import render as rd
+    from sparkhelpers.cluster.plan import build_plan
+    from sparkhelpers.config import load_config
+    from sparkhelpers.recipes.apply import recipe_config, recipe_spec
+
+    recipe = load(str(write(tmp_path, BASE + "env: {VLLM_LOGGING_LEVEL: DEBUG}\n")))
+    # a configured engine key must not leak into a recipe's start
+    cfg = recipe_config(load_config(flags={**FABRIC, "KV_CACHE_DTYPE": "fp8", "EXTRA_ARGS": "--enforce-eager"}),
+                        recipe)
+    plan = build_plan(cfg, recipe_spec(recipe), nodes=2)
+    assert list(plan.engine_args) == engine_argv(recipe)
+    assert plan.recipe_id == recipe_id(recipe) and plan.image == IMAGE
+    run = rd.docker_run(plan, plan.nodes[1], plan.config_hash())
+    assert f"--label sparkhelpers.recipe={recipe_id(recipe)}" in run.replace("'", "")
+    assert "VLLM_LOGGING_LEVEL=DEBUG" in run and all(n.env["VLLM_LOGGING_LEVEL"] == "DEBUG" for n in plan.nodes)
+
+
+def test_the_configured_model_has_a_recipe_id_too():
+    from test_cluster_plan import plan_for
+
+    a, b = plan_for(nodes=2), plan_for(nodes=2, MAX_NUM_SEQS="64")
+    assert a.recipe_id.startswith("qwen3-0.6b@vllm@") and a.recipe_id != b.recipe_id
+    assert plan_for(nodes=2).recipe_id == a.recipe_id
+
+
+def test_benchmark_results_carry_the_running_recipe_id(tmp_path, monkeypatch):
+    from sparkhelpers.bench.results import cluster_target
+    from sparkhelpers.config import load_config
+
+    run = tmp_path / "run" / "spark"
+    run.mkdir(parents=True)
+    (run / "state.json").write_text(json.dumps({"recipe_id": "qwen3-8b@vllm@0123456789ab"}))
+    cfg = load_config(flags={"SPARK_STATE_DIR": str(tmp_path)})
+    assert cluster_target(cfg, "http://127.0.0.1:8000", "m")["recipe_id"] == "qwen3-8b@vllm@0123456789ab"

@@ -32,6 +32,7 @@ def cluster_target(cfg, base_url: str, model: str, variant: str = "") -> dict:
     sparkhelpers.topology, as a start without flags would choose), image, engine options."""
     from sparkhelpers.errors import SparkError
     from sparkhelpers.models.catalog import resolve_model
+    from sparkhelpers.recipes.apply import running_recipe_id
     from sparkhelpers.topology import layout_for
 
     nodes, tp_value, pp, image = None, None, None, cfg.get("VLLM_IMAGE")
@@ -51,6 +52,7 @@ def cluster_target(cfg, base_url: str, model: str, variant: str = "") -> dict:
         "pp": pp,
         "image": image,
         "variant": variant or "default",
+        "recipe_id": running_recipe_id(cfg),  # what served the run (sparkhelpers.recipes identity)
         "engine_options": {k.lower(): cfg.get(k) for k in ENGINE_OPTION_KEYS if cfg.get(k) != ""},
     }
 

@@ -37,7 +37,8 @@ class StartReport:
 
     def as_dict(self) -> dict:
         return {"cluster": self.plan.cluster, "endpoint": self.plan.endpoint, "model": self.plan.served_name,
-                "mode": self.plan.mode, "config": self.config_hash, "already_running": self.already_running,
+                "mode": self.plan.mode, "config": self.config_hash, "recipe_id": self.plan.recipe_id,
+                "already_running": self.already_running,
                 "nodes": [{"rank": n.rank, "host": n.host.label, "fabric_ip": n.fabric_ip} for n in self.plan.nodes],
                 "phases_s": {k: round(v, 2) for k, v in self.phases.items()}, "answer": self.answer,
                 "ready_at": self.report_ready_at()}

@@ -296,18 +296,20 @@ def build_plan(cfg: Config, spec: ModelSpec, *, nodes: int | None = None, solo: 
                                 "sparkhelpers config set WORKER_HF_CACHE /raid/hf-cache")
     plans = node_plans(cfg, topo, lay.nodes, mode, fabric or fabric_from_config(topo, cfg, lay.nodes), cluster,
                        sdir, offline)
-    rid = ""
-    if spec.recipe is not None:  # the recipe's container env on every rank (it carries no per-node variable)
-        from sparkhelpers.recipes import recipe_id
+    from sparkhelpers.recipes.apply import config_recipe_id
 
+    args = engine_args(cfg, spec, mode, served, lay, topo.listen, topo.port)
+    if spec.recipe is not None:  # the recipe's container env on every rank (it carries no per-node variable)
         plans = tuple(replace(n, env={**n.env, **spec.recipe.env}) for n in plans)
-        rid = recipe_id(spec.recipe)
+    image = v.image(spec.image or cfg.require("VLLM_IMAGE"))
+    rid = config_recipe_id(spec, image=image, runtime=cfg.get("RUNTIME", "vllm"), mode=mode, served=served,
+                           lay=lay, args=args, cfg=cfg)
     return ClusterPlan(
-        cluster=cluster, mode=mode, image=v.image(spec.image or cfg.require("VLLM_IMAGE")), model=model,
+        cluster=cluster, mode=mode, image=image, model=model,
         revision=v.revision(spec.revision or ""), served_name=served,
         tensor_parallel=lay.tensor_parallel, pipeline_parallel=lay.pipeline_parallel,
         port=topo.port, listen=topo.listen, nodes=plans,
-        engine_args=tuple(engine_args(cfg, spec, mode, served, lay, topo.listen, topo.port)),
+        engine_args=tuple(args),
         state_dir=sdir, hf_cache=hf_cache, worker_hf_cache=worker_cache,
         ipc_host=cfg.get_bool("IPC_HOST", True), shm_size=v.size(cfg.get("SHM_SIZE", "16g"), "SHM_SIZE"),
         privileged=cfg.get_bool("PRIVILEGED", False),

@@ -64,3 +64,64 @@ def load_for_start(cfg: Config, ref: str, nodes: int | None = None, solo: bool =
     recipe = load(ref, nodes=count, recipe_path=cfg.get("RECIPE_PATH"), default_image=cfg.get("VLLM_IMAGE"),
                   catalog_file=cfg.get("MODEL_CATALOG"))
     return recipe_config(cfg, recipe), recipe_spec(recipe)
+
+
+def config_recipe(spec, *, image: str, runtime: str, mode: str, served: str, lay, args: list[str],  # noqa: ANN001
+                  cfg: Config) -> Recipe:
+    """The configured model (config.env + preset) as the recipe it amounts to: the served values the plan
+    rendered, so the configured route has an id like any recipe (`recipe export` can write it out)."""
+    from sparkhelpers.recipes import flags as fl
+    from sparkhelpers.recipes.render import args_to_map
+    from sparkhelpers.recipes.schema import CONTAINER_DEFAULTS, NAME_RE, OWNED_ARGS
+
+    flagset = fl.flag_set(runtime)
+    engine = {k: val for k, val in args_to_map(list(args), flagset_with_owned(flagset), "the configured engine "
+                                               "arguments").items() if k not in OWNED_ARGS and k != "ctx_size"}
+    if runtime == "llama-cpp" and spec.max_model_len:
+        engine["ctx_size"] = spec.max_model_len
+    container = {**CONTAINER_DEFAULTS, "shm_size": cfg.get("SHM_SIZE", "16g"),
+                 "ipc_host": cfg.get_bool("IPC_HOST", True), "privileged": cfg.get_bool("PRIVILEGED", False),
+                 "docker_args": shlex.split(cfg.get("EXTRA_DOCKER_ARGS"))}
+    name = spec.name.lower().replace("/", "-") if NAME_RE.match(spec.name.lower().replace("/", "-")) else "configured"
+    return Recipe(name=name, model=spec.repo, runtime=runtime, image=image, nodes=lay.nodes,
+                  tensor_parallel=lay.tensor_parallel, pipeline_parallel=lay.pipeline_parallel,
+                  launch=cfg.get("LAUNCH_MODE", "auto") if mode in ("ray", "native") else "auto",
+                  served_name=served, revision=spec.revision or "", engine_args=engine, container=container,
+                  source="config.env")
+
+
+def flagset_with_owned(flagset):  # noqa: ANN001, ANN201
+    """The flag set plus the flags the plan itself renders (parallel sizes, served name, revision, host)."""
+    from sparkhelpers.recipes import flags as fl
+
+    extra = {k: fl.Flag(k, "--" + k.replace("_", "-"), "str") for k in
+             ("served_model_name", "tensor_parallel_size", "pipeline_parallel_size", "revision", "host", "port",
+              "alias", "ctx_size")}
+    return fl.FlagSet(flagset.runtime, flagset.version, {**extra, **flagset.flags})
+
+
+def config_recipe_id(spec, *, cfg: Config, **plan) -> str:  # noqa: ANN001
+    """The id of what a plan serves: its recipe's, or the configured model's as a recipe ("" when the
+    configuration holds engine flags a recipe cannot carry, e.g. one unknown to the engine's flag set)."""
+    from sparkhelpers.errors import SparkError
+    from sparkhelpers.recipes.identity import recipe_id
+
+    if spec.recipe is not None:
+        return recipe_id(spec.recipe)
+    try:
+        return recipe_id(config_recipe(spec, cfg=cfg, **plan))
+    except SparkError:
+        return ""
+
+
+def running_recipe_id(cfg: Config) -> str:
+    """The recipe id the running cluster was started with (its start's state file), "" when unknown."""
+    import json
+
+    from sparkhelpers.config import state_dir
+
+    path = state_dir(cfg) / "run" / cfg.get("CLUSTER_NAME", "spark") / "state.json"
+    try:
+        return str(json.loads(path.read_text()).get("recipe_id") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""
