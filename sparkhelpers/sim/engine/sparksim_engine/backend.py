@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -42,8 +43,12 @@ class Backend:
 
 
 def serve(backend: Backend, *, host: str, port: int, served_names: list[str], flavor: str,
-          crash_after: int = 0, api_key: str = "", max_model_len: int = 4096, on_ready=None) -> None:
-    """Serve until SIGTERM/SIGINT. ``flavor`` is "vllm" or "llama.cpp" (owned_by, error shapes)."""
+          crash_after: int = 0, api_key: str = "", max_model_len: int = 4096, on_ready=None,
+          engine_lost: threading.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT. ``flavor`` is "vllm" or "llama.cpp" (owned_by, error shapes).
+    ``engine_lost`` set (a rank died): /health stays 200, as in real vLLM, until a request fails with
+    HTTP 500; then /health answers 503 and the server exits a moment later."""
+    failed = threading.Event()
     stats = EngineMetrics(backend.n_parallel)  # vLLM's /metrics names, from the backend's slots and cache
     created = int(time.time())
 
@@ -79,7 +84,7 @@ def serve(backend: Backend, *, host: str, port: int, served_names: list[str], fl
             if not self._authorized():
                 return
             if self.path == "/health":
-                self.send_response(200)
+                self.send_response(503 if failed.is_set() else 200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
             elif self.path == "/version":
@@ -118,6 +123,9 @@ def serve(backend: Backend, *, host: str, port: int, served_names: list[str], fl
             if model not in served_names:
                 self._error(404, f"The model `{model}` does not exist.", "NotFoundError")
                 return
+            if engine_lost is not None and engine_lost.is_set():
+                self._engine_dead(getattr(engine_lost, "peer", "?"))
+                return
             body["model"] = "backend"
             stream = bool(body.get("stream"))
             want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -133,6 +141,16 @@ def serve(backend: Backend, *, host: str, port: int, served_names: list[str], fl
                 if crash_after and done >= crash_after:
                     log("ERROR", f"EngineCore encountered a fatal error: sparksim fault: crash after {done} requests")
                     os._exit(1)
+
+        def _engine_dead(self, peer: str) -> None:
+            log("ERROR", f"RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by "
+                         f"peer (rank {peer})")
+            log("ERROR", "AsyncLLM output_handler failed. EngineDeadError: EngineCore encountered an issue. "
+                         "See stack trace (above) for the root cause.")
+            failed.set()
+            self._error(500, "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+                        "InternalServerError")
+            threading.Timer(5.0, lambda: os._exit(1)).start()  # the API server shuts down after the failure
 
         def _forward(self, body: dict, model: str, stream: bool, want_usage: bool) -> None:
             resp = backend.request("POST", self.path, json.dumps(body).encode())

@@ -1,8 +1,10 @@
 """`ray` stand-in (test infrastructure): start --head / start --address / status / stop, --version.
 
 The head runs a small GCS-like daemon on a real TCP port; a worker joins only if it can really
-reach that address (its "raylet" keeps a connection and heartbeats; a silent node is dropped after
-HEARTBEAT_TIMEOUT_S, as Ray marks dead nodes). `ray status` prints Ray's text format.
+reach that address (its "raylet" keeps a connection and heartbeats). A node that stops heartbeating,
+however it died, leaves `Active:` after DEAD_AFTER_S and its resources leave the totals after
+RESOURCES_AFTER_S, as measured with real Ray 2.x here (16 s and 26 s). `ray status` prints the text
+of the Ray version claimed (2.49: Total Usage / Total Constraints / Total Demands).
 Wire format: one JSON object per line.
 """
 
@@ -28,7 +30,8 @@ RAY_TMP = Path(os.environ.get("SPARKSIM_RAY_TMP", "/tmp/ray"))  # Ray's default 
 RUN_DIR = RAY_TMP / "sparksim"
 CURRENT = RAY_TMP / "ray_current_cluster"
 HEARTBEAT_S = 1.0
-HEARTBEAT_TIMEOUT_S = float(os.environ.get("SPARKSIM_RAY_HEARTBEAT_TIMEOUT_S", "6"))
+DEAD_AFTER_S = float(os.environ.get("SPARKSIM_RAY_DEAD_AFTER_S", "16"))
+RESOURCES_AFTER_S = max(DEAD_AFTER_S, float(os.environ.get("SPARKSIM_RAY_RESOURCES_AFTER_S", "26")))
 CONNECT_TIMEOUT_S = float(os.environ.get("SPARKSIM_RAY_CONNECT_TIMEOUT_S", "10"))
 
 
@@ -54,13 +57,16 @@ class Gcs:
         self.claims: dict[str, float] = {}
 
     def status(self) -> dict:
+        """Active nodes (heartbeat within DEAD_AFTER_S) and the resources of every node still counted."""
         now = time.monotonic()
         with self.lock:
-            for nid in [n for n, v in self.nodes.items() if now - v["seen"] > HEARTBEAT_TIMEOUT_S and not v["head"]]:
+            for nid in [n for n, v in self.nodes.items() if now - v["seen"] > RESOURCES_AFTER_S and not v["head"]]:
                 del self.nodes[nid]
-            nodes = [{k: v for k, v in n.items() if k != "seen"} | {"id": nid} for nid, n in self.nodes.items()]
+            view = [{k: v for k, v in n.items() if k != "seen"} | {"id": nid,
+                                                                    "alive": n["head"] or now - n["seen"] <= DEAD_AFTER_S}
+                    for nid, n in self.nodes.items()]
             used = sum(self.claims.values())
-        return {"nodes": nodes, "gpus_used": used}
+        return {"nodes": [n for n in view if n["alive"]], "counted": view, "gpus_used": used}
 
 
 def run_gcs(port: int, head: dict, dashboard: tuple[str, int] | None) -> None:
@@ -87,7 +93,7 @@ def run_gcs(port: int, head: dict, dashboard: tuple[str, int] | None) -> None:
                         send(self.wfile, gcs.status())
                     elif op == "claim":  # a vLLM placement group: held while the connection lives
                         st = gcs.status()
-                        total = sum(n["gpus"] for n in st["nodes"])
+                        total = sum(n["gpus"] for n in st["nodes"])  # only live nodes take new bundles
                         if total - st["gpus_used"] >= msg["gpus"]:
                             claim_id = secrets.token_hex(4)
                             with gcs.lock:
@@ -97,10 +103,8 @@ def run_gcs(port: int, head: dict, dashboard: tuple[str, int] | None) -> None:
                             send(self.wfile, {"ok": False, "total": total, "used": st["gpus_used"]})
             except (OSError, ValueError):
                 pass
-            finally:
+            finally:  # a node whose connection drops is not forgotten at once: its heartbeats stop
                 with gcs.lock:
-                    if node_id:
-                        gcs.nodes.pop(node_id, None)
                     if claim_id:
                         gcs.claims.pop(claim_id, None)
 
@@ -140,7 +144,7 @@ def run_dashboard(addr: tuple[str, int]) -> None:
 def run_raylet(address: str, node: dict) -> None:
     host, port = address.rsplit(":", 1)
     sock = keepalive(socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S))
-    sock.settimeout(HEARTBEAT_TIMEOUT_S)
+    sock.settimeout(DEAD_AFTER_S)
     f = sock.makefile("rwb")
     send(f, {"op": "register", "node": node})
     f.readline()
@@ -259,19 +263,28 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("ConnectionError: Could not find any running Ray instance. Please specify the one to connect to "
               "by setting `--address` flag or `RAY_ADDRESS` environment variable.", file=sys.stderr)
         return 1
+    print(status_text(st))
+    return 0
+
+
+def status_text(st: dict) -> str:
+    """`ray status` as Ray 2.49 prints it (resources of nodes not yet dropped still count)."""
     gib = 1024**3
-    cpus = sum(n["cpus"] for n in st["nodes"])
-    gpus = sum(n["gpus"] for n in st["nodes"])
-    store = sum(n["object_store_memory"] for n in st["nodes"]) / gib
+    counted = st.get("counted", st["nodes"])
+    cpus = sum(n["cpus"] for n in counted)
+    gpus = sum(n["gpus"] for n in counted)
+    store = sum(n["object_store_memory"] for n in counted) / gib
+    dead = [n for n in counted if not n.get("alive", True)]
     lines = [f"======== Autoscaler status: {time.strftime('%Y-%m-%d %H:%M:%S')}.000000 ========",
              "Node status", "-" * 63, "Active:"]
     lines += [f" 1 node_{n['id']}" for n in st["nodes"]]
-    lines += ["Pending:", " (no pending nodes)", "Recent failures:", " (no failures)", "", "Resources", "-" * 63,
-              "Usage:", f" 0.0/{cpus:.1f} CPU", f" {st['gpus_used']:.1f}/{gpus:.1f} GPU",
-              f" 0B/{store * 2:.2f}GiB memory", f" 0B/{store:.2f}GiB object_store_memory", "", "Demands:",
-              " (no resource demands)"]
-    print("\n".join(lines))
-    return 0
+    lines += ["Pending:", " (no pending nodes)", "Recent failures:"]
+    lines += [f" node_{n['id']}: NodeTerminated (ip: {n['ip']})" for n in dead] or [" (no failures)"]
+    lines += ["", "Resources", "-" * 63, "Total Usage:", f" 0.0/{cpus:.1f} CPU",
+              f" {st['gpus_used']:.1f}/{gpus:.1f} GPU", f" 0B/{store * 2:.2f}GiB memory",
+              f" 0B/{store:.2f}GiB object_store_memory", "", "Total Constraints:",
+              " (no request_resources() constraints)", "Total Demands:", " (no resource demands)"]
+    return "\n".join(lines)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

@@ -146,11 +146,12 @@ def serve(args: argparse.Namespace, model: str, version: str) -> int:
     log("INFO", "sparksim engine (test infrastructure): real generation by SmolLM2-135M via xllamacpp")
     offline = os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "True", "YES", "yes")
     if model_snapshot(model) is None:
-        if offline:
-            log("ERROR", f"OSError: We couldn't connect to 'https://huggingface.co' to load the files, and couldn't "
-                         f"find them in the cached files. Checkout your internet connection or see how to run the "
-                         f"library in offline mode. (model {model}, HF_HUB_OFFLINE=1, searched models--"
-                         f"{model.replace('/', '--')} in the Hugging Face cache)")
+        if offline:  # what huggingface_hub raises inside vLLM's config lookup (real vLLM: rc 1 after ~13 s)
+            log("ERROR", "huggingface_hub.errors.LocalEntryNotFoundError: Cannot find an appropriate cached "
+                         "snapshot folder for the specified revision on the local disk and outgoing traffic has "
+                         "been disabled. To enable repo look-ups and downloads online, pass "
+                         f"'local_files_only=False' as input. (model {model}: no models--"
+                         f"{model.replace('/', '--')} snapshot in the Hugging Face cache)")
             return 1
         log("ERROR", f"OSError: {model} is not in the Hugging Face cache and the emulated cluster cannot download "
                      "(no internet in the sim). Put it under $HF_CACHE/hub first.")
@@ -194,8 +195,9 @@ def serve(args: argparse.Namespace, model: str, version: str) -> int:
     host = args.host or "0.0.0.0"
     port = args.port or 8000
     api_key = (args.api_key or [os.environ.get("VLLM_API_KEY", "")])[0]
+    lost = RankLost()  # set when a rank is gone; the next request then fails
     if holders:
-        threading.Thread(target=watch_peers, args=(holders,), daemon=True).start()
+        threading.Thread(target=watch_peers, args=(holders, lost), daemon=True).start()
 
     def ready() -> None:
         log("INFO", f"Starting vLLM API server 0 on http://{host}:{port}")
@@ -205,7 +207,7 @@ def serve(args: argparse.Namespace, model: str, version: str) -> int:
     try:
         http_serve(backend, host=host, port=port, served_names=names, flavor="vllm",
                    crash_after=count if kind == "crash-after" else 0, api_key=api_key,
-                   max_model_len=4096, on_ready=ready)
+                   max_model_len=4096, on_ready=ready, engine_lost=lost)
     except OSError as exc:
         log("ERROR", f"OSError: [Errno {exc.errno}] error while attempting to bind on address ('{host}', {port}): "
                      f"{exc.strerror}")
@@ -333,9 +335,14 @@ def nccl_lines(world: int) -> None:
           file=sys.stderr, flush=True)
 
 
-def watch_peers(holders: list) -> None:
-    """Die like a vLLM engine whose NCCL peer or Ray node vanished."""
-    while True:
+class RankLost(threading.Event):
+    peer = ""  # which rank went away
+
+
+def watch_peers(holders: list, lost: RankLost) -> None:
+    """Notice a vanished NCCL/gloo peer or Ray node. Like real vLLM, nothing happens at once: the API server
+    keeps answering /health 200 until the next request reaches the broken engine (backend.serve)."""
+    while not lost.is_set():
         time.sleep(1)
         for kind, what, world, sock in holders:
             if kind == "ray":
@@ -346,9 +353,9 @@ def watch_peers(holders: list) -> None:
                                  "EngineCore encountered a fatal error")
                     os._exit(1)
             elif peer_closed(sock):
-                log("ERROR", f"NCCL error: remote process exited or there was a network error (rank {what}); "
-                             "EngineCore encountered a fatal error")
-                os._exit(1)
+                lost.peer = what
+                lost.set()  # the error surfaces with the next request (RuntimeError from gloo/NCCL)
+                break
 
 
 def peer_closed(sock: socket.socket) -> bool:
