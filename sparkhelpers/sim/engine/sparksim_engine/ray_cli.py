@@ -62,8 +62,8 @@ class Gcs:
         with self.lock:
             for nid in [n for n, v in self.nodes.items() if now - v["seen"] > RESOURCES_AFTER_S and not v["head"]]:
                 del self.nodes[nid]
-            view = [{k: v for k, v in n.items() if k != "seen"} | {"id": nid,
-                                                                    "alive": n["head"] or now - n["seen"] <= DEAD_AFTER_S}
+            view = [{k: v for k, v in n.items() if k != "seen"}
+                    | {"id": nid, "alive": n["head"] or now - n["seen"] <= DEAD_AFTER_S}
                     for nid, n in self.nodes.items()]
             used = sum(self.claims.values())
         return {"nodes": [n for n in view if n["alive"]], "counted": view, "gpus_used": used}
