@@ -40,7 +40,7 @@ side-venvs: ## Create the cached side venvs the tests use (LiteLLM proxy 1.82.6;
 	@$(MAKE) --no-print-directory real-vllm
 
 real-vllm: ## Build the cached real vLLM CPU env (its parser checks the flags; its engine runs the real-engine track).
-	@tools/real-vllm.sh --parser-only
+	@tools/real-vllm.sh
 
 test: deps venv-dev side-venvs oracles ## Run every test, shellcheck, ruff and the docs check (the CI command).
 	$(MAKE) --no-print-directory lint docs-check pytest

@@ -196,6 +196,37 @@ def test_two_nodes_native_start_chat_status_logs_stop_and_secrets(sim_cluster):
             c.exec(node, f"rm -rf {MODEL_DIR} {FAULT_FILE} /raid/hf-cache/hub/models--{GGUF_REPO.replace('/', '--')}")
 
 
+def test_status_reports_a_native_cluster_broken_after_a_rank_is_lost(sim_cluster):
+    """Real vLLM keeps /health 200 after a rank is lost (so does the stand-in now): status must not trust it.
+    A pulled fabric cable leaves every container running; the 1-token test request finds the broken engine."""
+    c = sim_cluster
+    seed_model(c)
+    try:
+        r = script(c, "start_cluster.sh", "--nodes", "2")
+        assert r.ok, f"{r.stdout}\n{r.stderr}"
+        c_fault(c, "spark2", "link-down", "both")  # the fabric, not management: status still reaches spark2
+        t0 = time.monotonic()
+        verdict = None
+        while time.monotonic() - t0 < 90:
+            st = cli(c, "status", "--json")
+            data = json.loads(st.stdout)
+            if not data["healthy"]:
+                verdict = (st.returncode, data, time.monotonic() - t0)
+                break
+            time.sleep(2)
+        assert verdict, "status called the broken cluster healthy for 90 s"
+        rc, data, took = verdict
+        assert rc == 1 and data["running"] and data["problems"], data
+        text = cli(c, "status")
+        assert text.returncode == 1 and "BROKEN" in text.stdout, text.stdout
+        print(f"status saw the lost rank after {took:.1f} s: {data['problems']}")
+    finally:
+        c_fault(c, "spark2", "link-up", "both")
+        script(c, "stop_cluster.sh", "--force")
+        for node in ("spark1", "spark2"):
+            c.exec(node, f"rm -rf {MODEL_DIR} {FAULT_FILE} /raid/hf-cache/hub/models--{GGUF_REPO.replace('/', '--')}")
+
+
 def test_ray_mode_then_solo(sim_cluster):
     c = sim_cluster
     seed_model(c)
@@ -312,10 +343,10 @@ def test_three_nodes_and_faults(make_sim):
     no_containers_left(c, all_nodes)
 
 
-def c_fault(cluster, node: str, kind: str) -> None:
+def c_fault(cluster, node: str, kind: str, arg: str = "") -> None:
     from sparkhelpers.sim import faults
 
-    faults.inject(cluster, node, kind) if kind != "clear" else faults.clear(cluster, node)
+    faults.inject(cluster, node, kind, arg) if kind != "clear" else faults.clear(cluster, node)
 
 
 def background_start(cluster, *args: str) -> subprocess.Popen:

@@ -163,7 +163,7 @@ class Starter:
         if running:
             same = (set(running) == {n.rank for n in self.plan.nodes}
                     and all(c.config == self.config_hash for cs in running.values() for c in cs))
-            if same and self.healthy():
+            if same and self.healthy() and self.answers():
                 self.report.already_running = True
                 self.say(f"cluster {self.plan.cluster} is already running this configuration "
                          f"(config {self.config_hash}) and healthy at {self.plan.endpoint}")
@@ -307,6 +307,13 @@ class Starter:
 
     def healthy(self) -> bool:
         return engine_healthy(self.plan.endpoint)
+
+    def answers(self) -> bool:
+        """A multi-node engine must also answer a real request: /health stays 200 after a rank died."""
+        from sparkhelpers.cluster.status import request_problem
+
+        return len(self.plan.nodes) == 1 or not request_problem(self.plan.endpoint, self.api_key,
+                                                                 self.plan.served_name)
 
     def wait_healthy(self) -> None:
         checks = 0

@@ -25,6 +25,38 @@ def _http(url: str, api_key: str) -> tuple[int, object]:
         return r.status_code, None
 
 
+def rank_problems(per_node: list[dict]) -> list[str]:
+    """Why an engine may be broken although its /health answers 200: real vLLM (native multi-node) keeps
+    answering 200 for minutes after a rank died. Every rank of the launch (label sparkhelpers.nodes) must
+    have a running container."""
+    found = [(n["node"], c) for n in per_node for c in n.get("containers", [])]
+    running = [c for _, c in found if c["state"] == "running"]
+    if not running:
+        return []
+    problems = [f"rank {c['rank']} on {node} is {c['state']} ({c['status']})" for node, c in found
+                if c["state"] != "running"]
+    want = max((int(c["nodes"]) for c in running if str(c.get("nodes", "")).isdigit()), default=1)
+    seen = {c["rank"] for _, c in found}
+    problems += [f"rank {r} has no container" for r in map(str, range(want)) if r not in seen]
+    return problems
+
+
+def request_problem(endpoint: str, api_key: str, model: str, timeout: float = 30) -> str:
+    """One cheap real request (1 token); "" when it is answered, else why not. /health alone cannot tell
+    a multi-node engine whose rank died: the request reaches the dead rank and fails (HTTP 500)."""
+    import requests
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        r = requests.post(f"{endpoint}/v1/completions", headers=headers, timeout=timeout,
+                          json={"model": model, "prompt": "ping", "max_tokens": 1})
+    except requests.RequestException as exc:
+        return f"a 1-token test request failed: {type(exc).__name__}"
+    if r.status_code != 200:
+        return f"a 1-token test request got HTTP {r.status_code}: {r.text.strip()[:160]}"
+    return ""
+
+
 def probe_node(cfg: Config, runner: Runner, node: Node, cluster: str) -> dict:
     """One read-only round trip. A node we could not look at is an error, never "no containers"."""
     cache = cfg.get("HF_CACHE") if node.is_head else (cfg.get("WORKER_HF_CACHE") or cfg.get("HF_CACHE"))
@@ -40,7 +72,7 @@ def probe_node(cfg: Config, runner: Runner, node: Node, cluster: str) -> dict:
                 "error": f"Docker does not answer: {p.docker_error or 'no reply'}"}
     return {"node": node.name, "reachable": True, "docker": True, "error": "",
             "containers": [{"name": c.name, "state": c.state, "rank": c.rank, "mode": c.mode,
-                            "config": c.config, "status": c.status} for c in p.containers],
+                            "config": c.config, "nodes": c.nodes, "status": c.status} for c in p.containers],
             "mem_available_gib": round(p.mem_available_gib, 1), "nccl_transport": p.transport or "unknown",
             "image_id": p.image_id[:19], "model_cached": p.model_present}
 
@@ -67,7 +99,10 @@ def collect(cfg: Config, runner: Runner) -> dict:
     code, _ = _http(f"{endpoint}/health", "")
     models_code, models = _http(f"{endpoint}/v1/models", api_key)
     served = [m.get("id") for m in models.get("data", [])] if models_code == 200 and isinstance(models, dict) else []
-    data.update(endpoint=endpoint, healthy=code == 200, served_models=served)
+    problems = rank_problems(per_node) if code == 200 else []
+    if code == 200 and not problems and mode in ("native", "ray") and served:
+        problems += [p for p in [request_problem(endpoint, api_key, served[0])] if p]
+    data.update(endpoint=endpoint, healthy=code == 200 and not problems, served_models=served, problems=problems)
     data["engine"] = engine_numbers(endpoint, api_key)  # its /metrics: queue, KV use, prefix hits
     return data
 
@@ -90,7 +125,10 @@ def format_text(data: dict) -> str:
     if "ray_nodes" in data:
         lines.append(f"  Ray: {data['ray_nodes']} node(s), {data['ray_gpus']} GPU(s)")
     served = ", ".join(data["served_models"]) or "-"
-    lines.append(f"  API {data['endpoint']}: {'healthy' if data['healthy'] else 'not answering'}; serving {served}")
+    verdict = "healthy" if data["healthy"] else "not answering"
+    if data.get("problems"):
+        verdict = f"BROKEN ({'; '.join(data['problems'])}), although /health answers 200"
+    lines.append(f"  API {data['endpoint']}: {verdict}; serving {served}")
     if data.get("engine"):
         lines.append(engine_text(data["engine"]))
     return "\n".join(lines) + "\n"

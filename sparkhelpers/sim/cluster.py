@@ -87,12 +87,14 @@ class Cluster:
         return (runner or Runner()).run(exec_argv(n, cmd, env), input=input, timeout=timeout,
                                         host=n.name, interactive=interactive)
 
-    def seed_model(self, node: str, model: str, *, gguf: bool = False, hf_cache: str = "/raid/hf-cache") -> str:
+    def seed_model(self, node: str, model: str, *, gguf: bool = False, hf_cache: str = "/raid/hf-cache",
+                   real: bool = False) -> str:
         """Put a placeholder snapshot of ``model`` (org/name) in a node's HF cache, laid out like a real
         download (refs/main -> snapshots/<commit> with config.json, tokenizer.json and a valid tiny
         model.safetensors), so engines and the lifecycle find it complete offline (the sim cannot
         download). The sim's engine always generates with SmolLM2; with ``gguf`` the real SmolLM2 GGUF
-        goes in too, for llama-server. Returns the snapshot path as the node sees it."""
+        goes in too, for llama-server. With ``real`` the snapshot holds the real-engine track's tiny
+        Hugging Face model (sim.realvllm), which real vLLM loads. Returns the snapshot path as the node sees it."""
         from sparkhelpers.sim.image import MODEL_NAME, sources
 
         if "/" not in model or model.startswith("/") or not hf_cache.startswith("/raid/"):
@@ -114,6 +116,11 @@ class Cluster:
         (snap / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
         if gguf:
             shutil.copy2(sources()["model"], snap / MODEL_NAME)
+        if real:
+            from sparkhelpers.sim.realvllm import tiny_model_dir
+
+            for f in tiny_model_dir().iterdir():
+                shutil.copy2(f, snap / f.name)
         return f"/raid/{repo_rel}/snapshots/{commit}"
 
     def down(self, runner: Runner | None = None) -> None:

@@ -93,3 +93,27 @@ def write_flags(version: str, spec: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(spec, indent=1) + "\n")
     return path
+
+
+TINY_MODEL = "tiny-llama-tp2"  # made by tools/make_tiny_models.py: 4 heads, 2 KV heads (TP=2 splits it)
+NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def tiny_model_dir() -> Path:
+    return models_dir() / TINY_MODEL
+
+
+def track_config() -> dict[str, str]:
+    """Config values that make the product's own start run the real vLLM in the sim's engine containers,
+    instead of the stand-in: the engine venv and the node's /usr (its Python and libraries) mounted read-only
+    at the same paths, so the image stays small; CPU settings measured on this machine type."""
+    if not engine_available():
+        raise SparkError(f"the real vLLM engine or its tiny model is missing under {cache_dir()}",
+                         fix="tools/real-vllm.sh (without --parser-only)")
+    venv = venv_dir()
+    docker = ["--volume", "/usr:/usr:ro", "--volume", f"{cache_dir()}:{cache_dir()}:ro",
+              "--env", f"PATH={venv}/bin:{NODE_PATH}", "--env", "VLLM_TARGET_DEVICE=cpu",
+              "--env", "VLLM_CPU_KVCACHE_SPACE=1", "--env", "VLLM_CPU_OMP_THREADS_BIND=nobind",
+              "--env", "VLLM_USAGE_SOURCE=sparkhelpers-sim", "--env", "DO_NOT_TRACK=1"]
+    return {"EXTRA_DOCKER_ARGS": " ".join(docker), "EXTRA_ARGS": "--enforce-eager",
+            "MAX_MODEL_LEN": "2048", "MAX_NUM_SEQS": "4"}
