@@ -64,6 +64,8 @@ def test_a_one_token_request_tells_a_broken_engine(engine):
 
 def test_status_text_says_broken_not_healthy():
     data = {"cluster": "c", "running": True, "mode": "native", "errors": [], "nodes": [], "endpoint": "http://x",
-            "healthy": False, "served_models": ["q"], "problems": ["rank 1 on spark2 is exited (Exited)"]}
+            "healthy": False, "served_models": ["q"], "problems": ["rank 1 on spark2 is exited (Exited)"],
+            "health_code": 200}
     text = format_text(data)
     assert "BROKEN (rank 1 on spark2 is exited (Exited)), although /health answers 200" in text
+    assert "BROKEN (rank 1 on spark2 is exited (Exited)); serving" in format_text({**data, "health_code": 503})

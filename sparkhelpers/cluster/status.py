@@ -99,10 +99,11 @@ def collect(cfg: Config, runner: Runner) -> dict:
     code, _ = _http(f"{endpoint}/health", "")
     models_code, models = _http(f"{endpoint}/v1/models", api_key)
     served = [m.get("id") for m in models.get("data", [])] if models_code == 200 and isinstance(models, dict) else []
-    problems = rank_problems(per_node) if code == 200 else []
+    problems = rank_problems(per_node)
     if code == 200 and not problems and mode in ("native", "ray") and served:
         problems += [p for p in [request_problem(endpoint, api_key, served[0])] if p]
-    data.update(endpoint=endpoint, healthy=code == 200 and not problems, served_models=served, problems=problems)
+    data.update(endpoint=endpoint, healthy=code == 200 and not problems, served_models=served, problems=problems,
+                health_code=code)
     data["engine"] = engine_numbers(endpoint, api_key)  # its /metrics: queue, KV use, prefix hits
     return data
 
@@ -127,7 +128,8 @@ def format_text(data: dict) -> str:
     served = ", ".join(data["served_models"]) or "-"
     verdict = "healthy" if data["healthy"] else "not answering"
     if data.get("problems"):
-        verdict = f"BROKEN ({'; '.join(data['problems'])}), although /health answers 200"
+        verdict = f"BROKEN ({'; '.join(data['problems'])})"
+        verdict += ", although /health answers 200" if data.get("health_code") == 200 else ""
     lines.append(f"  API {data['endpoint']}: {verdict}; serving {served}")
     if data.get("engine"):
         lines.append(engine_text(data["engine"]))
