@@ -87,7 +87,8 @@ def test_real_vllm_single_node_start_chat_stop(real_cluster):
     assert r.ok, f"{r.stdout}\n{r.stderr}\n{engine_log(c, 0)[-3000:]}"
     assert "is ready" in r.stdout
     log = engine_log(c, 0)
-    assert "Automatically detected platform cpu" in log and "sparksim engine" not in log, "the real vLLM served"
+    assert "version 0.32.0" in log and "HF_HUB_OFFLINE is True" in log, "the real vLLM served"
+    assert "sparksim engine" not in log, "not the stand-in"
     answer = chat(c)
     assert answer["usage"]["completion_tokens"] > 0 and answer["model"] == MODEL
     st = cli(c, "status", "--json")
@@ -104,6 +105,7 @@ def test_real_vllm_two_nodes_native_chat_then_a_lost_rank_is_reported(real_clust
     took = time.monotonic() - t0
     assert r.ok, f"{r.stdout}\n{r.stderr}\n{engine_log(c, 0)[-3000:]}\n{engine_log(c, 1)[-3000:]}"
     assert "native, 2 node(s)" in r.stdout
+    assert "version 0.32.0" in engine_log(c, 0) and "version 0.32.0" in engine_log(c, 1)
     answer = chat(c)
     assert answer["usage"]["completion_tokens"] > 0
     st = cli(c, "status", "--json")
