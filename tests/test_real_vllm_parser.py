@@ -105,11 +105,17 @@ PROBE_ARGVS = {" ".join(p): ["serve", "org/m", *p] for p in PROBES}
 
 
 @functools.cache
-def real_verdicts(version: str) -> dict[str, dict]:
-    """The real parser's verdict on every rendered argv and every probe (one process per version)."""
+def real_parser(version: str) -> tuple[dict, dict[str, dict]]:
+    """The real parser's flag set, and its verdict on every rendered argv and every probe: one process per
+    version (importing vLLM is most of the cost)."""
     every = {**ARGVS, **PROBE_ARGVS}
     names = sorted(every)
-    return dict(zip(names, realvllm.check_argvs(version, [every[n] for n in names]), strict=True))
+    spec, verdicts = realvllm.generate_and_check(version, [every[n] for n in names])
+    return spec, dict(zip(names, verdicts, strict=True))
+
+
+def real_verdicts(version: str) -> dict[str, dict]:
+    return real_parser(version)[1]
 
 
 def stand_in_accepts(spec: dict, argv: list[str]) -> tuple[bool, str]:
@@ -168,7 +174,7 @@ def test_the_handmade_flag_list_rejected_what_the_product_renders():
 @pytest.mark.engine
 def test_the_checked_in_flag_set_is_the_real_parsers(version):
     require_real(version)
-    assert realvllm.generate(version) == realvllm.load_flags(version), (
+    assert real_parser(version)[0] == realvllm.load_flags(version), (
         f"the flag set of vLLM {version} is stale: sparkhelpers sim flags --write")
 
 

@@ -5,6 +5,7 @@ sparkhelpers, and needs no GPU:
 
     python vllm_parser.py dump         # the flag set of `vllm serve`, as the sim engine's JSON spec
     python vllm_parser.py check < argvs.json   # [["serve", MODEL, ...], ...] -> [{"ok": .., "error": ..}, ...]
+    python vllm_parser.py both < argvs.json    # {"spec": <dump>, "verdicts": <check>}: one import of vLLM
 
 ``check`` parses each argv the way `vllm serve` does (FlexibleArgumentParser with the serve
 sub-command's arguments), then runs vLLM's own post-parse validation, so unknown flags, bad values
@@ -161,8 +162,10 @@ def main() -> int:
             result: object = dump()
         elif cmd == "check":
             result = check(json.load(sys.stdin))
+        elif cmd == "both":
+            result = {"spec": dump(), "verdicts": check(json.load(sys.stdin))}
         else:
-            print("usage: vllm_parser.py dump | check < argvs.json", file=sys.stderr)
+            print("usage: vllm_parser.py dump | check < argvs.json | both < argvs.json", file=sys.stderr)
             return 2
     json.dump(result, real_stdout, indent=1)
     real_stdout.write("\n")
