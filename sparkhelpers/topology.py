@@ -94,10 +94,8 @@ def ssh_options(cfg: Config) -> tuple[str, ...]:
 
 def host_for(cfg: Config, address: str, key: str = "WORKER_HOST") -> Host:
     """A node reached over SSH with the configured user, key, options and timeout."""
-    user = cfg.get("WORKER_USER")
-    if user:
-        v.ssh_host(user, "WORKER_USER")
-    timeout = v.positive_int(cfg.get_int("SSH_CONNECT_TIMEOUT", 5), "SSH_CONNECT_TIMEOUT", 1, 300)
+    user = v.setting(cfg, "WORKER_USER", "")
+    timeout = v.setting(cfg, "SSH_CONNECT_TIMEOUT", 5)
     return Host(v.ssh_host(address, key), user=user, key=cfg.get("SSH_KEY"), options=ssh_options(cfg),
                 connect_timeout=timeout)
 
@@ -128,15 +126,10 @@ def topology(cfg: Config) -> Topology:
                          fix="list only the workers in WORKER_HOST; the head is rank 0")
     for i, ip in enumerate(ib_ips):
         v.ip(ip, f"WORKER_IB_IP (entry {i + 1})")
-    head_ip = cfg.get("HEAD_IP")
-    nodes = [Node(0, "head", head, v.ip(head_ip, "HEAD_IP") if head_ip else "")]
+    nodes = [Node(0, "head", head, v.setting(cfg, "HEAD_IP", ""))]
     nodes += [Node(i + 1, address, host_for(cfg, address), ib_ips[i] if ib_ips else "")
               for i, address in enumerate(workers)]
-    port = v.port(cfg.get_int("VLLM_PORT", 8000), "VLLM_PORT")
-    listen = cfg.get("VLLM_HOST", "0.0.0.0")
-    if listen not in WILDCARDS:
-        v.ip(listen, "VLLM_HOST")
-    return Topology(tuple(nodes), listen, port)
+    return Topology(tuple(nodes), v.setting(cfg, "VLLM_HOST", "0.0.0.0"), v.setting(cfg, "VLLM_PORT", 8000))
 
 
 def node_set(cfg: Config, names: Sequence[str]) -> Topology:
@@ -204,7 +197,7 @@ def choose_layout(ask: LayoutAsk, *, available: int, nodes: int | None = None, s
                   runtime: str = "vllm", check: bool = True, name: str = "") -> Layout:
     """The one layout rule (see the module docstring). ``check=False`` skips the available-node check
     (``models show`` describes a preset on any machine). ``name`` names the model in messages."""
-    pp = v.positive_int(ask.pipeline_parallel, "PIPELINE_PARALLEL", 1, 8)
+    pp = v.check("PIPELINE_PARALLEL", ask.pipeline_parallel)
     if nodes is not None and nodes < 1:
         raise SparkError("--nodes must be at least 1", fix="use --nodes 1 or more, or --solo")
     if runtime in SINGLE_NODE_RUNTIMES:
@@ -228,7 +221,7 @@ def choose_layout(ask: LayoutAsk, *, available: int, nodes: int | None = None, s
         tp = ask.preset_tensor_parallel
     else:
         tp = max(count // pp, 1)
-    v.positive_int(tp, "TENSOR_PARALLEL", 1, 8)
+    v.check("TENSOR_PARALLEL", tp)
     if not check:  # a description (models show): the sizes say how many nodes
         count = tp * pp
     if tp * pp != count:

@@ -209,10 +209,16 @@ def _bool(raw: str, key: str) -> bool:
     raise bad(key, raw, "is not true or false", f"sparkhelpers config set {key} false")
 
 
-def _abs_path(raw: str, key: str) -> str:
-    if _PATH.match(raw) and ".." not in raw.split("/"):
-        return raw
-    raise bad(key, raw, "must be an absolute path without spaces", f"sparkhelpers config set {key} /raid/hf-cache")
+def _abs_path(example: str) -> Callable[[str, str], str]:
+    def parse(raw: str, key: str) -> str:
+        if _PATH.match(raw) and ".." not in raw.split("/"):
+            return raw
+        raise bad(key, raw, "must be an absolute path without spaces", f"sparkhelpers config set {key} {example}")
+    return parse
+
+
+def _listen(raw: str, key: str) -> str:
+    return raw if raw in ("0.0.0.0", "::") else ip(raw, key)
 
 
 def _each(check: Callable[..., str]) -> Callable[[str, str], list[str]]:
@@ -234,6 +240,7 @@ _PORT = _whole(1, 65535, 8000)
 
 RULES: dict[str, Rule] = {
     "CLUSTER_NAME": Rule(lambda raw, key: cluster_name(raw), required=True),
+    "HEAD_HOST": Rule(lambda raw, key: ssh_host(raw, key)),
     "WORKER_HOST": Rule(_each(ssh_host)),
     "WORKER_IB_IP": Rule(_each(ip)),
     "WORKER_USER": Rule(ssh_host),
@@ -264,14 +271,14 @@ RULES: dict[str, Rule] = {
     "RAY_OBJECT_STORE_BYTES": Rule(_whole(78643200, 1 << 40, 1 << 30)),
     "DROP_CACHES": Rule(_bool),
     "VLLM_PORT": Rule(_PORT, required=True),
-    "VLLM_HOST": Rule(ip, required=True),
+    "VLLM_HOST": Rule(_listen),  # empty = every interface
     "RAY_PORT": Rule(_whole(1, 65535, 6385), required=True),
     "RAY_DASHBOARD_PORT": Rule(_whole(1, 65535, 8265), required=True),
     "RAY_DASHBOARD_HOST": Rule(ip, required=True),
     "MASTER_PORT": Rule(_whole(1, 65535, 29501), required=True),
-    "HF_CACHE": Rule(_abs_path, required=True),
-    "WORKER_HF_CACHE": Rule(_abs_path),
-    "SPARK_STATE_DIR": Rule(_abs_path),
+    "HF_CACHE": Rule(_abs_path("/raid/hf-cache"), required=True),
+    "WORKER_HF_CACHE": Rule(_abs_path("/raid/hf-cache")),
+    "SPARK_STATE_DIR": Rule(_abs_path("/var/lib/sparkhelpers")),
     "ENABLE_PREFIX_CACHING": Rule(tristate),
     "KV_CACHE_DTYPE": Rule(_choice(KV_CACHE_DTYPES), required=True),
     "ENABLE_CHUNKED_PREFILL": Rule(tristate),
@@ -305,12 +312,13 @@ def check(key: str, value: object) -> object:
     return rule.parse(raw, key)
 
 
-def setting(cfg: Config, key: str) -> object:
-    """``check`` of the configured value, naming where a bad value came from."""
+def setting(cfg: Config, key: str, default: object = None) -> object:
+    """``check`` of the configured value (``default`` when it is empty), naming where a bad value came from."""
     try:
-        return check(key, cfg.get(key))
+        value = check(key, cfg.get(key))
     except SparkError as exc:
         raise SparkError(f"{exc.message} ({cfg.source(key)})", fix=exc.fix) from None
+    return default if value is None else value
 
 
 def problems(cfg: Config) -> list[SparkError]:

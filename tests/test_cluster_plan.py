@@ -87,7 +87,7 @@ def test_ray_mode_keeps_per_node_and_secret_variables_on_their_node():
     ({"FABRIC_IF": "eth0;reboot"}, "not a network interface name"),
     ({"EXTRA_ARGS": "--api-key s3cret"}, "puts a secret on the command line"),
     ({"EXTRA_ARGS": "--x 'unbalanced"}, "cannot be split"),
-    ({"GPU_MEMORY_UTIL": "1.5"}, "outside 0.05-0.98"),
+    ({"GPU_MEMORY_UTIL": "1.5"}, "must be a fraction between 0.05 and 0.98"),
     ({"KV_CACHE_DTYPE": "int3"}, "is not one of"),
     ({"SPECULATIVE_CONFIG": "{not json"}, "not valid JSON"),
     ({"TENSOR_PARALLEL": "4"}, "needs 4 GPUs"),

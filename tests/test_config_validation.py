@@ -91,3 +91,18 @@ def test_required_keys_refuse_empty_and_optional_ones_mean_default():
     assert v.check("VLLM_PORT", 8001) == 8001 and v.check("GPU_MEMORY_UTIL", "0.5") == 0.5
     assert v.check("WORKER_HOST", "a b") == ["a", "b"] and v.check("IPC_HOST", "yes") is True
     assert v.check("NO_RULE_KEY", "anything") == "anything"
+
+
+@pytest.mark.parametrize("key", ["VLLM_PORT", "GPU_MEMORY_UTIL", "RUNTIME", "KV_CACHE_DTYPE"])
+def test_the_plan_refuses_with_the_same_rule_as_config_check(key, monkeypatch):
+    """No second copy of a rule: the start plan fails on the value `config check` lists, with its message."""
+    from sparkhelpers.cluster.plan import build_plan
+    from sparkhelpers.models import resolve_model
+
+    value, why, fix = BAD[key]
+    monkeypatch.setenv(key, value)
+    cfg = load_config()
+    [listed] = [exc for exc in v.problems(cfg) if exc.message.startswith(f"{key}=")]
+    with pytest.raises(SparkError) as err:
+        build_plan(cfg, resolve_model(cfg), solo=True)
+    assert f"{key}={value!r} {why}" in err.value.message and err.value.fix == listed.fix

@@ -131,8 +131,7 @@ def fabric_from_config(topo: Topology, cfg: Config, count: int) -> dict[int, Nod
 
 
 def choose_mode(cfg: Config, count: int, native_supported: bool | None) -> str:
-    runtime = v.choice(cfg.get("RUNTIME", "vllm"), "RUNTIME", ("vllm", "llama-cpp"))
-    requested = v.choice(cfg.get("LAUNCH_MODE", "auto"), "LAUNCH_MODE", ("auto", "ray", "native"))
+    runtime, requested = v.setting(cfg, "RUNTIME", "vllm"), v.setting(cfg, "LAUNCH_MODE", "auto")
     if runtime == "llama-cpp":  # one node: the layout rule (sparkhelpers.topology) already refused more
         return "llama-cpp"
     if count == 1:
@@ -164,36 +163,35 @@ def engine_args(cfg: Config, spec: ModelSpec, mode: str, served: str, lay: Layou
         args = ["--host", listen, "--port", str(port), "--alias", served]
         if spec.max_model_len:
             args += ["--ctx-size", str(spec.max_model_len)]
-        return args + v.arg_list(cfg.get("EXTRA_ARGS"), "EXTRA_ARGS")
+        return args + v.setting(cfg, "EXTRA_ARGS", [])
     args = ["--served-model-name", served, "--tensor-parallel-size", str(lay.tensor_parallel),
             "--pipeline-parallel-size", str(lay.pipeline_parallel),
-            "--gpu-memory-utilization", f"{v.fraction(spec.gpu_memory_util, 'GPU_MEMORY_UTIL'):g}"]
+            "--gpu-memory-utilization", f"{v.check('GPU_MEMORY_UTIL', spec.gpu_memory_util):g}"]
     if spec.max_model_len:
-        args += ["--max-model-len", str(v.positive_int(spec.max_model_len, "MAX_MODEL_LEN", 16, 1 << 24))]
+        args += ["--max-model-len", str(v.check("MAX_MODEL_LEN", spec.max_model_len))]
     if v.revision(spec.revision or ""):
         args += ["--revision", spec.revision]
     if spec.trust_remote_code:
         args.append("--trust-remote-code")
     if spec.expert_parallel:
         args.append("--enable-expert-parallel")
-    return args + tier1_args(cfg) + list(spec.extra_args) + v.arg_list(cfg.get("EXTRA_ARGS"), "EXTRA_ARGS")
+    return args + tier1_args(cfg) + list(spec.extra_args) + v.setting(cfg, "EXTRA_ARGS", [])
 
 
 def tier1_args(cfg: Config) -> list[str]:
     """The engine options set in config only (prefix caching, KV dtype, batching, speculation, loading)."""
     args: list[str] = []
-    _flag(args, "enable-prefix-caching", v.tristate(cfg.get("ENABLE_PREFIX_CACHING", "auto"), "ENABLE_PREFIX_CACHING"))
-    kv = v.choice(cfg.get("KV_CACHE_DTYPE", "auto"), "KV_CACHE_DTYPE", v.KV_CACHE_DTYPES)
+    _flag(args, "enable-prefix-caching", v.setting(cfg, "ENABLE_PREFIX_CACHING"))
+    kv = v.setting(cfg, "KV_CACHE_DTYPE", "auto")
     if kv != "auto":
         args += ["--kv-cache-dtype", kv]
-    _flag(args, "enable-chunked-prefill",
-          v.tristate(cfg.get("ENABLE_CHUNKED_PREFILL", "auto"), "ENABLE_CHUNKED_PREFILL"))
+    _flag(args, "enable-chunked-prefill", v.setting(cfg, "ENABLE_CHUNKED_PREFILL"))
     for key, flag in (("MAX_NUM_SEQS", "--max-num-seqs"), ("MAX_NUM_BATCHED_TOKENS", "--max-num-batched-tokens")):
-        if cfg.get(key):
-            args += [flag, str(v.positive_int(cfg.get_int(key), key))]
-    if cfg.get("SPECULATIVE_CONFIG"):
-        args += ["--speculative-config", v.json_object(cfg.get("SPECULATIVE_CONFIG"), "SPECULATIVE_CONFIG")]
-    load = v.choice(cfg.get("LOAD_FORMAT", "auto"), "LOAD_FORMAT", v.LOAD_FORMATS)
+        if v.setting(cfg, key) is not None:
+            args += [flag, str(v.setting(cfg, key))]
+    if v.setting(cfg, "SPECULATIVE_CONFIG"):
+        args += ["--speculative-config", v.setting(cfg, "SPECULATIVE_CONFIG")]
+    load = v.setting(cfg, "LOAD_FORMAT", "auto")
     if load != "auto":
         args += ["--load-format", load]
     return args
@@ -271,29 +269,21 @@ def node_plans(cfg: Config, topo: Topology, count: int, mode: str, fabric: dict[
     return tuple(plans)
 
 
-def checked_path(key: str, path: str, fix: str) -> str:
-    if not v._PATH.match(path):
-        raise v.bad(key, path, "must be an absolute path without spaces", fix)
-    return path
-
-
 def build_plan(cfg: Config, spec: ModelSpec, *, nodes: int | None = None, solo: bool = False,
                fabric: dict[int, NodeNet] | None = None, native_supported: bool | None = None,
                offline: bool = True, secret_names: tuple[str, ...] = (),
                timeout_s: int | None = None, topo: Topology | None = None) -> ClusterPlan:
     """Validate the configuration and compute who runs what. Raises SparkError on the first bad value.
     ``topo`` is a node set (``topology.node_set``); default: every configured node, the head first."""
-    cluster = v.cluster_name(cfg.get("CLUSTER_NAME", "spark"))
+    cluster = v.setting(cfg, "CLUSTER_NAME", "spark")
     topo = topo or topology(cfg)
     lay = layout_for(cfg, spec, nodes=nodes, solo=solo, topo=topo)
     mode = choose_mode(cfg, lay.nodes, native_supported)
     model = v.model_id(spec.repo)
     served = v.served_name(cfg.get("SERVED_MODEL_NAME") or model)
-    sdir = checked_path("SPARK_STATE_DIR", str(state_dir(cfg)),
-                        "sparkhelpers config set SPARK_STATE_DIR /var/lib/sparkhelpers")
-    hf_cache = checked_path("HF_CACHE", cfg.require("HF_CACHE"), "sparkhelpers config set HF_CACHE /raid/hf-cache")
-    worker_cache = checked_path("WORKER_HF_CACHE", cfg.get("WORKER_HF_CACHE") or hf_cache,
-                                "sparkhelpers config set WORKER_HF_CACHE /raid/hf-cache")
+    sdir = v.check("SPARK_STATE_DIR", str(state_dir(cfg)))
+    hf_cache = v.setting(cfg, "HF_CACHE")
+    worker_cache = v.check("WORKER_HF_CACHE", cfg.get("WORKER_HF_CACHE") or hf_cache)
     plans = node_plans(cfg, topo, lay.nodes, mode, fabric or fabric_from_config(topo, cfg, lay.nodes), cluster,
                        sdir, offline)
     from sparkhelpers.recipes.apply import config_recipe_id
@@ -311,16 +301,14 @@ def build_plan(cfg: Config, spec: ModelSpec, *, nodes: int | None = None, solo: 
         port=topo.port, listen=topo.listen, nodes=plans,
         engine_args=tuple(args),
         state_dir=sdir, hf_cache=hf_cache, worker_hf_cache=worker_cache,
-        ipc_host=cfg.get_bool("IPC_HOST", True), shm_size=v.size(cfg.get("SHM_SIZE", "16g"), "SHM_SIZE"),
-        privileged=cfg.get_bool("PRIVILEGED", False),
-        extra_docker_args=tuple(v.arg_list(cfg.get("EXTRA_DOCKER_ARGS"), "EXTRA_DOCKER_ARGS")),
-        ray_port=v.port(cfg.get_int("RAY_PORT", 6385), "RAY_PORT"),
-        dashboard_host=v.ip(cfg.get("RAY_DASHBOARD_HOST", "127.0.0.1"), "RAY_DASHBOARD_HOST"),
-        dashboard_port=v.port(cfg.get_int("RAY_DASHBOARD_PORT", 8265), "RAY_DASHBOARD_PORT"),
-        object_store_bytes=v.positive_int(cfg.get_int("RAY_OBJECT_STORE_BYTES", 1 << 30), "RAY_OBJECT_STORE_BYTES",
-                                          78643200),
-        master_port=v.port(cfg.get_int("MASTER_PORT", 29501), "MASTER_PORT"),
+        ipc_host=v.setting(cfg, "IPC_HOST", True), shm_size=v.setting(cfg, "SHM_SIZE", "16g"),
+        privileged=v.setting(cfg, "PRIVILEGED", False),
+        extra_docker_args=tuple(v.setting(cfg, "EXTRA_DOCKER_ARGS", [])),
+        ray_port=v.setting(cfg, "RAY_PORT", 6385),
+        dashboard_host=v.setting(cfg, "RAY_DASHBOARD_HOST", "127.0.0.1"),
+        dashboard_port=v.setting(cfg, "RAY_DASHBOARD_PORT", 8265),
+        object_store_bytes=v.setting(cfg, "RAY_OBJECT_STORE_BYTES", 1 << 30),
+        master_port=v.setting(cfg, "MASTER_PORT", 29501),
         offline=offline, secret_names=tuple(secret_names), recipe_id=rid,
-        timeout_s=timeout_s if timeout_s is not None else v.positive_int(cfg.get_int("START_TIMEOUT", 1800),
-                                                                         "START_TIMEOUT"),
+        timeout_s=timeout_s if timeout_s is not None else v.setting(cfg, "START_TIMEOUT", 1800),
     )

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sparkhelpers import validate as v
 from sparkhelpers.config import Config
 from sparkhelpers.errors import SparkError, did_you_mean
 from sparkhelpers.models.arch import ARCH_FIELDS, ATTENTION_KINDS, Arch, dtype_bytes
@@ -169,9 +170,10 @@ def _check_consistency(where: str, p: Preset) -> None:
                          fix="make nodes = tensor_parallel x pipeline_parallel")
     if p.max_model_len is not None and p.max_model_len < 1:
         raise SparkError(f"{where}: max_model_len must be positive", fix="e.g. max_model_len: 32768")
-    if not 0.05 <= p.gpu_memory_util <= 0.98:
-        raise SparkError(f"{where}: gpu_memory_util {p.gpu_memory_util} is outside 0.05-0.98",
-                         fix="use a fraction such as 0.85")
+    try:
+        v.check("GPU_MEMORY_UTIL", p.gpu_memory_util)
+    except SparkError as exc:
+        raise SparkError(f"{where}: gpu_memory_util: {exc.message}", fix="use a fraction such as 0.85") from None
     a = p.arch
     if a.attention is not None and a.attention not in ATTENTION_KINDS:
         raise SparkError(f"{where}: arch attention must be one of {', '.join(ATTENTION_KINDS)}, not {a.attention!r}",
@@ -280,9 +282,10 @@ def resolve_model(cfg: Config, choice: str | None = None, catalog: dict[str, Pre
     tp = lay.tensor_parallel
     max_len = pick("MAX_MODEL_LEN", base.max_model_len, cfg.get_int)
     util = pick("GPU_MEMORY_UTIL", base.gpu_memory_util, cfg.get_float)
-    if not 0.05 <= util <= 0.98:
-        raise SparkError(f"GPU_MEMORY_UTIL={util} is outside 0.05-0.98 ({sources['GPU_MEMORY_UTIL']})",
-                         fix="sparkhelpers config set GPU_MEMORY_UTIL 0.85")
+    try:
+        v.check("GPU_MEMORY_UTIL", util)
+    except SparkError as exc:
+        raise SparkError(f"{exc.message} ({sources['GPU_MEMORY_UTIL']})", fix=exc.fix) from None
     revision = pick("MODEL_REVISION", base.revision, cfg.get) or None
     trust = pick("TRUST_REMOTE_CODE", base.trust_remote_code, cfg.get_bool)
     ep_raw = cfg.get("ENABLE_EXPERT_PARALLEL", "auto").lower()
