@@ -126,6 +126,7 @@ def test_no_key_in_argv_logs_metrics_or_pages(gw):
 def test_benchmark_current_sh_through_the_gateway_records_it(gw, tmp_path):
     key_file = tmp_path / "key"
     key_file.write_text(gw.create_key("bench") + "\n")
+    key_file.chmod(0o600)  # the one secret-file rule refuses a world-readable key
     env = {**gw.env, "API_KEY_FILE": str(key_file), "RESULTS_DIR": str(tmp_path / "res")}
     r = subprocess.run([str(ROOT / "benchmark_current.sh"), "--profile", "smoke", "-u", gw.url], env=env,
                        capture_output=True, text=True, timeout=600)
