@@ -44,6 +44,8 @@ class Outcome:
     completion: int = 0
     error: bool = False
     ttft_s: float = 0.0
+    commit: object = None  # records the request (usage row, quotas, metrics) once
+    committed: bool = False
 
 
 def parse_body(raw: bytes) -> dict | web.Response:
@@ -131,6 +133,7 @@ class DataPlane:
         gw.metrics.in_flight.labels(entry.name).inc()
         try:
             req_id = gw.store.begin(key, entry.name)  # write-ahead: a kill from here on still counts it
+            out.commit = lambda: self._account(key, entry.name, req_id, out, t0)
             for attempt in (1, 2):
                 try:
                     return await self._forward(request, rs, payload, stream, strip, out, t0)
@@ -151,10 +154,12 @@ class DataPlane:
             if isinstance(rs, mgr.ReplicaState):
                 gw.manager.release(rs)
             gw.metrics.in_flight.labels(entry.name).dec()
-            self._account(key, entry.name, req_id, out, t0)
+            if not out.committed:  # a non-streamed answer is recorded here, before aiohttp sends it
+                self._account(key, entry.name, req_id, out, t0)
 
     def _account(self, key: KeyInfo, model: str, req_id: str, out: Outcome, t0: float) -> None:
         gw = self.gw
+        out.committed = True
         elapsed = time.perf_counter() - t0
         gw.store.finish(req_id, key, model, prompt=out.prompt, completion=out.completion, error=out.error,
                         latency_ms=elapsed * 1000.0, ttft_ms=out.ttft_s * 1000.0)
@@ -190,7 +195,10 @@ class DataPlane:
                 return web.Response(body=data, status=upstream.status, headers=_copy_headers(upstream, rs.id))
             return await self._stream(request, rs, upstream, strip, out, t0)
         finally:
-            upstream.close()  # an unfinished answer closes the upstream connection: the engine stops generating
+            if upstream.content.at_eof():
+                upstream.release()  # read to the end: the connection goes back to the pool
+            else:
+                upstream.close()  # an unfinished answer closes the upstream connection: the engine stops generating
 
     async def _stream(self, request, rs, upstream, strip: bool, out: Outcome, t0: float) -> web.StreamResponse:  # noqa: ANN001
         resp = web.StreamResponse(status=upstream.status, headers=_copy_headers(upstream, rs.id))
@@ -201,6 +209,9 @@ class DataPlane:
                 send = tap.feed(chunk)
                 if tap.first_token and not out.ttft_s:
                     out.ttft_s = time.perf_counter() - t0
+                if tap.usage.seen and not out.committed:  # recorded before the client sees the end
+                    out.prompt, out.completion = tap.usage.prompt, tap.usage.completion
+                    out.commit()
                 if send:
                     await resp.write(send)
             rest = tap.flush()
@@ -215,7 +226,7 @@ class DataPlane:
             await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
         if tap.usage.seen:
             out.prompt, out.completion = tap.usage.prompt, tap.usage.completion
-        elif out.status == 200:
+        elif out.status == 200 and not out.committed:
             out.completion = tap.content_events  # cut short: one token per content event, a lower bound
         out.error = out.error or tap.error_event
         await resp.write_eof()

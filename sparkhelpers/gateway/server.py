@@ -245,7 +245,17 @@ def serve(cfg: GatewayConfig, state_dir: Path, ready_line: bool = True) -> None:
         with contextlib.suppress(OSError):
             pid_file.unlink()
 
-    asyncio.run(main())
+    run_loop(main())
+
+
+def run_loop(coro) -> None:  # noqa: ANN001
+    """uvloop when installed (about half the per-chunk cost of the stdlib loop), else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)
 
 
 __all__ = ["Gateway", "serve", "gateway_dir", "launcher"]
