@@ -32,7 +32,7 @@ from gatewaykit import (
 )
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
-NODES = {f"n{i}": "127.0.0.1" for i in range(1, 8)}
+NODES = {f"n{i}": "127.0.0.1" for i in range(1, 9)}
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,7 @@ def gw(tmp_path_factory, direct_engine):
                  "health": "/v1/models", "cold_start_wait": 1},
         "rep": {"cmd": truth_cmd("--ttft-ms", "10", "--itl-ms", "200"), "placement": [["n6"], ["n7"]],
                 "health": "/v1/models", "concurrency": 2},
+        "pre": {"cmd": truth_cmd(), "placement": [["n8"]], "health": "/v1/models", "preload": True},
     }
     g = Gateway(state, models, nodes=NODES).start()
     g.launches, g.record = launches, record
@@ -115,7 +116,7 @@ def test_models_list_aliases_and_auth(gw):
     assert requests.get(gw.url + "/v1/models", timeout=5).status_code == 401
     ids = [m["id"] for m in requests.get(gw.url + "/v1/models", headers={"Authorization": f"Bearer {gw.key}"},
                                          timeout=5).json()["data"]]
-    assert ids == ["a", "b", "c", "rec", "t", "slow", "rep"]
+    assert ids == ["a", "b", "c", "rec", "t", "slow", "rep", "pre"]
     mine = requests.get(gw.url + "/v1/models", headers={"Authorization": f"Bearer {gw.limited}"}, timeout=5).json()
     assert [m["id"] for m in mine["data"]] == ["a"]
     r = gw.chat("sk-spark-wrong", "a")
@@ -234,6 +235,13 @@ def test_replicas_take_the_fewest_in_flight_and_429_over_the_limit(gw):
         codes.append(s.status_code)
         b"".join(s.iter_content(chunk_size=None))
     assert codes == [200] * 4
+
+
+def test_preload_starts_with_the_gateway_and_restarts_at_once(gw):
+    pid = wait_for(lambda: _pid(gw, "pre"), timeout=30)
+    os.kill(pid, signal.SIGKILL)
+    new = wait_for(lambda: (p := _pid(gw, "pre")) and p != pid and p, timeout=30)  # no request needed
+    assert pid_alive(new) and not pid_alive(pid)
 
 
 def test_admin_surface_logs_and_unload(gw):

@@ -183,13 +183,15 @@ def test_keys_cli_prints_the_key_once_and_never_lists_it(sparkhelpers_bin, tmp_p
 
 def test_gateway_unit_and_dry_run(sparkhelpers_bin, tmp_path):
     models = tmp_path / "models.yaml"
-    models.write_text(yaml.safe_dump({"models": {"q": {"recipe": "qwen3", "placement": [["spark1"]]}}}))
+    models.write_text(yaml.safe_dump({"models": {"q": {"recipe": "qwen3", "placement": [["spark1"]]},
+                                                 "h": {"recipe": "tiny", "placement": [["head"]]}}}, sort_keys=False))
     unit = subprocess.run([*sparkhelpers_bin, "gateway", "unit", "--models", str(models)], capture_output=True,
                           text=True, check=True).stdout
     assert f"gateway run --models {models}" in unit and "KillMode=mixed" in unit and "[Install]" in unit
     dry = subprocess.run([*sparkhelpers_bin, "gateway", "run", "--dry-run", "--models", str(models)],
                          capture_output=True, text=True, check=True).stdout
     assert "q on spark1: http://spark1:5800" in dry and "cluster run --recipe qwen3 --nodes spark1" in dry
+    assert "h on head: http://127.0.0.1:5801" in dry  # the topology's head: this machine
     bad = tmp_path / "bad.yaml"
     bad.write_text("models: {q: {recipe: r, ttl: -1}}\n")
     r = subprocess.run([*sparkhelpers_bin, "gateway", "check", "--models", str(bad)], capture_output=True, text=True)

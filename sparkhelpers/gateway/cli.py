@@ -27,15 +27,31 @@ def _load(models: str, listen: str = ""):  # noqa: ANN202
     from sparkhelpers.errors import UsageError
     from sparkhelpers.gateway import models_file, service
 
-    sdir = state_dir(load_config())
+    spark_cfg = load_config()
+    sdir = state_dir(spark_cfg)
     path = Path(models) if models else service.default_models_file(sdir)
     cfg = models_file.load(path)
+    for name, address in _node_addresses(spark_cfg).items():  # the cluster's own names, unless the file maps them
+        cfg.nodes.setdefault(name, address)
     if listen:
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit():
             raise UsageError(f"--listen {listen!r} is not HOST:PORT", fix="e.g. --listen 0.0.0.0:4000")
         cfg.listen_host, cfg.listen_port = host, int(port)
     return cfg, path, sdir
+
+
+def _node_addresses(spark_cfg) -> dict[str, str]:  # noqa: ANN001
+    """Node name -> the address its API answers on: ``head`` (rank 0, HEAD_HOST from a control machine) and each
+    WORKER_HOST entry, from the cluster's topology."""
+    from sparkhelpers.errors import SparkError
+    from sparkhelpers.topology import topology
+
+    try:
+        nodes = topology(spark_cfg).nodes
+    except SparkError:
+        return {}
+    return {n.name: "127.0.0.1" if n.host.is_local else n.host.address for n in nodes}
 
 
 @app.command("run")
