@@ -53,6 +53,9 @@ def isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(base / "hf-home"))
     monkeypatch.setenv("HF_CACHE", str(base / "hf-cache"))
     monkeypatch.setenv("RESULTS_DIR", str(base / "results"))
+    # Never the real Hub: a closed loopback port unless a test points HF_ENDPOINT at its stub.
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     yield base
 
 

@@ -176,8 +176,57 @@ def test_raw_repo_id_uses_its_cached_config(sparkhelpers_bin, isolated_env):
     write_cached_model(os.environ["HF_CACHE"], "acme/llama-like", {"config.json": config})
     _, d = run_fit(sparkhelpers_bin, "acme/llama-like", "--params", "70.6e9", "--tp", "2")
     assert d["model"] == "acme/llama-like" and d["kv_bytes_per_token"] == 327680  # from the cached config.json
-    _, d = run_fit(sparkhelpers_bin, "acme/not-cached")
-    assert d["fits"] is None and d["kv_bytes_per_token"] is None  # nothing known, nothing guessed
+    offline = subprocess.run([*sparkhelpers_bin, "models", "fit", "acme/not-cached"], capture_output=True, text=True,
+                             timeout=60, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert offline.returncode == 1 and "not in the cache" in offline.stderr and "HF_HUB_OFFLINE" in offline.stderr
+
+
+def _fp8_shard(values: int) -> bytes:
+    import struct as st
+
+    header = json.dumps({"w": {"dtype": "F8_E4M3", "shape": [values], "data_offsets": [0, values]},
+                         "scale": {"dtype": "F32", "shape": [4], "data_offsets": [values, values + 16]}}).encode()
+    header += b" " * (-len(header) % 8)
+    return st.pack("<Q", len(header)) + header + b"\0" * (values + 16)
+
+
+def test_raw_repo_id_sized_from_the_hubs_safetensors_headers(sparkhelpers_bin, monkeypatch, tmp_path):
+    """The Hub (a local stub of its API) gives config.json and each shard's header by a range request."""
+    import os
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hubstub import HubStub, Repo, fake_model
+
+    config = json.loads((FIX / "llama-3.1-70b" / "config.json").read_text())
+    config.pop("torch_dtype", None)  # the dtype must come from the headers
+    files = {"config.json": json.dumps(config).encode(), "model.safetensors": _fp8_shard(3_000_000)}
+    hub = HubStub(repos={"acme/fp8-model": Repo(files), "acme/tiny": Repo(fake_model())}).start()
+    try:
+        env = {**os.environ, "HF_ENDPOINT": hub.url}
+        r = subprocess.run([*sparkhelpers_bin, "models", "fit", "acme/fp8-model", "--kv-cache-dtype", "bf16", "--json"],
+                           capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 0, r.stderr
+        d = json.loads(r.stdout)
+        assert d["weight_dtype"] == "fp8" and d["params"] == 3_000_004
+        assert d["weights_gib_total"] == pytest.approx((3_000_000 + 16) / GIB, abs=1e-4)
+        assert d["kv_bytes_per_token"] == 327680  # the architecture from config.json (an fp8 file: KV dtype given)
+        ranges = [rng for method, path, rng, _ in hub.requests
+                  if path.endswith("model.safetensors") and method == "GET"]
+        assert ranges and all(rng.startswith("bytes=0-") for rng in ranges)  # headers only, not the weights
+        r = subprocess.run([*sparkhelpers_bin, "models", "fit", "acme/tiny", "--json"], capture_output=True, text=True,
+                           timeout=120, env=env)
+        assert r.returncode == 0, r.stderr
+        tiny = json.loads(r.stdout)
+        assert tiny["params"] == 800_000 and tiny["weight_dtype"] == "bf16"  # two shards through the index
+    finally:
+        hub.stop()
+
+
+def test_params_with_dtype_sizes_an_unknown_repo(sparkhelpers_bin):
+    """The suggested fix (--params) now answers, with --dtype for the bytes per parameter."""
+    _, d = run_fit(sparkhelpers_bin, "acme/unknown-8b", "--params", "8e9", "--dtype", "bf16")
+    assert d["weight_dtype"] == "bf16" and d["weights_gib_total"] == pytest.approx(8e9 * 2 / GIB, rel=1e-4)
 
 
 def test_catalog_and_fit_do_not_import_each_other():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from sparkhelpers.appkit import complete_preset, echo_status, info, new_app, print_json, warn
@@ -84,28 +82,17 @@ def fit_cmd(
     gpu_mem: float = typer.Option(None, "--gpu-mem", min=0.05, max=0.98, help="GPU memory utilization."),
     kv_cache_dtype: str = typer.Option("auto", "--kv-cache-dtype", help="auto, bf16, fp16, fp8, fp8_e5m2."),
     params: float = typer.Option(None, "--params", min=1, help="Parameter count (e.g. 70.6e9) if unknown."),
+    dtype: str = typer.Option("", "--dtype", help="Weight dtype with --params when the files cannot tell "
+                              "(bf16, fp8, nvfp4, int4...)."),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Estimate whether a model fits: weights and KV cache per node against usable GB10 memory."""
-    from sparkhelpers.models import catalog as cat
-    from sparkhelpers.models import fit, snapshot_check
+    """Estimate whether a model fits: weights and KV cache per node against usable GB10 memory. A raw repo id is
+    sized from its safetensors headers: the cached snapshot, else the Hub's metadata (headers only)."""
+    from sparkhelpers.models import fit, sizing
 
-    path = Path(target).expanduser()
-    if path.is_dir():
-        inp = fit.fit_input_from_dir(path)
-        p_tp, p_pp, p_len, p_util = 1, 1, None, 0.85
-    elif "/" in target and not cat.REPO_RE.match(target) or target.startswith((".", "~")):
-        raise UsageError(f"{target} is not a directory", fix="give a model directory with config.json, or a preset")
-    else:
-        cfg = _cfg()
-        spec = cat.resolve_model(cfg, target)
-        inp = fit.FitInput(spec.name, spec.arch)
-        snap = None if spec.preset else snapshot_check.snapshot_dir(cfg.get("HF_CACHE"), spec.repo, spec.revision)
-        if snap and Path(snap, "config.json").is_file():  # a raw repo id: its cached config.json has the facts
-            inp = fit.fit_input_from_dir(Path(snap))
-            inp.label = spec.name
-        p_tp, p_pp, p_len, p_util = spec.tensor_parallel, spec.pipeline_parallel, spec.max_model_len, \
-            spec.gpu_memory_util
+    t = sizing.resolve(_cfg, target, params=params)
+    inp = sizing.with_dtype(t.inp, dtype) if dtype else t.inp
+    p_tp, p_pp, p_len, p_util = t.tp, t.pp, t.max_model_len, t.gpu_memory_util
     if nodes and tp and nodes % tp:
         raise UsageError(f"--nodes {nodes} is not a multiple of --tp {tp}", fix="nodes = tensor parallel x pipeline")
     if tp:

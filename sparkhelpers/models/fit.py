@@ -203,14 +203,44 @@ def estimate(inp: FitInput, *, tp: int = 1, pp: int = 1, max_model_len: int | No
     )
 
 
+# safetensors dtype names -> ours
+SAFETENSORS_DTYPES = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8", "F8_E5M2": "fp8_e5m2",
+                      "I8": "int8", "U8": "uint8", "F64": "fp64", "I16": "int16", "I32": "int32", "I64": "int64",
+                      "BOOL": "bool"}
+
+
 def _safetensors_header(path: Path) -> dict:
     with path.open("rb") as fh:
         (length,) = struct.unpack("<Q", fh.read(8))
         return json.loads(fh.read(length))
 
 
+def apply_headers(inp: FitInput, headers: list[dict], source: str) -> FitInput:
+    """Exact weight bytes, parameter count and the dominant dtype from safetensors headers."""
+    total_bytes, by_dtype = 0, {}
+    for header in headers:
+        for name, t in header.items():
+            if name == "__metadata__":
+                continue
+            start, end = t["data_offsets"]
+            total_bytes += end - start
+            by_dtype[t["dtype"]] = by_dtype.get(t["dtype"], 0) + math.prod(t["shape"])
+    if not by_dtype:
+        return inp
+    dominant = max(by_dtype, key=by_dtype.get)
+    inp.weights_bytes = float(total_bytes)
+    inp.arch = replace(inp.arch, params=float(sum(by_dtype.values())))
+    dtype = SAFETENSORS_DTYPES.get(dominant, dominant.lower())
+    if not inp.arch.weight_dtype or (dtype_bytes(inp.arch.weight_dtype) or 0) >= 2:  # unquantized: the files say
+        inp.arch = replace(inp.arch, weight_dtype=dtype)
+    mix = ", ".join(f"{SAFETENSORS_DTYPES.get(k, k)} {v / 1e9:.3g}B" for k, v in sorted(by_dtype.items(),
+                                                                                       key=lambda kv: -kv[1]))
+    inp.notes.append(f"weights, parameter count and dtype from {source} ({mix} parameters)")
+    return inp
+
+
 def fit_input_from_dir(path: Path) -> FitInput:
-    """config.json (+ the safetensors index's total_size, or single-file safetensors headers)."""
+    """config.json plus the safetensors headers of every shard present (else the index's total_size)."""
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise SparkError(f"{path} has no config.json", fix="point at a model directory (a snapshot in the HF cache)")
@@ -218,28 +248,23 @@ def fit_input_from_dir(path: Path) -> FitInput:
         raw = json.loads(cfg_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise SparkError(f"cannot read {cfg_file}: {exc}", fix="re-download the model") from None
-    arch = arch_from_config(raw)
-    inp = FitInput(label=str(path), arch=arch)
+    inp = FitInput(label=str(path), arch=arch_from_config(raw))
     index = path / "model.safetensors.index.json"
+    meta, shards = {}, sorted(path.glob("*.safetensors"))
     if index.is_file():
-        meta = (json.loads(index.read_text(encoding="utf-8")).get("metadata") or {})
-        if meta.get("total_size"):
-            inp.weights_bytes = float(meta["total_size"])
-            inp.notes.append("weight bytes from the safetensors index (metadata.total_size)")
-        if meta.get("total_parameters"):
-            inp.arch = replace(inp.arch, params=float(meta["total_parameters"]))
-    else:
-        files = sorted(path.glob("*.safetensors"))
-        if files:
-            total_bytes, total_params = 0, 0
-            for f in files:
-                for name, t in _safetensors_header(f).items():
-                    if name == "__metadata__":
-                        continue
-                    start, end = t["data_offsets"]
-                    total_bytes += end - start
-                    total_params += math.prod(t["shape"])
-            inp.weights_bytes = float(total_bytes)
-            inp.arch = replace(inp.arch, params=float(total_params))
-            inp.notes.append("weights and parameter count from the safetensors headers")
+        data = json.loads(index.read_text(encoding="utf-8"))
+        meta = data.get("metadata") or {}
+        wanted = set((data.get("weight_map") or {}).values())
+        if wanted and not wanted <= {f.name for f in shards}:
+            shards = []  # an incomplete snapshot: the index's totals are the better answer
+    if shards:
+        try:
+            return apply_headers(inp, [_safetensors_header(f) for f in shards], "the safetensors headers")
+        except (OSError, ValueError, KeyError, struct.error):
+            pass  # a truncated shard: fall back to the index
+    if meta.get("total_size"):
+        inp.weights_bytes = float(meta["total_size"])
+        inp.notes.append("weight bytes from the safetensors index (metadata.total_size)")
+    if meta.get("total_parameters"):
+        inp.arch = replace(inp.arch, params=float(meta["total_parameters"]))
     return inp
