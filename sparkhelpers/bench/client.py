@@ -295,6 +295,17 @@ async def _watch_loop(stop: asyncio.Event, lags: list[float], interval: float = 
         lags.append(max(0.0, (loop.time() - t - interval) * 1000.0))
 
 
+async def _warm_up(session, spec: LoadSpec, prompt: Prompt) -> None:  # noqa: ANN001
+    """``spec.num_warmups`` unrecorded requests at the target concurrency (they open the pool's connections)."""
+    sem = asyncio.Semaphore(min(spec.num_warmups, spec.max_concurrency or spec.num_warmups))
+
+    async def warm(i: int) -> RequestRecord:
+        async with sem:
+            return await send_one(session, spec, prompt, RequestRecord(i, prompt.prompt_len, prompt.output_len), 0.0)
+
+    await asyncio.gather(*(warm(i) for i in range(spec.num_warmups)))
+
+
 async def run_load(spec: LoadSpec, prompts: Sequence[Prompt], *, progress=None,
                    warmup_prompts: Sequence[Prompt] = (), on_measure=None) -> tuple[list[RequestRecord], float, Health]:
     """Run the workload; returns the records, the duration (s) and the client's health. Warm-up requests
@@ -308,14 +319,7 @@ async def run_load(spec: LoadSpec, prompts: Sequence[Prompt], *, progress=None,
     health = Health()
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as session:
         if spec.num_warmups > 0 and prompts:
-            warm_sem = asyncio.Semaphore(min(spec.num_warmups, spec.max_concurrency or spec.num_warmups))
-            warm_prompt = (list(warmup_prompts) or list(prompts))[0]
-
-            async def warm(i: int) -> RequestRecord:
-                async with warm_sem:
-                    return await send_one(session, spec, warm_prompt,
-                                          RequestRecord(i, warm_prompt.prompt_len, warm_prompt.output_len), 0.0)
-            await asyncio.gather(*(warm(i) for i in range(spec.num_warmups)))
+            await _warm_up(session, spec, (list(warmup_prompts) or list(prompts))[0])
 
         if on_measure:
             on_measure()

@@ -33,6 +33,24 @@ def _point(p: tuple) -> tuple:
     return (p[0], p[1], p[2] if len(p) > 2 else None, p[3] if len(p) > 3 else "")
 
 
+def _point_marks(cx: float, cy: float, top: float | None, bottom: float | None, color: str, title: str,
+                 text: str, flip: bool) -> list[str]:
+    """One point: its 95% CI error bar (when it has one), the marker, and its label (left of it at the edge)."""
+    out = []
+    if top is not None and bottom is not None:
+        out.append(f'<g class="errbar" stroke="{color}" stroke-width="1.2">'
+                   f'<line x1="{cx:.1f}" y1="{top:.1f}" x2="{cx:.1f}" y2="{bottom:.1f}"/>'
+                   f'<line x1="{cx - 4:.1f}" y1="{top:.1f}" x2="{cx + 4:.1f}" y2="{top:.1f}"/>'
+                   f'<line x1="{cx - 4:.1f}" y1="{bottom:.1f}" x2="{cx + 4:.1f}" y2="{bottom:.1f}"/>'
+                   f"<title>95% CI</title></g>")
+    out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3.5" fill="{color}"><title>{html.escape(title)}</title>'
+               "</circle>")
+    if text:
+        out.append(f'<text class="point-label" x="{cx - 6 if flip else cx + 6:.1f}" y="{cy - 6:.1f}" font-size="10" '
+                   f'text-anchor="{"end" if flip else "start"}" fill="{color}">{html.escape(text)}</text>')
+    return out
+
+
 def svg_chart(title: str, series: Sequence[tuple[str, list[tuple]]], x_label: str, y_label: str,
               log2_x: bool = False) -> str:
     """A line chart with markers; ``log2_x`` for concurrency ladders (1, 4, 16, 64...). A point is
@@ -88,22 +106,10 @@ def svg_chart(title: str, series: Sequence[tuple[str, list[tuple]]], x_label: st
         out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"{dash}>'
                    f"<title>{html.escape(label)}</title></polyline>")
         for x, y, err, text in good:
-            cx, cy = px(x), py(y)
-            if err:
-                top, bottom = py(y + err), py(max(y_lo, y - err))
-                out.append(f'<g class="errbar" stroke="{color}" stroke-width="1.2">'
-                           f'<line x1="{cx:.1f}" y1="{top:.1f}" x2="{cx:.1f}" y2="{bottom:.1f}"/>'
-                           f'<line x1="{cx - 4:.1f}" y1="{top:.1f}" x2="{cx + 4:.1f}" y2="{top:.1f}"/>'
-                           f'<line x1="{cx - 4:.1f}" y1="{bottom:.1f}" x2="{cx + 4:.1f}" y2="{bottom:.1f}"/>'
-                           f"<title>95% CI ±{_num(err)}</title></g>")
-            out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3.5" fill="{color}">'
-                       f"<title>{html.escape(label)}: {_num(x)}, {_num(y)}{f' ±{_num(err)}' if err else ''}"
-                       "</title></circle>")
-            if text:  # right of the point, or left of it near the plot's right edge
-                right = cx > PAD_L + pw - 36
-                out.append(f'<text class="point-label" x="{cx - 6 if right else cx + 6:.1f}" y="{cy - 6:.1f}" '
-                           f'font-size="10" text-anchor="{"end" if right else "start"}" fill="{color}">'
-                           f"{html.escape(text)}</text>")
+            top = py(y + err) if err else None
+            out += _point_marks(px(x), py(y), top, py(max(y_lo, y - err)) if err else None, color,
+                                f"{label}: {_num(x)}, {_num(y)}{f' ±{_num(err)}' if err else ''}", text,
+                                flip=px(x) > PAD_L + pw - 36)
     return "\n".join(out) + "\n</svg>"
 
 
