@@ -192,6 +192,7 @@ def test_gateway_unit_and_dry_run(sparkhelpers_bin, tmp_path):
                          capture_output=True, text=True, check=True).stdout
     assert "q on spark1: http://spark1:5800" in dry and "cluster run --recipe qwen3 --nodes spark1" in dry
     assert "h on head: http://127.0.0.1:5801" in dry  # the topology's head: this machine
+    assert "cluster run --recipe tiny --nodes head" in dry
     bad = tmp_path / "bad.yaml"
     bad.write_text("models: {q: {recipe: r, ttl: -1}}\n")
     r = subprocess.run([*sparkhelpers_bin, "gateway", "check", "--models", str(bad)], capture_output=True, text=True)

@@ -42,8 +42,9 @@ def launch_spec(cfg: GatewayConfig, entry: ModelEntry, replica: Replica, key_fil
     base = f"http://{host}:{replica.port}"
     env = {**entry.env, "PORT": str(replica.port), "API_KEY_FILE": key_file, MARKER: replica.id}
     if entry.recipe:
+        nodes = ["head" if n in ("local", "localhost") else n for n in replica.nodes]  # cluster run's names
         argv = [sys.executable, "-m", "sparkhelpers", "cluster", "run", "--recipe", entry.recipe,
-                "--nodes", ",".join(replica.nodes)]
+                "--nodes", ",".join(nodes)]
         env["VLLM_PORT"] = str(replica.port)
     else:
         subs = {"${PORT}": str(replica.port), "${MODEL_ID}": entry.name, "${API_KEY_FILE}": key_file}

@@ -100,7 +100,7 @@ class GatewayConfig:
     def address(self, node: str) -> str:
         if node in self.nodes:
             return self.nodes[node]
-        return "127.0.0.1" if node in ("local", "localhost") else node
+        return "127.0.0.1" if node in ("local", "localhost", "head") else node
 
 
 def _fail(where: str, what: str, fix: str) -> UsageError:
