@@ -2,7 +2,7 @@
 # Summary: Choose the model to serve, download it, sync it to the workers and restart the cluster.
 #
 # Usage: switch_model.sh [-l | --list] [-d | --download-only] [--skip-download] [-s | --skip-restart]
-#                        [--wait SECONDS] [--json] [NAME | NUMBER]
+#                        [--wait SECONDS] [--json] [--recipe NAME|FILE | NAME | NUMBER]
 #
 # NAME is a preset from `--list` (or its number) or a Hugging Face repo id; with none, on a terminal,
 # the numbered list is shown and you pick one. The choice is written to config.local.env (MODEL=...);
@@ -15,6 +15,7 @@
 #   --skip-download       Do not download or sync; the model must already be on every node.
 #   -s, --skip-restart    Write the choice into config.local.env but do not restart the cluster.
 #   --wait SECONDS        Wait for a start, stop or sweep holding the cluster lock (default: refuse at once).
+#   --recipe NAME|FILE    Serve this recipe (file, name on RECIPE_PATH, or preset); written as RECIPE=...
 #   --json                Print the result as JSON.
 #   -h, --help            Show this help.
 #
@@ -33,6 +34,11 @@ while [[ $# -gt 0 ]]; do
     -d | --download-only) args+=(--download-only) ;;
     -s | --skip-restart) args+=(--skip-restart) ;;
     --skip-download | --json) args+=("$1") ;;
+    --recipe)
+      need_value "$1" $#
+      args+=("$1" "$2")
+      shift
+      ;;
     --wait)
       need_value "$1" $#
       [[ "$2" =~ ^[0-9]+$ ]] || usage_error "$1 needs a whole number of seconds, not '$2'"

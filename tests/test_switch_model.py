@@ -273,3 +273,15 @@ def test_no_model_on_a_terminal_shows_the_numbered_menu_and_asks():
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, out.decode(errors="replace")
     assert "MODEL=qwen3-8b" in local_config()
+
+
+def test_switch_to_a_recipe_writes_recipe_then_a_model_switch_drops_it(tmp_path):
+    path = tmp_path / "small.yaml"
+    path.write_text("recipe: 1\nname: qwen3-small\nmodel: Qwen/Qwen3-0.6B\nimage: vllm/vllm-openai:v0.19.0\n"
+                    "engine_args: {max_num_seqs: 8}\n")
+    rec = Recorder()
+    report = switch("", rec, skip_download=True, recipe=str(path))
+    assert f"RECIPE={path}" in local_config() and report.restarted
+    assert rec.calls[-1] == ("start", "Qwen/Qwen3-0.6B", "qwen3-small")
+    switch("qwen3-8b", rec, skip_download=True)
+    assert "RECIPE=" not in local_config() and "MODEL=qwen3-8b" in local_config()

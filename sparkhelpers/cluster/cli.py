@@ -58,6 +58,7 @@ def start(
 
 def _recipe_start(cfg, recipe: str | None, nodes: int | None, solo: bool):  # noqa: ANN001, ANN202
     """(config, spec): the configured model (spec None: control resolves MODEL), or the recipe's."""
+    recipe = recipe or cfg.get("RECIPE")
     if not recipe:
         return cfg, None
     from sparkhelpers.recipes.apply import load_for_start
@@ -198,6 +199,8 @@ def switch_cmd(
                                       help="Write the choice into config.local.env; do not restart the cluster."),
     wait: int = typer.Option(0, "--wait", min=0, help="Seconds to wait for a start, stop or sweep holding "
                                                           "the cluster lock (default: refuse at once)."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Serve this recipe (file, name on RECIPE_PATH, or "
+                                                             "preset); written as RECIPE=..."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Serve another model: resolve, check the layout, download/sync, write MODEL, stop, start, smoke chat.
@@ -211,10 +214,12 @@ def switch_cmd(
 
     if list_:
         return _list_models()
-    if not name:
+    if recipe and name:
+        raise UsageError("give a model NAME or --recipe, not both", fix="switch_model.sh --recipe FILE")
+    if not name and not recipe:
         name = _menu_choice()
-    req = sw.SwitchRequest(name, download_only=download_only, skip_download=skip_download,
-                           skip_restart=skip_restart)
+    req = sw.SwitchRequest(name or "", download_only=download_only, skip_download=skip_download,
+                           skip_restart=skip_restart, recipe=recipe or "")
     req.check()
     cfg = _config()
     signal.signal(signal.SIGTERM, _terminated)

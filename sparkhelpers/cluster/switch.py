@@ -24,6 +24,7 @@ class SwitchRequest:
     skip_download: bool = False
     skip_restart: bool = False
     persist: bool = True  # write MODEL to config.local.env (the sweep passes the model as an override instead)
+    recipe: str = ""  # serve this recipe instead (written as RECIPE=...)
 
     def check(self) -> None:
         if self.download_only and self.skip_download:
@@ -90,14 +91,18 @@ def switch(cfg: Config, req: SwitchRequest, *, runner=None, say: Callable[[str],
            start: Callable | None = None, stop: Callable | None = None) -> SwitchReport:
     """Resolve, check, fetch, write, stop, start (whose chat request is the smoke test)."""
     from sparkhelpers.cluster import control
-    from sparkhelpers.config import set_local
     from sparkhelpers.models.catalog import resolve_model
     from sparkhelpers.runner import Runner
 
     req.check()
     runner = runner or Runner()
     start, stop = start or control.start_cluster, stop or control.stop_cluster
-    spec = resolve_model(cfg, req.choice)
+    if req.recipe:
+        from sparkhelpers.recipes.apply import load_for_start
+
+        cfg, spec = load_for_start(cfg, req.recipe)
+    else:
+        spec = resolve_model(cfg, req.choice)
     layout = check_layout(spec, cfg)
     report = SwitchReport(spec.name, spec.repo, layout.nodes)
     if note := fit_warning(spec):
@@ -114,14 +119,14 @@ def switch(cfg: Config, req: SwitchRequest, *, runner=None, say: Callable[[str],
     if req.download_only:
         return report
     if req.persist:
-        set_local("MODEL", spec.name)
+        _persist(cfg, req, spec)
         report.config_written = True
         if cfg.source("MODEL") == "environment":
             warn(f"MODEL is set in the environment ({cfg.get('MODEL')}); it wins over config.local.env for "
                  f"later commands: unset MODEL")
     if req.skip_restart:
         return report
-    serving = cfg.with_overrides(MODEL=spec.name)
+    serving = cfg if req.recipe else cfg.with_overrides(MODEL=spec.name)
     say(f"restarting the cluster with {spec.name}")
     failed = control.stop_failures(step("stop", lambda: stop(serving, runner)))
     if failed:
@@ -136,6 +141,21 @@ def switch(cfg: Config, req: SwitchRequest, *, runner=None, say: Callable[[str],
     report.endpoint = getattr(outcome.plan, "endpoint", "")
     report.answer = getattr(outcome.report, "answer", "")
     return report
+
+
+def _persist(cfg: Config, req: SwitchRequest, spec) -> None:  # noqa: ANN001
+    """MODEL=... for a model; RECIPE=... (an absolute path for a file) for a recipe, which then wins over MODEL."""
+    from pathlib import Path
+
+    from sparkhelpers.config import set_local, unset_local
+    from sparkhelpers.recipes.loader import looks_like_path
+
+    if req.recipe:
+        set_local("RECIPE", str(Path(req.recipe).resolve()) if looks_like_path(req.recipe) else req.recipe)
+    else:
+        set_local("MODEL", spec.name)
+        if cfg.get("RECIPE"):
+            unset_local("RECIPE")  # a model switch serves the model, not an earlier recipe
 
 
 def _saved(report: SwitchReport) -> str:
