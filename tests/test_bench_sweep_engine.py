@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -73,8 +74,16 @@ def steps_log() -> list[str]:
 
 
 def served(port: int) -> list[str]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5) as r:
-        return [m["id"] for m in json.load(r)["data"]]
+    """The served model ids; [] while nothing listens (a kill -9 may land between a stop and a start)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5) as r:
+            return [m["id"] for m in json.load(r)["data"]]
+    except ConnectionRefusedError:
+        return []
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ConnectionRefusedError):
+            return []
+        raise
 
 
 MATRIX = dict(models=["test/tiny-a", "test/tiny-b"], variants=["tier1-off", "tier1-on"], profiles=["smoke"])
