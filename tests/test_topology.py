@@ -234,3 +234,12 @@ def test_a_node_set_without_this_machine_serves_with_its_first_node_as_rank_0():
         build_plan(cfg, resolve_model(cfg), nodes=3, topo=topo)
     with pytest.raises(SparkError, match="no such node"):
         tp.node_set(cfg, ["spark9"])
+
+
+def test_config_set_refuses_a_bad_head_host(sparkhelpers_bin):
+    r = subprocess.run([*sparkhelpers_bin, "config", "set", "HEAD_HOST", "spark1;reboot"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1 and "HEAD_HOST" in r.stderr and "fix:" in r.stderr, r.stderr
+    ok = subprocess.run([*sparkhelpers_bin, "config", "set", "HEAD_HOST", "spark1"], capture_output=True, text=True,
+                        timeout=60)
+    assert ok.returncode == 0, ok.stderr
