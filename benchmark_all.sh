@@ -30,21 +30,8 @@ set -euo pipefail
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
-args=()
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    -h | --help) usage ;;
-    -y | --yes) args+=(--yes) ;;
-    --resume | --download | --dry-run | --single-node | --multi-node | --skip-token) args+=("$1") ;;
-    --profile | --models | --variants | --name)
-      need_value "$1" $#
-      args+=("$1" "$2")
-      shift
-      ;;
-    *) usage_error "unknown argument: $1" ;;
-  esac
-  shift
-done
+spark_parse_args "$@"
+spark_no_words
 
 spark_load_config
-sparkhelpers_exec bench sweep "${args[@]}"
+sparkhelpers_exec bench sweep "${SPARK_ARGS[@]}"

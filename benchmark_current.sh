@@ -25,22 +25,8 @@ set -euo pipefail
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
-args=()
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    -h | --help) usage ;;
-    -s | --single) args+=(--single) ;;
-    -q | --quick) args+=(--quick) ;;
-    --json) args+=(--json) ;;
-    --profile | -u | --url | -n | --num-prompts | -c | --concurrency | -d | --dataset | -o | --output | --variant)
-      need_value "$1" $#
-      args+=("$1" "$2")
-      shift
-      ;;
-    *) usage_error "unknown argument: $1" ;;
-  esac
-  shift
-done
+spark_parse_args "$@"
+spark_no_words
 
 spark_load_config
-sparkhelpers_exec bench current "${args[@]}"
+sparkhelpers_exec bench current "${SPARK_ARGS[@]}"

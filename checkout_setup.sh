@@ -19,26 +19,17 @@ set -euo pipefail
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
-level=""
-args=()
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    -h | --help) usage ;;
-    --quick | --ib | --infiniband | --nccl | --full)
-      flag="$1"
-      [[ "$flag" != --infiniband ]] || flag=--ib
-      [[ -z "$level" || "$level" == "$flag" ]] || usage_error "choose one of --quick, --ib, --nccl, --full"
-      level="$flag"
+spark_parse_args "$@"
+spark_no_words
+level="" args=()
+for arg in "${SPARK_ARGS[@]}"; do
+  case "$arg" in
+    --quick | --ib | --nccl | --full)
+      [[ -z "$level" || "$level" == "$arg" ]] || usage_error "choose one of --quick, --ib, --nccl, --full"
+      level="$arg"
       ;;
-    --json | --config) args+=("$1") ;;
-    --snapshot)
-      need_value "$1" $#
-      args+=("$1" "$2")
-      shift
-      ;;
-    *) usage_error "unknown argument: $1" ;;
+    *) args+=("$arg") ;;
   esac
-  shift
 done
 
 spark_load_config

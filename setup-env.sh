@@ -36,23 +36,10 @@ set -euo pipefail
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
-args=()
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    -h | --help) usage ;;
-    --non-interactive | --head | --worker | --discover | --print-exports | --hf-token-stdin | --dry-run)
-      args+=("$1")
-      ;;
-    --workers | --user | --model)
-      need_value "$1" $#
-      args+=("$1" "$2")
-      shift
-      ;;
-    *) usage_error "unknown argument: $1" ;;
-  esac
-  shift
-done
+SPARK_INTERNAL_FLAGS=--print-exports  # the sourced form asks its own child for export lines
+spark_parse_args "$@"
+spark_no_words
 
 spark_load_config
 # Run: the core replaces this script. Sourced: the child bash above execs it, the caller's shell stays.
-sparkhelpers_exec setup "${args[@]}"
+sparkhelpers_exec setup "${SPARK_ARGS[@]}"

@@ -18,26 +18,8 @@ set -euo pipefail
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
-args=()
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    -h | --help) usage ;;
-    --dry-run | --solo | --replace | --keep-on-failure | --json) args+=("$1") ;;
-    --nodes | --timeout)
-      need_value "$1" $#
-      [[ "$2" =~ ^[0-9]+$ ]] || usage_error "$1 needs a whole number, not '$2'"
-      args+=("$1" "$2")
-      shift
-      ;;
-    --recipe)
-      need_value "$1" $#
-      args+=("$1" "$2")
-      shift
-      ;;
-    *) usage_error "unknown argument: $1" ;;
-  esac
-  shift
-done
+spark_parse_args "$@"
+spark_no_words
 
 spark_load_config
 # Phases (each printed with its time): preflight (SSH, Docker, fabric address, running cluster, port),
@@ -45,4 +27,4 @@ spark_load_config
 # missing), containers (in the order the launch mode needs), health (watching every engine process),
 # one chat request. On failure: the node's last log lines, cleanup, exit 1. Ctrl-C or SIGTERM stops what
 # started. Under the cluster lock (one start, stop, switch or sweep at a time), taken by the core this execs.
-sparkhelpers_exec cluster start "${args[@]}"
+sparkhelpers_exec cluster start "${SPARK_ARGS[@]}"

@@ -14,21 +14,12 @@ set -euo pipefail
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
-args=()
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    -h | --help) usage ;;
-    -l | --local-only) args+=(--local-only) ;;
-    -f | --force) args+=(--force) ;;
-    --dry-run | --json) args+=("$1") ;;
-    *) usage_error "unknown argument: $1" ;;
-  esac
-  shift
-done
+spark_parse_args "$@"
+spark_no_words
 
 spark_load_config
 # Waits up to 30 s for the cluster lock; --force does not wait: it ends the lock holder (SIGTERM, it
 # cleans up as for Ctrl-C), then kills the containers.
 # Only containers labelled sparkhelpers.cluster=$CLUSTER_NAME, every node in parallel, STOP_TIMEOUT
 # each; an unreachable node is reported and makes the exit code 1. Running it twice is harmless.
-sparkhelpers_exec cluster stop "${args[@]}"
+sparkhelpers_exec cluster stop "${SPARK_ARGS[@]}"

@@ -25,32 +25,8 @@ set -euo pipefail
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
-args=()
-choice=""
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    -h | --help) usage ;;
-    -l | --list) args+=(--list) ;;
-    -d | --download-only) args+=(--download-only) ;;
-    -s | --skip-restart) args+=(--skip-restart) ;;
-    --skip-download | --json) args+=("$1") ;;
-    --recipe)
-      need_value "$1" $#
-      args+=("$1" "$2")
-      shift
-      ;;
-    --wait)
-      need_value "$1" $#
-      [[ "$2" =~ ^[0-9]+$ ]] || usage_error "$1 needs a whole number of seconds, not '$2'"
-      args+=("$1" "$2")
-      shift
-      ;;
-    -*) usage_error "unknown option: $1" ;;
-    *) [[ -z "$choice" ]] || usage_error "only one model may be given"; choice="$1" ;;
-  esac
-  shift
-done
+spark_parse_args "$@"
+[[ ${#SPARK_WORDS[@]} -le 1 ]] || usage_error "only one model may be given"
 
 spark_load_config
-[[ -z "$choice" ]] || args+=(-- "$choice")
-sparkhelpers_exec cluster switch "${args[@]}"
+sparkhelpers_exec cluster switch "${SPARK_ARGS[@]}" ${SPARK_WORDS[0]+-- "${SPARK_WORDS[0]}"}

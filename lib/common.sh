@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Summary: Shared shell library for the sparkhelpers entry scripts (sourced, never run).
 #
-# Provides: SPARK_HOME, spark_load_config, log, warn, die, usage, usage_error, require_cmd,
+# Provides: SPARK_HOME, spark_load_config, spark_parse_args, log, warn, die, usage, usage_error, require_cmd,
 # sparkhelpers (runs the Python core), sparkhelpers_exec (replaces the script with it). The cluster lock
 # is the Python core's alone (sparkhelpers.locking): scripts exec the core, so the PID it records is theirs.
 # Exit codes: 0 success, 1 failure, 2 usage.
@@ -81,3 +81,58 @@ sparkhelpers_exec() {
 
 # need_value FLAG COUNT: a flag that takes a value was given as the last argument.
 need_value() { [[ "$2" -ge 2 ]] || usage_error "$1 needs a value"; }
+
+# spark_flag_table: the script's header Options block as "NAME CANONICAL TAKES_VALUE" lines. The header is the
+# one list of a wrapper's flags: "#   -l, --local-only   text" (an alias pair), "#   --nodes N   text" (a word in
+# capitals after the flags: it takes a value). The canonical name is the first long one.
+spark_flag_table() {
+  awk 'NR == 1 && /^#!/ { next } !/^#/ { exit }
+    /^# Options:/ { on = 1; next }
+    on && /^#   -/ {
+      spec = substr($0, 5); sub(/  .*/, "", spec); gsub(/,/, " ", spec)
+      n = split(spec, w, " "); canon = ""; value = 0; names = ""
+      for (i = 1; i <= n; i++) {
+        if (w[i] ~ /^-/) { names = names " " w[i]; if (canon == "" && w[i] ~ /^--/) canon = w[i] }
+        else value = 1
+      }
+      if (canon == "") canon = w[1]
+      m = split(names, f, " ")
+      for (i = 1; i <= m; i++) print f[i], canon, value
+    }' "$SCRIPT_PATH"
+}
+
+# spark_parse_args ARGS...: check ARGS against the header's flags; -h/--help prints the header. Fills SPARK_ARGS
+# (each flag in its canonical long form, with its value) and SPARK_WORDS (the other arguments). A misuse is
+# one line and exit 2. SPARK_INTERNAL_FLAGS names flags a wrapper passes that stay out of the header.
+spark_parse_args() {
+  local -A canon_=() takes_=()
+  local name_ canonical_ value_
+  while read -r name_ canonical_ value_; do
+    canon_[$name_]=$canonical_
+    takes_[$name_]=$value_
+  done < <(spark_flag_table)
+  for name_ in ${SPARK_INTERNAL_FLAGS:-}; do canon_[$name_]=$name_; takes_[$name_]=0; done
+  SPARK_ARGS=()
+  SPARK_WORDS=()
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      -h | --help) usage ;;
+      --) shift; SPARK_WORDS+=("$@"); break ;;
+      -*)
+        [[ -v "canon_[$1]" ]] || usage_error "unknown option: $1"
+        if [[ "${takes_[$1]}" == 1 ]]; then
+          need_value "$1" $#
+          SPARK_ARGS+=("${canon_[$1]}" "$2")
+          shift
+        else
+          SPARK_ARGS+=("${canon_[$1]}")
+        fi
+        ;;
+      *) SPARK_WORDS+=("$1") ;;
+    esac
+    shift
+  done
+}
+
+# spark_no_words: the script takes no positional argument.
+spark_no_words() { [[ ${#SPARK_WORDS[@]} -eq 0 ]] || usage_error "unexpected argument: ${SPARK_WORDS[0]}"; }

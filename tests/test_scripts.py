@@ -134,14 +134,21 @@ def test_header_flags_and_typer_flags_agree(script):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_every_header_flag_is_parsed_by_the_wrapper(script):
-    import re
-
-    text = (ROOT / script).read_text()
-    body = text[text.index("set -euo pipefail"):]
-    patterns = " ".join(re.findall(r"^\s+([-|\w ]+)\)", body, flags=re.M))
-    for flag in header_flags(script) | INTERNAL.get(script, set()):
-        assert flag in patterns.split(), f"{script} does not parse {flag}"
+def test_the_wrapper_parses_exactly_its_header_flags(script):
+    """spark_parse_args reads the header's Options block: each flag there reaches the core in its canonical long
+    form (with its value); a flag not there is refused with exit 2 before anything runs."""
+    takes_value = value_flags(script)
+    probe = (f'source {ROOT}/lib/common.sh; SCRIPT_PATH={ROOT / script}; '
+             f'SPARK_INTERNAL_FLAGS="{" ".join(INTERNAL.get(script, set()))}"; '
+             'spark_parse_args "$@"; printf "%s\\n" "${SPARK_ARGS[@]}"')
+    for flag in sorted(header_flags(script) - {"-h", "--help"}):
+        value = ["VALUE"] if flag in takes_value else []
+        r = subprocess.run(["bash", "-c", probe, "probe", flag, *value], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, (flag, r.stderr)
+        out = r.stdout.split()
+        assert out[0].startswith("--") and out[1:] == value, (flag, out)
+    bad = subprocess.run(["bash", "-c", probe, "probe", "--no-such-flag"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "unknown option: --no-such-flag" in bad.stderr
 
 
 # ---- the original scripts' documented flags (shared/reference/original-scripts-analysis.md) --------
@@ -164,7 +171,7 @@ def value_flags(script: str) -> set[str]:
     out: set[str] = set()
     for line in (ROOT / script).read_text().splitlines():
         m = re.match(r"#   (-.*?)(?:\s{2,}|$)", line)
-        if m and re.search(r"\s[A-Z][A-Z_=]+", m.group(1)):
+        if m and re.search(r"\s[A-Z][A-Z_=|]*(\s|$)", m.group(1)):
             out.update(re.findall(FLAG, m.group(1)))
     return out
 
