@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import pty
 import re
-import select
 import stat
 import time
 from pathlib import Path
 
 import pytest
+from ptyio import read_chunk
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.sim
@@ -86,15 +86,10 @@ def run_in_pty(argv: list[str], answers: list[tuple[str, str]], timeout: float =
     transcript, pending, deadline = b"", list(answers), time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.5)
-            if ready:
-                try:
-                    chunk = os.read(fd, 4096)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                transcript += chunk
+            chunk = read_chunk(fd)
+            if chunk == b"":
+                break
+            transcript += chunk or b""
             if pending and re.search(pending[0][0], transcript.decode(errors="replace").split("\x00")[-1]):
                 prompt, answer = pending.pop(0)
                 transcript += b"\x00"  # marks what was answered already

@@ -8,14 +8,13 @@ import http.server
 import json
 import os
 import pty
-import select
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from ptyio import read_until
 
 CAPTURED = (Path(__file__).parent / "fixtures" / "metrics" / "vllm-0.11-metrics.txt").read_text()
 
@@ -53,18 +52,7 @@ def _env(port: int) -> dict:
 
 
 def _read_until(fd: int, pattern: str, timeout: float) -> str:
-    out, deadline = b"", time.monotonic() + timeout
-    while time.monotonic() < deadline and pattern not in out.decode(errors="replace"):
-        ready, _, _ = select.select([fd], [], [], 0.5)
-        if ready:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-    return out.decode(errors="replace")
+    return read_until(fd, pattern.encode(), timeout).decode(errors="replace")
 
 
 def test_watch_refreshes_in_place_and_ctrl_c_exits_cleanly(engine, sparkhelpers_bin):

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ptyio import read_until
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hubstub import HubStub, Repo, fake_model  # noqa: E402
@@ -250,26 +251,14 @@ def test_the_sweep_style_switch_leaves_config_local_env_alone():
 
 def test_no_model_on_a_terminal_shows_the_numbered_menu_and_asks():
     import pty
-    import select
 
     pid, fd = pty.fork()
     if pid == 0:  # the child: switch_model.sh on a terminal, no model named
         os.execv(str(SCRIPT), [str(SCRIPT), "--skip-download", "--skip-restart"])
-    out = b""
-    deadline = time.monotonic() + 60
-    while b"Model (number or name" not in out and time.monotonic() < deadline:
-        if select.select([fd], [], [], 1)[0]:
-            out += os.read(fd, 4096)
+    out = read_until(fd, b"Model (number or name", 60)
     assert b"smollm2-135m" in out and b"Model (number or name" in out, out.decode(errors="replace")
     os.write(fd, b"3\n")
-    while time.monotonic() < deadline:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
+    out += read_until(fd, None, 60)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, out.decode(errors="replace")
     assert "MODEL=qwen3-8b" in local_config()

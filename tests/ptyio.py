@@ -1,0 +1,28 @@
+"""Reading a child's pseudo-terminal in tests (shared by the pty tests)."""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+
+
+def read_chunk(fd: int, wait: float = 0.5) -> bytes | None:
+    """What the pty has within `wait` seconds: None when nothing yet, b"" when the child closed it."""
+    if not select.select([fd], [], [], wait)[0]:
+        return None
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the child side is closed
+        return b""
+
+
+def read_until(fd: int, pattern: bytes | None, timeout: float) -> bytes:
+    """Read until `pattern` has appeared (None: until the child closes the pty) or `timeout` passes."""
+    out, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline and (pattern is None or pattern not in out):
+        chunk = read_chunk(fd)
+        if chunk == b"":
+            break
+        out += chunk or b""
+    return out
