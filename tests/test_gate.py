@@ -40,6 +40,7 @@ def test_a_fault_is_one_line_naming_node_twin_and_fix(worker, names, words):
         result.raise_on_failure()
     text = str(exc.value)
     assert "\n" not in exc.value.message and "nothing was started" in text and exc.value.fix
+    assert exc.value.fix not in exc.value.message, "the fix is said once, on its own line"
     for w in words:
         assert w in text, (w, text)
 
@@ -75,3 +76,21 @@ def test_peer_error_lines_ignore_a_healthy_log_and_keep_the_last_few():
     assert gate.peer_error_lines(healthy) == []
     many = "\n".join(f"NCCL WARN connect {i} failed: No route to host" for i in range(10))
     assert gate.peer_error_lines(many) == [f"NCCL WARN connect {i} failed: No route to host" for i in (7, 8, 9)]
+
+
+def test_peer_watch_reports_a_rank_only_while_its_errors_persist():
+    err = "W socket.cpp: The client socket has failed to connect to [10.0.0.1]:29501 (errno: 113 - No route to host)"
+    w = gate.PeerWatch(grace_s=90)
+    assert w.observe("spark-02", f"INFO start\n{err}\n", 0) == []
+    assert w.observe("spark-02", f"INFO start\n{err}\n{err}\n", 60) == []
+    joined = f"{err}\nINFO joined the master\n" + "INFO loading weights\n" * 5
+    assert w.observe("spark-02", joined, 70) == [], "a rank that got past its errors is forgotten"
+    assert w.observe("spark-02", f"{err}\n", 100) == []
+    assert w.observe("spark-02", f"{err}\n" * 4, 191) == [err] * 3
+
+
+def test_stuck_message_is_one_line_with_the_recheck_and_the_log():
+    broken = [ck.Check("ping-enp1s0f1np1", "spark-02", "fail", "169.254.101.12 does not answer", "check the cable")]
+    text = gate.stuck_message("spark-02", ["NCCL WARN x", "NCCL WARN y"], broken)
+    assert "\n" not in text and text.startswith("spark-02 cannot reach its peers")
+    assert "169.254.101.12 does not answer" in text and "NCCL WARN x | NCCL WARN y" in text

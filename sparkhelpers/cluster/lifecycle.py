@@ -20,6 +20,7 @@ from sparkhelpers.runner import Host, Runner, build_ssh_cmd, shell_join, shell_q
 
 POLL_S = 0.5
 LOG_TAIL = 25
+PEER_CHECK_S = 10.0  # while waiting for health: a live fabric re-check and the ranks' logs this often
 
 
 class Interrupted(SparkError):
@@ -52,8 +53,11 @@ class Starter:
 
     def __init__(self, plan: ClusterPlan, runner: Runner, *, spec: ModelSpec, secrets: dict[str, str],
                  replace: bool = False, keep_on_failure: bool = False, drop_caches: bool = False, api_key: str = "",
-                 say: Callable[[str], None] = print, stop_all: Callable[[], None] | None = None) -> None:
+                 say: Callable[[str], None] = print, stop_all: Callable[[], None] | None = None,
+                 fabric_mtu: int = 9000) -> None:
         self.plan, self.runner, self.secrets, self.spec = plan, runner, secrets, spec
+        self.fabric_mtu, self.gate = fabric_mtu, None
+        self.next_peer_check, self.peer_watch = 0.0, None
         self.replace, self.keep_on_failure, self.drop_caches = replace, keep_on_failure, drop_caches
         self.api_key, self.say, self.stop_all = api_key, say, stop_all
         self.config_hash = plan.config_hash()
@@ -154,7 +158,20 @@ class Starter:
                                          "ConnectX-7 firmware; `checkout_setup.sh --ib` explains")
         self.check_running(probes)
         self.check_port()
+        if plan.mode in ("ray", "native") and not self.report.already_running:
+            self.check_fabric()
         return probes
+
+    def check_fabric(self) -> None:
+        """The doctor's fabric and parity rules plus pings over each twin, before any container starts."""
+        from sparkhelpers.discover import gate
+        from sparkhelpers.discover.nodes import Node
+
+        nodes = [Node(n.label, n.host, n.fabric_ip) for n in self.plan.nodes]
+        self.gate = gate.start_gate(self.runner, nodes, mtu=self.fabric_mtu)
+        for check in self.gate.warnings:
+            self.say(f"warning: {gate.one_line(check)}")
+        self.gate.raise_on_failure()
 
     def check_running(self, probes: dict[int, nd.NodeProbe]) -> None:
         ours = {rank: p.containers for rank, p in probes.items() if p.containers}
@@ -289,6 +306,7 @@ class Starter:
         last = ""
         while True:
             self.check_alive()
+            self.check_peers()
             status = f"{self.plan.node_run_dir(self.plan.head)}/ray-status.txt"
             r = self.on(self.plan.head, f"cat {shell_quote(status)} 2>/dev/null || true")
             nodes, gpus = nd.parse_ray_status(r.stdout)
@@ -320,6 +338,7 @@ class Starter:
         while not self.healthy():
             if checks % 2 == 0:
                 self.check_alive()
+            self.check_peers()
             checks += 1
             if self.remaining() <= 0:
                 raise SparkError(f"the engine was not healthy after {self.plan.timeout_s}s "
@@ -328,6 +347,27 @@ class Starter:
                                      "read `sparkhelpers logs --node 0`")
             time.sleep(POLL_S)
         self.report.ready_at = time.time()
+
+    def check_peers(self) -> None:
+        """Bounded diagnosis while waiting for health: a rank whose log still shows rendezvous/NCCL
+        errors long after they began, or a twin the head can no longer ping, ends the start now."""
+        from sparkhelpers.discover import gate
+
+        now = time.monotonic()
+        if self.gate is None or not self.gate.facts or now < self.next_peer_check:
+            return
+        self.next_peer_check = now + PEER_CHECK_S
+        self.peer_watch = self.peer_watch or gate.PeerWatch()
+        broken = self.gate.recheck(self.runner)
+        logs = dict(self.runner.parallel(lambda n: (n.label, self.on(n, nd.tail_cmd(
+            self.plan.log_dir, n.rank, LOG_TAIL), timeout=n.host.connect_timeout + 15).stdout), list(self.plan.nodes)))
+        stuck = {label: lines for label, text in logs.items() if (lines := self.peer_watch.observe(label, text, now))}
+        if not broken and not stuck:
+            return
+        node = broken[0].node if broken else next(iter(stuck))
+        raise SparkError(gate.stuck_message(node, gate.peer_error_lines(logs.get(node, "")), broken),
+                         fix=broken[0].fix if broken else "check the fabric between the nodes "
+                         "(./checkout_setup.sh --quick) and that no firewall blocks MASTER_PORT/RAY_PORT")
 
     def smoke_chat(self) -> str:
         return chat_once(self.plan, self.api_key)

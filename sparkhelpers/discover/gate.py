@@ -48,10 +48,10 @@ def gate_checks(nodes: list[ck.NodeFacts], mtu: int = RECOMMENDED_MTU) -> list[c
     return [c for c in ck.static_checks(nodes, ck.Plan(mtu=mtu)) if _in_gate(c)]
 
 
-def one_line(check: ck.Check) -> str:
-    """``NODE: what is wrong (fix: what to do)`` -- the form the start prints per failed check."""
+def one_line(check: ck.Check, *, with_fix: bool = True) -> str:
+    """``NODE: what is wrong (fix: what to do)`` -- the form the start prints per check."""
     where = "across nodes" if check.node == ck.CLUSTER else check.node
-    return f"{where}: {check.message}" + (f" (fix: {check.fix})" if check.fix else "")
+    return f"{where}: {check.message}" + (f" (fix: {check.fix})" if check.fix and with_fix else "")
 
 
 @dataclass
@@ -79,10 +79,10 @@ class GateResult:
         bad = self.failures
         if not bad:
             return
-        lines = [one_line(c) for c in bad]
-        first = bad[0]
+        lines = [one_line(c, with_fix=False) for c in bad]
+        fixes = dict.fromkeys(c.fix for c in bad if c.fix)
         raise SparkError("fabric preflight failed, nothing was started: " + "; ".join(lines),
-                         fix=first.fix or "run ./checkout_setup.sh --quick for the full report")
+                         fix="; then ".join(fixes) or "run ./checkout_setup.sh --quick for the full report")
 
 
 def _snapshot_all(runner: Runner, nodes: list[Node], work: Path) -> list[ck.NodeFacts]:
@@ -125,3 +125,37 @@ def peer_error_lines(log_text: str, limit: int = MAX_LOG_LINES) -> list[str]:
     """The last few lines of an engine/Ray log that say a rank cannot reach its peers (pure)."""
     hits = [ln.strip() for ln in log_text.splitlines() if PEER_ERROR.search(ln)]
     return hits[-limit:]
+
+
+def still_failing(log_text: str, last: int = 5) -> bool:
+    """True when one of the log's last few lines is a peer error (the rank has not got past it)."""
+    tail = [ln for ln in log_text.splitlines() if ln.strip()][-last:]
+    return any(PEER_ERROR.search(ln) for ln in tail)
+
+
+@dataclass
+class PeerWatch:
+    """Peer-error lines per rank over time (pure). A rank still failing to reach its peers ``grace_s``
+    after its first such line is stuck (a rank that starts before its master logs a few, then joins)."""
+
+    grace_s: float = 90.0
+    first_seen: dict[str, float] = field(default_factory=dict)
+
+    def observe(self, node: str, log_text: str, now: float) -> list[str]:
+        """Look at ``node``'s log tail; its peer-error lines when it has been stuck too long, else []."""
+        if not still_failing(log_text):
+            self.first_seen.pop(node, None)
+            return []
+        self.first_seen.setdefault(node, now)
+        return peer_error_lines(log_text) if now - self.first_seen[node] >= self.grace_s else []
+
+
+def stuck_message(node: str, lines: list[str], broken: list[ck.Check]) -> str:
+    """One line: which rank cannot reach its peers, what the live re-check says, its own log lines."""
+    parts = [f"{node} cannot reach its peers"]
+    if broken:
+        parts.append("live fabric re-check: " + "; ".join(c.message if c.node == node else one_line(c, with_fix=False)
+                                                        for c in broken))
+    if lines:
+        parts.append("its log: " + " | ".join(lines))
+    return "; ".join(parts)
