@@ -70,7 +70,8 @@ def start_cluster(cfg: Config, *, nodes: int | None = None, solo: bool = False, 
                                                         config_hash))
     starter = lifecycle.Starter(plan, runner, spec=spec, secrets=secrets, replace=replace,
                                 keep_on_failure=keep_on_failure, drop_caches=cfg.get_bool("DROP_CACHES", False),
-                                api_key=api_key, say=say, stop_all=lambda: stop_cluster(cfg, runner))
+                                api_key=api_key, say=say, stop_all=lambda: stop_cluster(cfg, runner),
+                                fabric_mtu=cfg.get_int("FABRIC_MTU", 9000))
     return StartOutcome(plan, starter.start())
 
 
