@@ -14,6 +14,8 @@ authentication off. Values are returned, never printed; ``Secret.__repr__`` mask
 
 from __future__ import annotations
 
+import hashlib
+import json
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,3 +99,21 @@ def problems(cfg: Config) -> list[SparkError]:
         except SparkError as exc:
             found.append(exc)
     return found
+
+
+def secrets_digest(values: dict[str, str], salt: str) -> str:
+    """A short digest of secret values, never the values: part of the running configuration's identity,
+    so a rotated API key or HF token restarts the engine. PBKDF2 makes testing guesses against the
+    container label slow; "" without secrets."""
+    if not values:
+        return ""
+    blob = json.dumps(sorted(values.items())).encode()
+    return hashlib.pbkdf2_hmac("sha256", blob, f"sparkhelpers-secrets:{salt}".encode(), 100_000)[:4].hex()
+
+
+def exposure_warning(listen: str, api_key: str) -> str:
+    """A warning when the API answers beyond this host without a key ("" otherwise)."""
+    if api_key or listen in ("127.0.0.1", "::1", "localhost") or listen.startswith("127."):
+        return ""
+    return (f"the API listens on {listen or '0.0.0.0'} (reachable from other hosts) without an API key: "
+            "anyone on the network can use it (set API_KEY_FILE to a 0600 file with a key, or VLLM_HOST=127.0.0.1)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from test_cluster_sim import FAULT_FILE, MODEL_DIR, no_containers_left, ours, script, seed_model
+from test_cluster_sim import FAULT_FILE, MODEL_DIR, cli, no_containers_left, ours, script, seed_model
 
 from sparkhelpers.sim import faults
 
@@ -76,3 +76,46 @@ def test_a_link_lost_while_waiting_for_health_is_diagnosed_in_bounded_time(seede
             start.kill()
         faults.clear(c, "spark2")
     no_containers_left(c, ("spark1", "spark2"))
+
+
+def http_status(cluster, path: str, key: str = "") -> int:
+    """GET on the head's API (it listens in the head's network namespace)."""
+    auth = f', headers={{"Authorization": "Bearer {key}"}}' if key else ""
+    code = ("import urllib.request, urllib.error\n"
+            f"req = urllib.request.Request('http://127.0.0.1:8000{path}'{auth})\n"
+            "try:\n    print(urllib.request.urlopen(req, timeout=10).status)\n"
+            "except urllib.error.HTTPError as e:\n    print(e.code)\n")
+    r = cluster.exec("spark1", ["python3", "-c", code])
+    assert r.ok, r.stderr
+    return int(r.stdout.strip())
+
+
+def test_a_rotated_key_restarts_the_engine_on_a_plain_start(seeded):
+    from test_cluster_sim import API_KEY
+
+    c = seeded
+    new_key = "sk-sim-rotated-key-51e0aa"
+    r = script(c, "start_cluster.sh", "--nodes", "2")
+    assert r.ok, r.stdout + r.stderr
+    assert "without an API key" not in r.stdout + r.stderr
+    assert http_status(c, "/v1/models", API_KEY) == 200
+
+    c.exec("spark1", f"umask 077 && printf '%s\\n' {new_key} >/root/api-key").check("rotating the key")
+    rotated = script(c, "start_cluster.sh", "--nodes", "2")
+    assert rotated.ok, rotated.stdout + rotated.stderr
+    assert "API key or HF token changed" in rotated.stderr and "no --replace needed" in rotated.stderr
+    assert "is ready" in rotated.stdout
+    assert http_status(c, "/v1/models", API_KEY) == 401, "the old key no longer works"
+    assert http_status(c, "/v1/models", new_key) == 200, "the new key works"
+    for secret in (API_KEY, new_key):
+        assert secret not in c.exec("spark1", "docker inspect $(docker ps -aq)").stdout
+
+    again = script(c, "start_cluster.sh", "--nodes", "2")
+    assert again.ok and "already running this configuration" in again.stderr
+
+    # the key removed: restarted too, and an API on 0.0.0.0 without a key is a warning in the summary and status
+    open_api = script(c, "start_cluster.sh", "--nodes", "2", API_KEY_FILE="")
+    assert open_api.ok, open_api.stdout + open_api.stderr
+    assert "warning: the API listens on 0.0.0.0" in open_api.stdout and "without an API key" in open_api.stdout
+    st = cli(c, "status", API_KEY_FILE="")
+    assert st.returncode == 0 and "without an API key" in st.stdout, st.stdout + st.stderr

@@ -139,10 +139,11 @@ def _node_set(cfg, nodes: str | None):  # noqa: ANN001, ANN202
 
 
 def _terminated(signum, frame):  # noqa: ANN001, ANN202
+    from sparkhelpers.cluster.lifecycle import Terminated
     from sparkhelpers.runner import end_descendants
 
     end_descendants()  # what runs now (an ssh, a docker run) ends; the cleanup starts its own
-    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: never leave a half-started cluster
+    raise Terminated  # SIGTERM cleans up like Ctrl-C (never a half-started cluster), reported as SIGTERM
 
 
 def _print_ready(plan, report) -> None:  # noqa: ANN001
@@ -151,6 +152,8 @@ def _print_ready(plan, report) -> None:  # noqa: ANN001
                f"{', '.join(n.fabric_ip or n.host.label for n in plan.nodes)})")
     typer.echo(f"test answer: {report.answer[:200]!r}")
     typer.echo("phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.phases.items()))
+    for message in report.warnings:
+        typer.echo(f"warning: {message}")
 
 
 @app.command("stop")

@@ -65,7 +65,7 @@ def start_cluster(cfg: Config, *, nodes: int | None = None, solo: bool = False, 
     if hf_token:
         secrets["HF_TOKEN"] = hf_token
     if dry_run:
-        config_hash = plan.config_hash()
+        config_hash = lifecycle.config_id(plan, secrets)
         return StartOutcome(plan, None, render.describe(plan, render.start_phases(plan, config_hash, secrets),
                                                         config_hash))
     starter = lifecycle.Starter(plan, runner, spec=spec, secrets=secrets, replace=replace,

@@ -17,6 +17,7 @@ from sparkhelpers.cluster.plan import ClusterPlan, NodePlan
 from sparkhelpers.errors import SparkError
 from sparkhelpers.models.catalog import ModelSpec
 from sparkhelpers.runner import Host, Runner, build_ssh_cmd, shell_join, shell_quote
+from sparkhelpers.secrets import exposure_warning
 
 POLL_S = 0.5
 LOG_TAIL = 25
@@ -27,6 +28,10 @@ class Interrupted(SparkError):
     exit_code = 130
 
 
+class Terminated(KeyboardInterrupt):
+    """Raised by the CLI's SIGTERM handler: cleaned up like Ctrl-C, reported as SIGTERM (exit 143)."""
+
+
 @dataclass
 class StartReport:
     plan: ClusterPlan
@@ -35,6 +40,7 @@ class StartReport:
     answer: str = ""
     already_running: bool = False
     ready_at: float = 0.0  # epoch seconds when /health first answered 200
+    warnings: list[str] = field(default_factory=list)  # repeated in the start's summary
 
     def as_dict(self) -> dict:
         return {"cluster": self.plan.cluster, "endpoint": self.plan.endpoint, "model": self.plan.served_name,
@@ -42,7 +48,7 @@ class StartReport:
                 "already_running": self.already_running,
                 "nodes": [{"rank": n.rank, "host": n.host.label, "fabric_ip": n.fabric_ip} for n in self.plan.nodes],
                 "phases_s": {k: round(v, 2) for k, v in self.phases.items()}, "answer": self.answer,
-                "ready_at": self.report_ready_at()}
+                "ready_at": self.report_ready_at(), "warnings": self.warnings}
 
     def report_ready_at(self) -> float:
         return round(self.ready_at, 3)
@@ -60,7 +66,7 @@ class Starter:
         self.next_peer_check, self.peer_watch = 0.0, None
         self.replace, self.keep_on_failure, self.drop_caches = replace, keep_on_failure, drop_caches
         self.api_key, self.say, self.stop_all = api_key, say, stop_all
-        self.config_hash = plan.config_hash()
+        self.config_hash = config_id(plan, secrets)
         self.report = StartReport(plan, self.config_hash)
         self.started: set[int] = set()
         self.executed: list[str] = []
@@ -111,19 +117,29 @@ class Starter:
             self.report.answer = str(self.timed("chat", self.smoke_chat))
             self.save_state()
             return self.report
-        except KeyboardInterrupt:
-            self.say("interrupted: stopping what this start put up")
+        except KeyboardInterrupt as exc:
+            how, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
+            self.say(f"{how}: stopping what this start put up")
             self.cleanup(force=True)
-            raise Interrupted("start interrupted (Ctrl-C); the containers it started were removed",
-                              fix="run start_cluster.sh again when ready") from None
+            err = Interrupted(f"start interrupted ({how}); the containers it started were removed",
+                              fix="run start_cluster.sh again when ready")
+            err.exit_code = code
+            raise err from None
         except SparkError:
             self.cleanup()
             raise
         finally:
             self.write_executed()
 
+    def warn(self, message: str) -> None:
+        self.report.warnings.append(message)
+        self.say(f"warning: {message}")
+
     def preflight(self) -> dict[int, nd.NodeProbe]:
         plan = self.plan
+        exposed = exposure_warning(plan.listen, self.api_key)
+        if exposed:
+            self.warn(exposed)
         runtime = "llama-cpp" if plan.mode == "llama-cpp" else "vllm"
 
         def probe(node: NodePlan) -> nd.NodeProbe:
@@ -170,7 +186,7 @@ class Starter:
         nodes = [Node(n.label, n.host, n.fabric_ip) for n in self.plan.nodes]
         self.gate = gate.start_gate(self.runner, nodes, mtu=self.fabric_mtu)
         for check in self.gate.warnings:
-            self.say(f"warning: {gate.one_line(check)}")
+            self.warn(gate.one_line(check))
         self.gate.raise_on_failure()
 
     def check_running(self, probes: dict[int, nd.NodeProbe]) -> None:
@@ -178,21 +194,26 @@ class Starter:
         running = {rank: [c for c in cs if c.running] for rank, cs in ours.items()}
         running = {rank: cs for rank, cs in running.items() if cs}
         if running:
-            same = (set(running) == {n.rank for n in self.plan.nodes}
-                    and all(c.config == self.config_hash for cs in running.values() for c in cs))
-            if same and self.healthy() and self.answers():
+            configs = sorted({c.config for cs in running.values() for c in cs})
+            everywhere = set(running) == {n.rank for n in self.plan.nodes}
+            if everywhere and configs == [self.config_hash] and self.healthy() and self.answers():
                 self.report.already_running = True
                 self.say(f"cluster {self.plan.cluster} is already running this configuration "
                          f"(config {self.config_hash}) and healthy at {self.plan.endpoint}")
                 return
-            configs = sorted({c.config for cs in running.values() for c in cs})
-            if not self.replace:
+            plan_part = self.config_hash.split(".")[0]
+            if everywhere and configs != [self.config_hash] and {c.split(".")[0] for c in configs} == {plan_part}:
+                self.say("the API key or HF token changed (the rest of the configuration is the same): "
+                         "restarting the engine to apply it (no --replace needed)")
+            elif not self.replace:
+                same = everywhere and configs == [self.config_hash]
                 raise SparkError(f"cluster {self.plan.cluster} is already running "
                                  f"{'a different configuration' if not same else 'but is not healthy'} "
                                  f"(config {', '.join(configs)} on {len(running)} node(s); this start is "
                                  f"{self.config_hash})",
                                  fix="stop it with ./stop_cluster.sh, or start with --replace")
-            self.say(f"--replace: stopping the running cluster (config {', '.join(configs)})")
+            else:
+                self.say(f"--replace: stopping the running cluster (config {', '.join(configs)})")
         if ours:
             # Left-overs (exited containers, or a running one being replaced) would clash by name.
             if self.stop_all and running:
@@ -501,3 +522,11 @@ def stop_nodes(runner: Runner, cluster: str, run_dir: str, hosts: list[tuple[str
         return StopResult(label, True, removed=int(count) if count.isdigit() else 0, docker_s=docker_s)
 
     return runner.parallel(stop, hosts)
+
+
+def config_id(plan: ClusterPlan, secrets: dict[str, str]) -> str:
+    """``PLANHASH`` or ``PLANHASH.SECRETDIGEST``: the container label that says what is running."""
+    from sparkhelpers.secrets import secrets_digest
+
+    digest = secrets_digest(secrets, plan.cluster)
+    return f"{plan.config_hash()}.{digest}" if digest else plan.config_hash()
