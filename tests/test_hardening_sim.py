@@ -119,3 +119,65 @@ def test_a_rotated_key_restarts_the_engine_on_a_plain_start(seeded):
     assert "warning: the API listens on 0.0.0.0" in open_api.stdout and "without an API key" in open_api.stdout
     st = cli(c, "status", API_KEY_FILE="")
     assert st.returncode == 0 and "without an API key" in st.stdout, st.stdout + st.stderr
+
+
+def _snapshot_file(cluster, node: str, name: str) -> str:
+    r = cluster.exec(node, f"find {MODEL_DIR}/snapshots -name {name} | head -n 1")
+    assert r.ok and r.stdout.strip(), f"{name} not on {node}"
+    return r.stdout.strip()
+
+
+def test_a_truncated_or_missing_file_on_a_worker_is_resynced_at_start(seeded):
+    c = seeded
+    r = script(c, "start_cluster.sh", "--nodes", "2")
+    assert r.ok and "copying Qwen/Qwen3-0.6B" in r.stderr, r.stdout + r.stderr
+    assert script(c, "stop_cluster.sh").ok
+    shard = _snapshot_file(c, "spark2", "model.safetensors")
+    c.exec("spark2", f"truncate -s 100 {shard} && rm {_snapshot_file(c, 'spark2', 'tokenizer.json')}").check(
+        "damaging the worker's copy")
+
+    r = script(c, "start_cluster.sh", "--nodes", "2")
+    assert r.ok, r.stdout + r.stderr
+    assert "copying Qwen/Qwen3-0.6B" in r.stderr and "is ready" in r.stdout
+    head_size = c.exec("spark1", f"stat -Lc %s {_snapshot_file(c, 'spark1', 'model.safetensors')}").stdout
+    assert c.exec("spark2", f"stat -Lc %s {shard}").stdout == head_size
+    assert c.exec("spark2", f"test -f {_snapshot_file(c, 'spark2', 'tokenizer.json')}").ok
+
+    # unchanged: one read-only check per worker, nothing copied
+    assert script(c, "stop_cluster.sh").ok
+    r = script(c, "start_cluster.sh", "--nodes", "2")
+    assert r.ok and "nothing to copy" in r.stderr and "copying Qwen" not in r.stderr, r.stderr
+
+
+def test_a_sync_that_fills_the_disk_says_so_and_removes_its_partial_files(sim_cluster):
+    from test_models_sync_sim import EXE, ROOT, clean, models, seed
+
+    c = sim_cluster
+    seed(c, repo="acme/big", shard_values=5_000_000, shards=1)  # one 10 MB shard
+    target = "/raid/hf-cache/hub/models--acme--big"
+    c.exec("spark2", f"mkdir -p {target} && mount -t tmpfs -o size=12m sparkhelpers-test-nospace {target}").check(
+        "a small disk under the worker's model directory")
+    try:
+        env = f"SPARK_CONFIG={c.profile} SPARK_HOME={ROOT}"
+        c.exec("spark1", f"rm -f /tmp/nospace.rc; (env {env} {EXE} models sync acme/big --bwlimit 1500 "
+                         ">/tmp/nospace.log 2>&1; echo $? >/tmp/nospace.rc) >/dev/null 2>&1 &").check("sync")
+        in_flight = (f"find {target} -type f -size +0 \\( -name '.*' -o -path '*/.rsync-partial/*' \\) | grep -q .")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not c.exec("spark2", in_flight).ok:
+            time.sleep(0.2)
+        # another writer takes the rest of the disk while the copy runs
+        c.exec("spark2", f"dd if=/dev/zero of={target}/other-writer bs=1M 2>/dev/null; true").check("filling")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not c.exec("spark1", "test -s /tmp/nospace.rc").ok:
+            time.sleep(0.5)
+        rc = c.exec("spark1", "cat /tmp/nospace.rc").stdout.strip()
+        log = c.exec("spark1", "cat /tmp/nospace.log").stdout
+        assert rc == "1", log
+        line = next(ln for ln in log.splitlines() if "no space left on" in ln)
+        assert f"no space left on {c.workers[0].mgmt_ip}: needs" in line and ", has " in line, log
+        assert "partial files were removed" in line and "0.0 GiB" not in log and "Traceback" not in log
+        assert not c.exec("spark2", f"find {target} \\( -name '.*.??????' -o -name .rsync-partial \\) | grep -q .").ok
+        assert not models(c, "verify", "acme/big", "--node", "1").ok
+    finally:
+        c.exec("spark2", f"umount {target}")
+        clean(c, "acme/big")

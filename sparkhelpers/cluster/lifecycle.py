@@ -272,7 +272,9 @@ class Starter:
             raise SparkError(f"model {plan.model} is not in the head's cache ({plan.hf_cache})",
                              fix="download it first: ./switch_model.sh --download-only, or "
                                  "`sparkhelpers models download` (HF_HUB_OFFLINE=1 is set in the containers)")
-        missing = [n for n in plan.workers if not probes[n.rank].model_present]
+        # Every worker's copy is checked against the head's file list and sizes (one read-only round
+        # trip each; an unchanged model is not copied): config.json alone does not make a model.
+        missing = list(plan.workers)
         if not missing:
             return
         ensure_model_on(self.runner, self.spec, plan, missing)

@@ -115,7 +115,9 @@ def check(cache: str, repo: str, revision: str | None = None, expected: dict | N
                     "user": _user(), "uid": os.geteuid()}
     if preflight:
         report["not_writable"], report["foreign_owned"] = _write_problems(cache, model_dir)
-        probe = cache
+        # where the files will land: the model's own directory when it exists (it may be a mount or a
+        # symlink to another disk), else its nearest existing parent
+        probe = model_dir
         while not os.path.exists(probe) and os.path.dirname(probe) != probe:
             probe = os.path.dirname(probe)
         report["free_bytes"] = shutil.disk_usage(probe).free

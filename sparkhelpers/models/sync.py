@@ -24,6 +24,7 @@ from sparkhelpers.errors import SparkError, UsageError
 from sparkhelpers.models import snapshot_check
 from sparkhelpers.models.catalog import ModelSpec
 from sparkhelpers.runner import Host, Runner, RunResult, build_ssh_cmd, shell_join, shell_quote, ssh_transport
+from sparkhelpers.units import human_bytes, human_pair
 
 IDLE_TIMEOUT_S = 120
 PARTIAL_DIR = ".rsync-partial"
@@ -97,6 +98,22 @@ def parse_stats(text: str) -> dict[str, int]:
         if m:
             out[key] = int(m.group(1).replace(",", ""))
     return out
+
+
+def no_space_fault(worker: Worker, need: int, free: int) -> tuple[str, str]:
+    """("no space left on NODE: needs X, has Y", fix) with sizes precise enough to be true."""
+    x, y = human_pair(need, free)
+    return (f"no space left on {worker.name}: needs {x}, has {y} (in {worker.cache})",
+            f"free at least {human_bytes(need - free)} on {worker.name} under {worker.cache} "
+            "(or set WORKER_HF_CACHE to a larger disk), then run it again")
+
+
+def cleanup_partial_script(dest_dir: str) -> str:
+    """Shell that removes what an aborted rsync leaves in ``dest_dir``: its partial dirs and its hidden
+    temp files (``.NAME.XXXXXX``). Complete files stay (the next sync keeps them)."""
+    q = shell_quote(dest_dir)
+    return (f"[ -d {q} ] || exit 0; find {q} -depth \\( -name {shell_quote(PARTIAL_DIR)} -o -name '.*.??????' "
+            "\\) -exec rm -rf {} + ; true")
 
 
 # ---- checks -------------------------------------------------------------------------------------
@@ -219,6 +236,29 @@ def _probe(runner: Runner, worker: Worker, spec: ModelSpec, manifest: dict, head
     return worker, report
 
 
+NO_SPACE = re.compile(r"No space left on device|Disk quota exceeded|ENOSPC", re.I)
+
+
+def explain_no_space(runner: Runner, spec: ModelSpec, workers: list[Worker], report: dict, head: Host) -> None:
+    """A copy that hit a full disk: remove its partial files, then say how much it needs and has."""
+    if not workers:
+        return
+
+    def measure(worker: Worker) -> tuple[str, str]:
+        asked = _asked(worker, head) or worker.host
+        runner.on(asked, cleanup_partial_script(snapshot_check.repo_dir(worker.cache, spec.repo)), timeout=120)
+        _, now = check_on(runner, worker, spec, expected=report["files"], preflight=True, host=asked)
+        if now is None:
+            return (f"no space left on {worker.name} (in {worker.cache}); partial files removed",
+                    f"free space on {worker.name} under {worker.cache}, then run it again")
+        have = sum(v for k, v in now["files"].items() if report["files"].get(k) == v)
+        return no_space_fault(worker, report["total_bytes"] - have, now["free_bytes"])
+
+    faults = runner.parallel(measure, workers)
+    raise SparkError("; ".join(f for f, _ in faults) + f" (copy of {spec.repo} stopped; its partial files "
+                     "were removed)", fix=" && ".join(dict.fromkeys(fix for _, fix in faults)))
+
+
 def _refuse_faults(probed: list[tuple[Worker, dict]], head: dict) -> None:
     """Stop before a byte is copied when any worker cannot take the model (ownership, free space)."""
     manifest, faults = head["files"], []
@@ -232,19 +272,18 @@ def _refuse_faults(probed: list[tuple[Worker, dict]], head: dict) -> None:
         have = {k: v for k, v in report["files"].items() if manifest.get(k) == v}
         need = head["total_bytes"] - sum(have.values())
         if need > report.get("free_bytes", need):
-            faults.append((f"{worker.name}: needs {need / 1024**3:.1f} GiB in {worker.cache}, "
-                           f"{report['free_bytes'] / 1024**3:.1f} GiB free", f"free space on {worker.name}"))
+            faults.append(no_space_fault(worker, need, report["free_bytes"]))
     if faults:
         raise SparkError("; ".join(f for f, _ in faults) + " (nothing was copied)",
                          fix=" && ".join(dict.fromkeys(fix for _, fix in faults)))
 
 
-def _copy_all(runner: Runner, spec: ModelSpec, todo: list[Worker], src: str, rows: dict[str, dict], *,
-              total_bytes: int, idle_timeout: int, bwlimit_kbps: int | None,
-              head: Host) -> list[tuple[Worker, RunResult]]:
+def _copy_all(runner: Runner, spec: ModelSpec, todo: list[Worker], report: dict, rows: dict[str, dict], *,
+              idle_timeout: int, bwlimit_kbps: int | None, head: Host) -> list[tuple[Worker, RunResult]]:
     """rsync to every worker in ``todo`` at once, one progress line for all; raises when any copy failed.
-    From a control machine the head runs the copies (over SSH); we only watch their progress."""
-    board = Board(total_bytes)
+    From a control machine the head runs the copies (over SSH); we only watch their progress.
+    ``report`` is the head's manifest (its model directory, files and total size)."""
+    src, board = report["model_dir"], Board(report["total_bytes"])
 
     def copy(worker: Worker) -> tuple[Worker, RunResult]:
         dest = snapshot_check.repo_dir(worker.cache, spec.repo)
@@ -259,6 +298,7 @@ def _copy_all(runner: Runner, spec: ModelSpec, todo: list[Worker], src: str, row
     results = runner.parallel(copy, todo)
     board.done()
     failed = [(w, r) for w, r in results if not r.ok]
+    explain_no_space(runner, spec, [w for w, r in failed if NO_SPACE.search(r.stdout + r.stderr)], report, head)
     if failed:
         detail = "; ".join(f"{w.name}: rsync exit {r.returncode}: {r.last_line}" for w, r in failed)
         raise SparkError(f"copy of {spec.repo} failed ({detail})",
@@ -315,10 +355,10 @@ def ensure_on_nodes(runner: Runner, spec: ModelSpec, nodes: list[Worker | Host],
     if not todo:
         echo(f"{spec.repo} already on {len(probed)} worker(s); nothing to copy")
         return list(rows.values())
-    echo(f"copying {spec.repo} ({head['total_bytes'] / 1024**3:.2f} GiB) to {', '.join(w.name for w in todo)} "
+    echo(f"copying {spec.repo} ({human_bytes(head['total_bytes'])}) to {', '.join(w.name for w in todo)} "
          "in parallel")
-    results = _copy_all(runner, spec, todo, head["model_dir"], rows, total_bytes=head["total_bytes"],
-                        idle_timeout=idle_timeout, bwlimit_kbps=bwlimit_kbps, head=head_host)
+    results = _copy_all(runner, spec, todo, head, rows, idle_timeout=idle_timeout, bwlimit_kbps=bwlimit_kbps,
+                        head=head_host)
     if runner.dry_run:
         for w in todo:
             rows[w.name].update(action="would copy", verified=False)
