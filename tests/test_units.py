@@ -7,8 +7,8 @@ import pytest
 from sparkhelpers.units import human_bytes, human_pair
 
 
-@pytest.mark.parametrize(("n", "text"), [(0, "0 B"), (1023, "1023 B"), (1536, "1.50 KiB"),
-                                         (123_456_789, "118 MiB"), (15 * 1024**3, "15.0 GiB"), (3 * 1024**5, "3.00 PiB")])
+@pytest.mark.parametrize(("n", "text"), [(0, "0 B"), (1023, "1023 B"), (1536, "1.50 KiB"), (123_456_789, "118 MiB"),
+                                         (15 * 1024**3, "15.0 GiB"), (3 * 1024**5, "3.00 PiB")])
 def test_human_bytes(n, text):
     assert human_bytes(n) == text
 
