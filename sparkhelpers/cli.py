@@ -68,12 +68,32 @@ class LazyGroup(SuggestGroup):
 
     def invoke(self, ctx):  # noqa: ANN001, ANN201
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except Exception as exc:  # a bad answer from a server is one line, never a traceback
+                bad = server_answer_error(exc)
+                if bad is None:
+                    raise
+                raise bad from None
         except SparkError as exc:
             typer.echo(f"sparkhelpers: {exc.message}", err=True)
             if exc.fix:
                 typer.echo(f"sparkhelpers: fix: {exc.fix}", err=True)
             raise typer.Exit(exc.exit_code) from None
+
+
+def server_answer_error(exc: Exception) -> SparkError | None:
+    """An HTTP client error that escaped a command (unreachable server, non-JSON body, ...) as one line."""
+    import sys
+
+    requests = sys.modules.get("requests")  # only when a command imported it: keeps start-up fast
+    if requests is None or not isinstance(exc, requests.RequestException):
+        return None
+    url = getattr(getattr(exc, "request", None), "url", "") or ""
+    what = "not JSON" if isinstance(exc, requests.exceptions.JSONDecodeError) else type(exc).__name__
+    return SparkError(f"bad answer from the server{f' at {url}' if url else ''} ({what}): {str(exc)[:200]}",
+                      fix="check that the endpoint is the engine or gateway you meant (`sparkhelpers status`) "
+                          "and read its log (`sparkhelpers logs --node 0`)")
 
 
 app = typer.Typer(

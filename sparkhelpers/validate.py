@@ -29,6 +29,7 @@ _IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]{0,254}$", re.IGNORECASE)
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 _HCA = re.compile(r"^[A-Za-z0-9_]+(:[0-9]+)?$")
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.:_-]{0,252})$")
+_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9._-]{0,31}\$?$")  # POSIX login names (useradd's rule)
 _SIZE = re.compile(r"^[0-9]+[bkmgBKMG]?$")
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 _SAFE_ARG = re.compile(r"^[^\x00-\x1f]*$")
@@ -102,6 +103,14 @@ def ssh_host(value: str, key: str = "WORKER_HOST") -> str:
     if _HOST.match(value):
         return value
     raise bad(key, value, "is not a host name or IP address", f"list {key} as space-separated hosts or IPs")
+
+
+def user_name(value: str, key: str = "WORKER_USER") -> str:
+    if _USER.match(value):
+        return value
+    raise bad(key, value, "is not a login name (letters, digits, '.', '_', '-'; not starting with a digit or '-')",
+              f"sparkhelpers config set {key} USER (the account sparkhelpers logs in as on every worker), "
+              f"or leave it empty for your own")
 
 
 def size(value: str, key: str) -> str:
@@ -243,7 +252,7 @@ RULES: dict[str, Rule] = {
     "HEAD_HOST": Rule(lambda raw, key: ssh_host(raw, key)),
     "WORKER_HOST": Rule(_each(ssh_host)),
     "WORKER_IB_IP": Rule(_each(ip)),
-    "WORKER_USER": Rule(ssh_host),
+    "WORKER_USER": Rule(user_name),
     "SSH_CONNECT_TIMEOUT": Rule(_whole(1, 300, 5), required=True),
     "SSH_OPTIONS": Rule(arg_list),
     "HEAD_IP": Rule(ip),

@@ -34,7 +34,7 @@ def test_link_down_on_a_worker_twin_fails_the_start_within_30s(seeded):
         elapsed = time.monotonic() - t0
         assert r.returncode == 1, r.stdout + r.stderr
         assert elapsed < 30, f"the start took {elapsed:.1f}s to fail"
-        line = next(ln for ln in r.stderr.splitlines() if "fabric preflight failed" in ln)
+        line = next(ln for ln in r.stderr.splitlines() if "fabric preflight failed, nothing was started" in ln)
         assert c.workers[0].mgmt_ip in line and "enp1s0f1np1" in line, r.stderr
         assert "fix: `sudo ip link set enp1s0f1np1 up`" in r.stderr
         assert "[containers]" not in r.stderr, "nothing starts after a failed preflight"
