@@ -25,10 +25,13 @@ def human_bytes(n: float) -> str:
 
 
 def human_pair(a: float, b: float) -> tuple[str, str]:
-    """Two sizes in one unit, with as many decimals as it takes to tell them apart (exact bytes last)."""
+    """Two sizes in one unit, with as many decimals as it takes to tell them apart; each in its own
+    unit when one would read as zero in the other's (a full disk is "12.0 KiB", not "0.0 GiB")."""
     unit = _unit(max(abs(a), abs(b)))
     for decimals in range(1, 4):
         x, y = _in(a, unit, decimals), _in(b, unit, decimals)
+        if any(n and float(t.split()[0]) == 0 for n, t in ((a, x), (b, y))):
+            return human_bytes(a), human_bytes(b)
         if x != y or a == b:
             return x, y
     return f"{int(a)} B", f"{int(b)} B"

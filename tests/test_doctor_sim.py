@@ -111,7 +111,7 @@ def test_sim_fault_both_links_down_fails_fabric(sim_cluster):
 
 def test_sim_fault_fill_disk_fails_disk(sim_cluster):
     fails = _with_fault(sim_cluster, "spark2", "fill-disk")
-    assert "disk" in fails and "GiB free" in fails["disk"]["message"]
+    assert "disk" in fails and " free, " in fails["disk"]["message"] and "needs about" in fails["disk"]["message"]
 
 
 def test_sim_fault_kill_sshd_and_stop_node_fail_ssh(make_sim):

@@ -26,3 +26,8 @@ def test_a_pair_is_told_apart(a, b):
 
 def test_an_equal_pair_stays_short():
     assert human_pair(2 * 1024**3, 2 * 1024**3) == ("2.0 GiB", "2.0 GiB")
+
+
+def test_a_pair_never_shows_a_nonzero_size_as_zero():
+    assert human_pair(12 * 1024, 5 * 1024**3) == ("12.0 KiB", "5.00 GiB")
+    assert human_pair(0, 5 * 1024**3) == ("0.0 GiB", "5.0 GiB")

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 from sparkhelpers.discover.fabric import RECOMMENDED_MTU, host_problems
 from sparkhelpers.discover.facts import HostFacts
+from sparkhelpers.units import human_bytes, human_pair
 
 CLUSTER = "cluster"
 GIB = 1024**3
@@ -161,14 +162,15 @@ def disk(node: NodeFacts, plan: Plan) -> Check:
     if free is None:
         return Check("disk", node.name, "warn", "free space of the HF cache is unknown", "check `df -h HF_CACHE`")
     if plan.model_bytes is None:
-        return Check("disk", node.name, "warn", f"{free / GIB:.0f} GiB free for the HF cache; the size of "
+        return Check("disk", node.name, "warn", f"{human_bytes(free)} free for the HF cache; the size of "
                      f"{plan.model or 'the model'} is unknown, so it cannot be judged",
                      "pick a catalog model (`sparkhelpers models list`) to get a size")
-    need = plan.model_bytes * 1.1
+    need = int(plan.model_bytes * 1.1)
+    has, needs = human_pair(free, need)
     if free < need:
-        return Check("disk", node.name, "fail", f"{free / GIB:.0f} GiB free, {plan.model} needs about "
-                     f"{need / GIB:.0f} GiB", f"free space under {node.facts.hf_cache_existing or 'the HF cache'}")
-    return Check("disk", node.name, "pass", f"{free / GIB:.0f} GiB free, {plan.model} needs about {need / GIB:.0f} GiB")
+        return Check("disk", node.name, "fail", f"{has} free, {plan.model} needs about {needs}",
+                     f"free space under {node.facts.hf_cache_existing or 'the HF cache'}")
+    return Check("disk", node.name, "pass", f"{has} free, {plan.model} needs about {needs}")
 
 
 def memory(node: NodeFacts, plan: Plan) -> Check:
