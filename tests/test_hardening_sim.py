@@ -113,6 +113,13 @@ def test_a_rotated_key_restarts_the_engine_on_a_plain_start(seeded):
     again = script(c, "start_cluster.sh", "--nodes", "2")
     assert again.ok and "already running this configuration" in again.stderr
 
+    # status with the old key: the 401 is named, with its fix; exit 1 (the API is not usable as configured)
+    c.exec("spark1", f"umask 077 && printf '%s\\n' {API_KEY} >/root/old-key").check("the old key file")
+    st = cli(c, "status", API_KEY_FILE="/root/old-key")
+    assert st.returncode == 1 and "HTTP 401" in st.stdout and "API_KEY_FILE" in st.stdout, st.stdout + st.stderr
+    assert API_KEY not in st.stdout + st.stderr
+    assert cli(c, "status").returncode == 0
+
     # the key removed: restarted too, and an API on 0.0.0.0 without a key is a warning in the summary and status
     open_api = script(c, "start_cluster.sh", "--nodes", "2", API_KEY_FILE="")
     assert open_api.ok, open_api.stdout + open_api.stderr
@@ -181,3 +188,18 @@ def test_a_sync_that_fills_the_disk_says_so_and_removes_its_partial_files(sim_cl
     finally:
         c.exec("spark2", f"umount {target}")
         clean(c, "acme/big")
+
+
+def test_status_exit_codes_monitoring_can_trust(seeded):
+    c = seeded
+    down = cli(c, "status")
+    assert down.returncode == 1 and "not running" in down.stdout, down.stdout + down.stderr
+    faults.inject(c, "spark2", "kill-sshd")
+    try:
+        st = cli(c, "status")
+        assert st.returncode == 2 and "UNREACHABLE" in st.stdout, st.stdout + st.stderr
+        assert "Traceback" not in st.stderr
+        logs = cli(c, "logs", "--node", "1")
+        assert logs.returncode == 1 and "does not answer SSH" in logs.stderr and "fix:" in logs.stderr, logs.stderr
+    finally:
+        faults.clear(c, "spark2")

@@ -277,7 +277,10 @@ def status(
     count: int = typer.Option(0, "--count", min=0, help="Stop after this many refreshes (--watch; 0 = never)."),
 ) -> None:
     """Per node: our containers and their state, MemAvailable, NCCL transport; Ray; model and health; the
-    engine's requests running/waiting, KV-cache use and prefix hits (its /metrics)."""
+    engine's requests running/waiting, KV-cache use and prefix hits (its /metrics).
+
+    Exit 0 running and healthy (the API answers with the configured key), 1 not, 2 a node could not be asked.
+    """
     from sparkhelpers.cluster import status as st
     from sparkhelpers.errors import SparkError
     from sparkhelpers.runner import Runner
@@ -293,12 +296,30 @@ def status(
         print_json(data)
     else:
         typer.echo(st.format_text(data), nl=False)
+    code = st.exit_code(data)
     if data["errors"]:  # never report absence where we could not look
-        raise SparkError(f"could not look at {len(data['errors'])} node(s): {'; '.join(data['errors'])}",
+        err = SparkError(f"could not look at {len(data['errors'])} node(s): {'; '.join(data['errors'])}",
                          fix="start Docker there (sudo systemctl start docker) or bring the node back, "
                              "then run status again")
-    if not data["healthy"] and data["running"]:
-        raise typer.Exit(1)
+        err.exit_code = code
+        raise err
+    if code:
+        raise typer.Exit(code)
+
+
+def _require_ssh(host, rank: int) -> None:  # noqa: ANN001
+    """A node that does not answer is one clear line, not a bare ssh error (logs stay on each host)."""
+    from sparkhelpers.errors import SparkError
+    from sparkhelpers.runner import Runner
+
+    if host.is_local:
+        return
+    r = Runner().on(host, "true", timeout=host.connect_timeout + 10, mutating=False)
+    if not r.ok:
+        raise SparkError(f"cannot read node {rank}'s log: {host.address} does not answer SSH "
+                         f"({r.last_line or f'exit {r.returncode}'})",
+                         fix=f"bring the node back (`ssh -o BatchMode=yes {host.target} true` must work); its "
+                             "logs are kept on it under SPARK_STATE_DIR/logs")
 
 
 @logs_app.command("logs")
@@ -318,6 +339,7 @@ def logs(
     picked = topology(cfg).pick(node)
     cluster = cfg.get("CLUSTER_NAME", "spark")
     script = nd.tail_cmd(f"{state_dir(cfg)}/logs/{cluster}", picked.rank, tail, follow, "ray" if ray else "")
+    _require_ssh(picked.host, picked.rank)
     try:
         r = Runner().on(picked.host, script, capture=False, timeout=None)
     except KeyboardInterrupt:

@@ -103,7 +103,8 @@ def collect(cfg: Config, runner: Runner) -> dict:
     if code == 200 and not problems and mode in ("native", "ray") and served:
         problems += [p for p in [request_problem(endpoint, api_key, served[0])] if p]
     data.update(endpoint=endpoint, healthy=code == 200 and not problems, served_models=served, problems=problems,
-                health_code=code)
+                health_code=code, api_status=models_code,
+                warnings=api_warnings(cfg.get("VLLM_HOST", "0.0.0.0"), api_key, models_code, bool(running)))
     data["engine"] = engine_numbers(endpoint, api_key)  # its /metrics: queue, KV use, prefix hits
     return data
 
@@ -133,5 +134,33 @@ def format_text(data: dict) -> str:
     lines.append(f"  API {data['endpoint']}: {verdict}; serving {served}")
     if data.get("engine"):
         lines.append(engine_text(data["engine"]))
+    lines += [f"  WARNING: {w}" for w in data.get("warnings", [])]
     return "\n".join(lines) + "\n"
 
+
+# ---- what monitoring acts on ------------------------------------------------------------------------
+
+def api_warnings(listen: str, api_key: str, models_code: int, running: bool) -> list[str]:
+    """The API's problems a healthy /health hides: a 401 with the configured key, no key beyond loopback."""
+    from sparkhelpers.secrets import exposure_warning
+
+    out = []
+    if models_code == 401:
+        out.append("the API answered HTTP 401 to /v1/models: " + (
+            "the key in API_KEY_FILE (or API_KEY) is not the one the engine was started with (fix: use that key, "
+            "or run ./start_cluster.sh to apply the new one)" if api_key else
+            "no API key is configured here, but the engine wants one (fix: set API_KEY_FILE to a 0600 file with "
+            "the engine's key)"))
+    exposed = exposure_warning(listen, api_key) if running and models_code == 200 else ""
+    if exposed:
+        out.append(exposed)
+    return out
+
+
+def exit_code(data: dict) -> int:
+    """0 running and healthy (the API answers with the configured key), 1 not, 2 a node could not be
+    asked: an unreachable node (2) outranks a cluster that is down or unhealthy (1)."""
+    if any(not n.get("reachable", True) for n in data["nodes"]):
+        return 2
+    usable = data["running"] and data["healthy"] and data.get("api_status", 200) == 200
+    return 0 if usable and not data.get("errors") else 1
