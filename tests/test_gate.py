@@ -53,8 +53,8 @@ def test_single_node_or_dry_run_has_no_gate():
     from sparkhelpers.discover.nodes import Node
     from sparkhelpers.runner import LOCAL, Runner
 
-    assert gate.start_gate(Runner(), [Node("head", LOCAL)]).checks == []
-    assert gate.start_gate(Runner(dry_run=True), [Node("head", LOCAL), Node("w", LOCAL)]).checks == []
+    assert gate.start_gate(Runner(), [Node(0, "head", LOCAL)]).checks == []
+    assert gate.start_gate(Runner(dry_run=True), [Node(0, "head", LOCAL), Node(1, "w", LOCAL)]).checks == []
 
 
 @pytest.mark.parametrize("line", [

@@ -197,7 +197,8 @@ def test_status_exit_codes_monitoring_can_trust(seeded):
     faults.inject(c, "spark2", "kill-sshd")
     try:
         st = cli(c, "status")
-        assert st.returncode == 2 and "UNREACHABLE" in st.stdout, st.stdout + st.stderr
+        assert st.returncode == 2 and "ERROR unreachable:" in st.stdout, st.stdout + st.stderr
+        assert "could not look at 1 node(s)" in st.stderr
         assert "Traceback" not in st.stderr
         logs = cli(c, "logs", "--node", "1")
         assert logs.returncode == 1 and "does not answer SSH" in logs.stderr and "fix:" in logs.stderr, logs.stderr

@@ -183,7 +183,7 @@ class Starter:
         from sparkhelpers.discover import gate
         from sparkhelpers.discover.nodes import Node
 
-        nodes = [Node(n.label, n.host, n.fabric_ip) for n in self.plan.nodes]
+        nodes = [Node(n.rank, n.label, n.host, n.fabric_ip) for n in self.plan.nodes]
         self.gate = gate.start_gate(self.runner, nodes, mtu=self.fabric_mtu)
         for check in self.gate.warnings:
             self.warn(gate.one_line(check))
@@ -274,10 +274,8 @@ class Starter:
                                  "`sparkhelpers models download` (HF_HUB_OFFLINE=1 is set in the containers)")
         # Every worker's copy is checked against the head's file list and sizes (one read-only round
         # trip each; an unchanged model is not copied): config.json alone does not make a model.
-        missing = list(plan.workers)
-        if not missing:
-            return
-        ensure_model_on(self.runner, self.spec, plan, missing)
+        if plan.workers:
+            ensure_model_on(self.runner, self.spec, plan, list(plan.workers))
 
     def drop_page_cache(self) -> None:
         script = "sync; if [ \"$(id -u)\" = 0 ]; then echo 3 >/proc/sys/vm/drop_caches; " \
@@ -452,14 +450,14 @@ def _fix_for(line: str, node: NodePlan) -> str:
     return f"see the output above; `sparkhelpers logs --node {node.rank}` has the engine log"
 
 
-def ensure_model_on(runner: Runner, spec: ModelSpec, plan: ClusterPlan, missing: list[NodePlan]) -> None:
+def ensure_model_on(runner: Runner, spec: ModelSpec, plan: ClusterPlan, workers: list[NodePlan]) -> None:
     """The models helper's sync + verify, over each worker's fabric address (the plan's, discovered or
     configured), falling back to management when the fabric does not answer SSH."""
     from sparkhelpers.models import Worker, ensure_on_nodes
 
-    workers = [Worker(n.host.address, replace(n.host, address=n.fabric_ip) if n.fabric_ip else n.host, n.host,
-                      plan.worker_hf_cache) for n in missing]
-    ensure_on_nodes(runner, spec, workers, head_cache=plan.hf_cache, head=plan.head.host)
+    copies = [Worker(n.host.address, replace(n.host, address=n.fabric_ip) if n.fabric_ip else n.host, n.host,
+                     plan.worker_hf_cache) for n in workers]
+    ensure_on_nodes(runner, spec, copies, head_cache=plan.hf_cache, head=plan.head.host)
 
 
 def chat_once(plan: ClusterPlan, api_key: str, prompt: str = "Say hello in five words.",

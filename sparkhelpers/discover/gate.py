@@ -101,8 +101,9 @@ def _snapshot_all(runner: Runner, nodes: list[Node], work: Path) -> list[ck.Node
 def live_pings(runner: Runner, nodes: list[Node], facts: list[ck.NodeFacts], mtu: int) -> list[ck.Check]:
     """The doctor's no-fragment pings from the head to every worker over each twin (in parallel)."""
     head = next(f for f in facts if f.is_head)
+    head_host = next(n.host for n in nodes if n.is_head)  # HEAD_HOST: the pings run on the head, not here
     pairs = [(n, f) for n, f in zip(nodes, facts, strict=True) if not n.is_head]
-    results = runner.parallel(lambda p: fabric_pings(runner, head.facts, p[0], p[1].facts, mtu), pairs)
+    results = runner.parallel(lambda p: fabric_pings(runner, head.facts, p[0], p[1].facts, mtu, head_host), pairs)
     return [c for result in results for c in result]
 
 
