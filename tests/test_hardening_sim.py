@@ -22,7 +22,7 @@ def seeded(sim_cluster):
     finally:
         script(sim_cluster, "stop_cluster.sh", "--force")
         for node in ("spark1", "spark2"):
-            sim_cluster.exec(node, f"rm -rf {MODEL_DIR} {FAULT_FILE}")
+            sim_cluster.exec(node, f"rm -rf {MODEL_DIR} {FAULT_FILE} /root/old-key")
 
 
 def test_link_down_on_a_worker_twin_fails_the_start_within_30s(seeded):
