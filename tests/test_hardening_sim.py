@@ -137,6 +137,22 @@ def test_a_rotated_key_restarts_the_engine_on_a_plain_start(seeded):
     assert st.returncode == 0 and "without an API key" in st.stdout, st.stdout + st.stderr
 
 
+@pytest.mark.parametrize("content", ["", "  \\n\\t\\n"], ids=["empty", "whitespace"])
+def test_an_empty_key_file_is_refused_before_anything_starts(seeded, content):
+    """Issue 11 item 6: an empty API_KEY_FILE used to turn authentication off without a word."""
+    c = seeded
+    c.exec("spark1", f"umask 077 && printf '{content}' >/root/empty-key").check("the empty key file")
+    try:
+        r = script(c, "start_cluster.sh", "--nodes", "2", API_KEY_FILE="/root/empty-key")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "is empty (authentication would silently be off)" in r.stderr and "fix:" in r.stderr, r.stderr
+        assert "is ready" not in r.stdout
+        no_containers_left(c, ("spark1", "spark2"))
+        assert ours(c, "spark1") == [] and ours(c, "spark2") == [], "nothing half-started"
+    finally:
+        c.exec("spark1", "rm -f /root/empty-key")
+
+
 def _snapshot_file(cluster, node: str, name: str) -> str:
     r = cluster.exec(node, f"find {MODEL_DIR}/snapshots -name {name} | head -n 1")
     assert r.ok and r.stdout.strip(), f"{name} not on {node}"
