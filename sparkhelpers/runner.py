@@ -229,9 +229,12 @@ class Runner:
         timeout: float | None = None,
         host: str = "local",
         mutating: bool = True,
+        stop: threading.Event | None = None,
     ) -> RunResult:
         """Run argv, calling ``on_output`` with each stdout line as it arrives (a line ends at \\n or
-        \\r, so progress meters that redraw in place are seen). Returns the last 64 KiB of stdout."""
+        \\r, so progress meters that redraw in place are seen). Returns the last 64 KiB of stdout.
+        Setting ``stop`` ends the command (SIGTERM): for samplers that run until the caller is done;
+        the result then has returncode 0 when it ended that way."""
         argv = tuple(str(a) for a in argv)
         if self.dry_run and (mutating or connects(argv)):
             return self._pretend(argv, host, mutating)
@@ -248,6 +251,8 @@ class Runner:
         timer = threading.Timer(timeout, proc.kill) if timeout else None
         if timer:
             timer.start()
+        if stop is not None:
+            threading.Thread(target=_terminate_on, args=(stop, proc), daemon=True).start()
         tail, pending = bytearray(), b""
         try:
             while chunk := proc.stdout.read1(65536):
@@ -271,7 +276,15 @@ class Runner:
         stderr = b"".join(err_chunks).decode(errors="replace")
         if timer and code == -9:
             code, stderr = 124, stderr + f"timed out after {timeout:g}s"
+        if stop is not None and stop.is_set() and code == -15:
+            code = 0  # ended because the caller asked
         return RunResult(argv, code, bytes(tail).decode(errors="replace"), stderr, time.monotonic() - t0, host)
+
+    def stream_on(self, host: Host, snippet: str, on_output: Callable[[str], None], *,
+                  stop: threading.Event | None = None, timeout: float | None = None) -> RunResult:
+        """``stream`` of a read-only shell snippet on a node: locally, or over one SSH session."""
+        argv = ["bash", "-c", snippet] if host.is_local else build_ssh_cmd(host, snippet)
+        return self.stream(argv, on_output, host=host.label, mutating=False, stop=stop, timeout=timeout)
 
     def parallel(self, func: Callable[[T], R], items: Sequence[T], max_workers: int = 8) -> list[R]:
         """``func`` over ``items`` concurrently, results in input order (exceptions propagate)."""
@@ -279,6 +292,12 @@ class Runner:
             return [func(i) for i in items]
         with ThreadPoolExecutor(max_workers=min(max_workers, len(items))) as pool:
             return list(pool.map(func, items))
+
+
+def _terminate_on(stop: threading.Event, proc: subprocess.Popen) -> None:
+    stop.wait()
+    if proc.poll() is None:
+        proc.terminate()
 
 
 def _end_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:

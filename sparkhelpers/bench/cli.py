@@ -43,8 +43,11 @@ def run_cmd(**flags) -> None:  # noqa: ANN003
         info(f"would send {opts.num_prompts} request(s) to {opts.base_url} (nothing sent):")
         print_json(workload_section(opts, opts.ignore_eos or opts.dataset_name == "random"))
         return
+    from sparkhelpers.bench.node_memory import cluster_nodes
+
     doc, records = execute(opts, api_key=secret_value(cfg, "API_KEY"),
-                           progress=summary.progress("bench", cmd.disable_tqdm))
+                           progress=summary.progress("bench", cmd.disable_tqdm),
+                           nodes=cluster_nodes(cfg, opts.base_url) if opts.node_memory else ())
     if cmd.save_detailed:
         doc.update(results.detailed_fields(records))
     if not cmd.as_json:

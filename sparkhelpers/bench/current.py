@@ -75,7 +75,10 @@ def run_profile(cfg, profile: profiles.Profile, *, base_url: str, model: str, ou
                 api_key: str = "", timeout_s: float = 0.0, echo: Callable[[str], None] = print,
                 target_extra: dict | None = None) -> tuple[list[RunOutcome], bool]:
     """Every run of the profile; returns the outcomes and whether the time budget ran out."""
+    from sparkhelpers.bench.node_memory import cluster_nodes
+
     plans = profiles.plan_runs(profile)
+    nodes = cluster_nodes(cfg, base_url)  # their memory low-water mark is sampled during every run
     target = results.cluster_target(cfg, base_url, model, variant)
     target.update(target_extra or {})
     folder = group_dir(out_dir, model, variant, profile.name)
@@ -93,7 +96,7 @@ def run_profile(cfg, profile: profiles.Profile, *, base_url: str, model: str, ou
         run_info = results.new_run_info(repeat=plan.repeat)
         try:
             doc, records = execute(opts, api_key=api_key, target=target, run_info=run_info,
-                                   deadline_s=remaining or None)
+                                   deadline_s=remaining or None, nodes=nodes)
         except TimeoutError:
             outcomes.append(RunOutcome(plan, None, None, f"timeout: the {timeout_s:g} s budget ran out"))
             return outcomes, True

@@ -23,6 +23,8 @@ T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.
 FIELDS = ("output_tok_s", "per_user_tok_s", "ttft_p50_ms", "ttft_p99_ms", "tpot_p99_ms")
 # From the engine's /metrics around each run (None when the engine or the tool gave none).
 ENGINE_FIELDS = ("prefix_hit_pct", "preemptions", "kv_peak_pct", "waiting_peak")
+# The nodes' memory low-water mark during each run: the lowest MemAvailable of any node (GiB).
+NODE_FIELDS = ("mem_low_gib",)
 
 
 def t95(df: int) -> float:
@@ -92,7 +94,9 @@ def doc_values(doc: dict) -> dict[str, float | None]:
     def pct(key: str) -> float | None:
         return 100.0 * engine[key] if is_number(engine.get(key)) else None
 
-    return {"prefix_hit_pct": pct("prefix_cache_hit_rate"), "preemptions": engine.get("preemptions"),
+    memory = doc.get("node_memory") or {}
+    return {"mem_low_gib": memory.get("min_mem_available_gib") if memory.get("available") else None,
+            "prefix_hit_pct": pct("prefix_cache_hit_rate"), "preemptions": engine.get("preemptions"),
             "kv_peak_pct": pct("peak_kv_cache_usage"), "waiting_peak": engine.get("peak_requests_waiting"),
             "output_tok_s": doc.get("output_throughput"), "per_user_tok_s": per_user,
             "ttft_p50_ms": doc.get("median_ttft_ms") if doc.get("median_ttft_ms") is not None
@@ -118,7 +122,7 @@ def build(docs: Sequence[dict], baseline: str = "") -> Matrix:
         for d in ds:
             cell.reasons += [r for r in (d.get("run") or {}).get("invalid_reasons", []) if r not in cell.reasons]
         values = [doc_values(d) for d in use]
-        cell.stats = {f: Stat(*mean_ci([v[f] for v in values])) for f in (*FIELDS, *ENGINE_FIELDS)}
+        cell.stats = {f: Stat(*mean_ci([v[f] for v in values])) for f in (*FIELDS, *ENGINE_FIELDS, *NODE_FIELDS)}
         cells[key] = cell
     for col in cols:  # best output tok/s per column among cells with valid runs
         candidates = [(cells[(r, col)].stats["output_tok_s"].mean, r) for r in rows
@@ -154,6 +158,10 @@ def row_metadata(docs: Sequence[dict]) -> dict[tuple[str, str], dict]:
                            ("nodes", t.get("nodes")), ("layouts", layout), ("tools", run.get("tool"))):
             if value is not None and value not in m[key]:
                 m[key].append(value)
+        lows = m.setdefault("mem_low_gib", {})  # per node: the lowest MemAvailable over the row's runs
+        for node, n in ((d.get("node_memory") or {}).get("nodes") or {}).items():
+            if is_number(n.get("mem_available_min_gib")):
+                lows[node] = min(lows.get(node, n["mem_available_min_gib"]), n["mem_available_min_gib"])
         when = run.get("started_at") or d.get("date")
         if when:
             m["first"] = min(m["first"] or when, when)
@@ -198,6 +206,8 @@ def cell_lines(cell: Cell | None) -> list[str]:
     if any(s[f].mean is not None for f in ENGINE_FIELDS):
         lines.append(f"hit {_fmt(s['prefix_hit_pct'])}% kv {_fmt(s['kv_peak_pct'])}% "
                      f"wait {_fmt(s['waiting_peak'])} preempt {_fmt(s['preemptions'])}")
+    if s["mem_low_gib"].mean is not None:
+        lines.append(f"mem low {_fmt(s['mem_low_gib'], 1)} GiB")
     if cell.invalid:
         lines.insert(0, "[INVALID]")
     return lines
@@ -246,7 +256,7 @@ def long_rows(m: Matrix) -> list[dict]:
                    "valid_runs": cell.valid_runs, "invalid": cell.invalid, "failures": cell.failures,
                    "requests": cell.requests, "best": cell.best, "delta_pct": cell.delta_pct,
                    "tools": ",".join(cell.tools)}
-            for f in (*FIELDS, *ENGINE_FIELDS):
+            for f in (*FIELDS, *ENGINE_FIELDS, *NODE_FIELDS):
                 row[f] = cell.stats[f].mean
                 row[f + "_ci95"] = cell.stats[f].half_width
             rows.append(row)

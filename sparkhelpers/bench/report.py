@@ -154,12 +154,18 @@ def cell_plots(m: Matrix) -> str:
     return "".join(blocks)
 
 
+def memory_lows(meta: dict) -> str:
+    """Each node's lowest MemAvailable over the row's runs, lowest first."""
+    lows = sorted((meta.get("mem_low_gib") or {}).items(), key=lambda kv: kv[1])
+    return html.escape(", ".join(f"{node} {gib:.1f}" for node, gib in lows)) or "-"
+
+
 def metadata_html(m: Matrix) -> str:
     """Per row: image, config hash, nodes, TP/PP, tools and the dates of its runs."""
     if not m.meta:
         return ""
     head = "<tr><th>model [variant]</th><th>image</th><th>config hash</th><th>nodes</th><th>TP/PP</th>" \
-           "<th>tools</th><th>runs from</th><th>to</th></tr>"
+           "<th>tools</th><th>lowest MemAvailable (GiB)</th><th>runs from</th><th>to</th></tr>"
     rows = []
     for r in m.rows:
         meta = m.meta.get(r, {})
@@ -169,7 +175,8 @@ def metadata_html(m: Matrix) -> str:
 
         rows.append(f"<tr><th>{html.escape(row_label(r))}</th><td>{join('images')}</td><td><code>"
                     f"{join('config_hashes')}</code></td><td>{join('nodes')}</td><td>{join('layouts')}</td>"
-                    f"<td>{join('tools')}</td><td>{html.escape(meta.get('first') or '-')}</td>"
+                    f"<td>{join('tools')}</td><td>{memory_lows(meta)}</td>"
+                    f"<td>{html.escape(meta.get('first') or '-')}</td>"
                     f"<td>{html.escape(meta.get('last') or '-')}</td></tr>")
     return f'<h2>Runs</h2><table class="meta-table">{head}{"".join(rows)}</table>'
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sparkhelpers.bench import client, datasets, engine_metrics, metrics, results, tokenizer
+from sparkhelpers.bench import client, datasets, engine_metrics, metrics, node_memory, results, tokenizer
 from sparkhelpers.errors import SparkError, UsageError
+from sparkhelpers.runner import Host
 
 DATASETS = ("random", "sharegpt", "prefix-repetition", "custom")
 # Datasets whose prompts are built to a target length (a --tokenizer makes it exact).
@@ -23,6 +25,7 @@ class RunOptions(client.LoadShape):
     tokenizer: str = ""  # a local tokenizer (directory or tokenizer.json): exact prompt lengths
     ready_check_timeout_s: float = 0.0  # wait this long for /v1/models to answer first (0 = do not wait)
     engine_metrics: bool = True  # read the engine's /metrics around the run
+    node_memory: bool = True  # sample the cluster nodes' MemAvailable during the run (when nodes are given)
     dataset_name: str = "random"
     dataset_path: str = ""
     random_input_len: int = 1024
@@ -145,8 +148,11 @@ def discover_model(base_url: str, api_key: str) -> str:
 
 
 def execute(o: RunOptions, *, api_key: str = "", target: dict | None = None, run_info: dict | None = None,
-            progress=None, deadline_s: float | None = None) -> tuple[dict, list[metrics.RequestRecord]]:
-    """Run the load and build the result document (not saved). Raises TimeoutError after ``deadline_s``."""
+            progress=None, deadline_s: float | None = None,
+            nodes: Sequence[tuple[str, Host]] = ()) -> tuple[dict, list[metrics.RequestRecord]]:
+    """Run the load and build the result document (not saved). Raises TimeoutError after ``deadline_s``.
+    ``nodes`` (name, host) are sampled for their memory low-water mark during the run
+    (``node_memory.cluster_nodes`` gives the configured cluster's when it serves ``base_url``)."""
     o.validate()
     tok = tokenizer.load(o.tokenizer) if o.tokenizer else None
     if o.ready_check_timeout_s > 0:
@@ -163,15 +169,21 @@ def execute(o: RunOptions, *, api_key: str = "", target: dict | None = None, run
     spec = client.LoadSpec(o.base_url, o.served_model_name or o.model, api_key=api_key,
                            **{**o.load_shape(), "ignore_eos": ignore_eos})
     watcher = engine_metrics.Watcher(o.base_url, api_key=api_key) if o.engine_metrics else None
+    memory = node_memory.Watcher(nodes) if nodes and o.node_memory else None
+    if memory:
+        memory.start(first_sample_s=max(h.connect_timeout for _, h in nodes) + 2.0)
     load = client.run_load(spec, prompts, progress=progress, warmup_prompts=warmups,
                            on_measure=watcher.start if watcher else None)
     try:
         records, duration, health = asyncio.run(asyncio.wait_for(load, deadline_s) if deadline_s else load)
     finally:
         engine = watcher.stop() if watcher else {"available": False, "reason": "--no-engine-metrics"}
+        mem = memory.stop() if memory else {"available": False, "reason": "--no-node-memory" if nodes else
+                                            "no cluster nodes serve this URL"}
     doc = build_document(o, records, duration, health.summary(), ignore_eos=ignore_eos, target=target,
                          run_info=run_info, prompts=prompts)
     doc["engine_metrics"] = engine
+    doc["node_memory"] = mem
     return doc, records
 
 

@@ -91,6 +91,8 @@ FLAGS: tuple[Flag, ...] = (
        "/v1/models first (vLLM waits 600; 0 = fail at once)."),
     _f("engine_metrics", ("--engine-metrics/--no-engine-metrics",), bool, True, "Read the engine's Prometheus "
        "/metrics around the run (prefix-cache hit rate, preemptions, peak KV use and queue) into the result."),
+    _f("node_memory", ("--node-memory/--no-node-memory",), bool, True, "Sample every cluster node's MemAvailable "
+       "during the run (one SSH session per node; when the cluster serves the URL) for its low-water mark."),
     _f("disable_tqdm", "--disable-tqdm", bool, False, "No progress bar (there is none off a terminal anyway).",
        option=False),
     _f("framework", "--framework", str, "sparkhelpers", "sparkhelpers (this client), vllm (vllm bench serve in the "

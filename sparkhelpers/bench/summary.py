@@ -87,6 +87,13 @@ def format_summary(doc: dict) -> str:
         row("Server mean TTFT (ms):", engine.get("server_mean_ttft_ms"))
         rate = engine.get("spec_decode_acceptance_rate")
         row("Spec decode acceptance (%):", None if rate is None else round(100.0 * rate, 1))
+    memory = doc.get("node_memory") or {}
+    if memory.get("available"):
+        lines.append("{:-^60}".format("Nodes (MemAvailable during the run)"))
+        for name, n in memory["nodes"].items():
+            low = n.get("mem_available_min_gib")
+            row(f"{name[:22]} lowest (GiB):", "-" if low is None else
+                f"{low:.2f} of {n.get('mem_total_gib') or '?'} ({n['samples']} samples)")
     lines.append("{:-^60}".format("Client"))
     client = extra.get("client", {})
     row("Token counts from:", extra.get("token_count_source") or "-")
