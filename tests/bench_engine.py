@@ -3,6 +3,8 @@
 
 Usage: tests/bench_engine.py PORT [N_PARALLEL] [ALIAS]   Serves until SIGTERM. Model alias: smollm2.
 With API_KEY_FILE set, requests must carry that key (as the gateway's engines do). /metrics is on.
+ENGINE_EMBEDDINGS=mean|last|cls serves /v1/embeddings with that pooling (llama.cpp's --embeddings --pooling: an
+embedding server, which refuses completions).
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ def main() -> None:
     params.cpuparams.n_threads = 1  # 1 beats 2 on a 2-core machine: the HTTP thread and client need a core
     params.cpuparams_batch.n_threads = 1
     params.endpoint_metrics = True
+    pooling = os.environ.get("ENGINE_EMBEDDINGS", "")
+    if pooling:
+        params.embedding = True
+        params.pooling_type = getattr(xlc.llama_pooling_type, f"LLAMA_POOLING_TYPE_{pooling.upper()}")
     if os.environ.get("API_KEY_FILE"):
         with open(os.environ["API_KEY_FILE"]) as fh:
             params.api_keys = [fh.read().strip()]

@@ -164,3 +164,43 @@ def wait_for(predicate, timeout: float = 30.0, every: float = 0.2):  # noqa: ANN
             return value
         time.sleep(every)
     raise AssertionError(f"condition not met within {timeout:g} s")
+
+
+# ---- a client inside a node of the emulated cluster (the test cannot reach a node's loopback) ---------------
+
+def _node_client(argv: list[str]) -> None:
+    """python gatewaykit.py get URL | chat URL MODEL N MAX_TOKENS | stream URL MODEL MAX_TOKENS; the key on stdin.
+
+    get: the JSON body. chat: N requests at once, one JSON line each ({"status", "body"}). stream: one line per
+    SSE event as it arrives (flushed), then ``END <status>``."""
+    import concurrent.futures
+
+    key = sys.stdin.readline().strip()
+    headers = {"Authorization": f"Bearer {key}"}
+    what, url = argv[0], argv[1]
+    if what == "get":
+        print(json.dumps(requests.get(url, headers=headers, timeout=30).json()))
+        return
+    model, body = argv[2], {"messages": [{"role": "user", "content": "Count from one to two hundred."}],
+                            "temperature": 0, "ignore_eos": True}
+    if what == "chat":
+        n, body["max_tokens"] = int(argv[3]), int(argv[4])
+
+        def one(_i: int) -> str:
+            r = requests.post(url, json={**body, "model": model}, headers=headers, timeout=600)
+            return json.dumps({"status": r.status_code, "body": r.json()})
+
+        with concurrent.futures.ThreadPoolExecutor(n) as pool:
+            for line in pool.map(one, range(n)):
+                print(line, flush=True)
+        return
+    body.update(model=model, max_tokens=int(argv[3]), stream=True)
+    with requests.post(url, json=body, headers=headers, stream=True, timeout=600) as r:
+        for event in r.iter_lines(chunk_size=None, delimiter=b"\n\n"):
+            if event.strip():
+                print(event.decode(errors="replace").replace("\n", " "), flush=True)
+        print(f"END {r.status_code}", flush=True)
+
+
+if __name__ == "__main__":
+    _node_client(sys.argv[1:])

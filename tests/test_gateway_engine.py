@@ -32,7 +32,7 @@ from gatewaykit import (
 )
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
-NODES = {f"n{i}": "127.0.0.1" for i in range(1, 9)}
+NODES = {f"n{i}": "127.0.0.1" for i in range(1, 10)}
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,7 @@ def gw(tmp_path_factory, direct_engine):
         "rep": {"cmd": truth_cmd("--ttft-ms", "10", "--itl-ms", "200"), "placement": [["n6"], ["n7"]],
                 "health": "/v1/models", "concurrency": 2},
         "pre": {"cmd": truth_cmd(), "placement": [["n8"]], "health": "/v1/models", "preload": True},
+        "emb": {"cmd": engine_cmd("emb", parallel=1), "placement": [["n9"]], "env": {"ENGINE_EMBEDDINGS": "mean"}},
     }
     g = Gateway(state, models, nodes=NODES).start()
     g.launches, g.record = launches, record
@@ -116,7 +117,7 @@ def test_models_list_aliases_and_auth(gw):
     assert requests.get(gw.url + "/v1/models", timeout=5).status_code == 401
     ids = [m["id"] for m in requests.get(gw.url + "/v1/models", headers={"Authorization": f"Bearer {gw.key}"},
                                          timeout=5).json()["data"]]
-    assert ids == ["a", "b", "c", "rec", "t", "slow", "rep", "pre"]
+    assert ids == ["a", "b", "c", "rec", "t", "slow", "rep", "pre", "emb"]
     mine = requests.get(gw.url + "/v1/models", headers={"Authorization": f"Bearer {gw.limited}"}, timeout=5).json()
     assert [m["id"] for m in mine["data"]] == ["a"]
     r = gw.chat("sk-spark-wrong", "a")
@@ -127,6 +128,37 @@ def test_models_list_aliases_and_auth(gw):
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
     user = {"Authorization": f"Bearer {gw.key}"}
     assert requests.get(gw.url + "/running", headers=user, timeout=5).status_code == 403
+
+
+def test_embeddings_end_to_end_with_usage_counted(gw):
+    """/v1/embeddings through the gateway to llama.cpp's embedding server (SmolLM2, mean pooling): the vectors
+    are the engine's own, and the prompt tokens it reports are what the key is charged."""
+    inputs = ["The sea is blue.", "Gateways count tokens.", "x"]
+    before = _usage(gw, "alice", "emb")
+    r = requests.post(gw.url + "/v1/embeddings", json={"model": "emb", "input": inputs},
+                      headers={"Authorization": f"Bearer {gw.key}"}, timeout=120)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [d["index"] for d in body["data"]] == [0, 1, 2] and {len(d["embedding"]) for d in body["data"]} == {576}
+    engine = next(row["proxy"] for row in gw.running() if row["replica"] == "emb")
+    internal = (gw.state_dir / "gateway" / "internal.key").read_text().strip()
+    direct = requests.post(engine + "/v1/embeddings", json={"model": "emb", "input": inputs},
+                           headers={"Authorization": f"Bearer {internal}"}, timeout=120).json()
+    assert [d["embedding"] for d in body["data"]] == [d["embedding"] for d in direct["data"]]
+    prompt = body["usage"]["prompt_tokens"]
+    assert prompt == direct["usage"]["prompt_tokens"] and prompt >= len(inputs)
+    after = _usage(gw, "alice", "emb")
+    assert (after["requests"] - before["requests"], after["prompt_tokens"] - before["prompt_tokens"],
+            after["completion_tokens"] - before["completion_tokens"]) == (1, prompt, 0)
+    metrics = requests.get(gw.url + "/metrics", timeout=5).text
+    assert f'sparkhelpers_gateway_tokens_total{{key="alice",kind="prompt",model="emb"}} {after["prompt_tokens"]:.1f}' \
+        in metrics
+
+
+def _usage(gw: Gateway, key: str, model: str) -> dict:
+    rows = json.loads(gw.cli("usage", "--by", "key,model", "--json").stdout)
+    return next((r for r in rows if r.get("key") == key and r.get("model") == model),
+                {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0})
 
 
 def test_two_simultaneous_first_requests_start_the_model_once(gw):

@@ -183,17 +183,50 @@ def test_keys_cli_prints_the_key_once_and_never_lists_it(sparkhelpers_bin, tmp_p
 
 def test_gateway_unit_and_dry_run(sparkhelpers_bin, tmp_path):
     models = tmp_path / "models.yaml"
-    models.write_text(yaml.safe_dump({"models": {"q": {"recipe": "qwen3", "placement": [["spark1"]]},
-                                                 "h": {"recipe": "tiny", "placement": [["head"]]}}}, sort_keys=False))
+    models.write_text(yaml.safe_dump({"models": {"q": {"recipe": "qwen3-0.6b", "placement": [["spark1"]]},
+                                                 "h": {"recipe": "smollm2-135m", "placement": [["head"]]}}},
+                                     sort_keys=False))
     unit = subprocess.run([*sparkhelpers_bin, "gateway", "unit", "--models", str(models)], capture_output=True,
                           text=True, check=True).stdout
     assert f"gateway run --models {models}" in unit and "KillMode=mixed" in unit and "[Install]" in unit
     dry = subprocess.run([*sparkhelpers_bin, "gateway", "run", "--dry-run", "--models", str(models)],
                          capture_output=True, text=True, check=True).stdout
-    assert "q on spark1: http://spark1:5800" in dry and "cluster run --recipe qwen3 --nodes spark1" in dry
+    assert "q on spark1: http://spark1:5800" in dry and "cluster run --recipe qwen3-0.6b --nodes spark1" in dry
+    assert "serves Qwen/Qwen3-0.6B" in dry  # the recipe's served name: the model the gateway asks the engine for
     assert "h on head: http://127.0.0.1:5801" in dry  # the topology's head: this machine
-    assert "cluster run --recipe tiny --nodes head" in dry
+    assert "cluster run --recipe smollm2-135m --nodes head" in dry
+    models.write_text("models: {q: {recipe: no-such-recipe}}\n")
+    r = subprocess.run([*sparkhelpers_bin, "gateway", "check", "--models", str(models)], capture_output=True, text=True)
+    assert r.returncode == 2 and "models.q.recipe: no recipe file or preset named no-such-recipe" in r.stderr, r.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("models: {q: {recipe: r, ttl: -1}}\n")
     r = subprocess.run([*sparkhelpers_bin, "gateway", "check", "--models", str(bad)], capture_output=True, text=True)
     assert r.returncode == 2 and "models.q.ttl" in r.stderr and "fix:" in r.stderr
+
+
+def test_export_llama_swap_reuses_the_recipe_export_per_node_set(sparkhelpers_bin, tmp_path):
+    from sparkhelpers.recipes.deploy import LLAMA_SWAP_KEYS, LLAMA_SWAP_MODEL_KEYS
+
+    models = tmp_path / "models.yaml"
+    models.write_text(yaml.safe_dump({"nodes": {"spark2": "10.0.0.2"}, "models": {
+        "q": {"recipe": "qwen3-0.6b", "placement": [["head"], ["spark2"]], "ttl": 300, "group": "big"},
+        "q2": {"recipe": "qwen3-0.6b", "placement": [["spark2", "head"]], "group": "big", "concurrency": 4},
+        "t": {"cmd": ["llama-server", "--port", "${PORT}", "-m", "/m/a b.gguf"], "ttl": 60, "health": "none"}}},
+        sort_keys=False))
+    r = subprocess.run([*sparkhelpers_bin, "gateway", "export", "--llama-swap", "--models", str(models)],
+                       capture_output=True, text=True, check=True)
+    doc = yaml.safe_load(r.stdout)
+    assert set(doc) <= set(LLAMA_SWAP_KEYS) and doc["startPort"] == 5800
+    assert all(set(m) <= set(LLAMA_SWAP_MODEL_KEYS) for m in doc["models"].values())
+    q, q2, t = (doc["models"][n] for n in ("q", "q2", "t"))
+    assert q["cmd"] == "sparkhelpers cluster run --recipe qwen3-0.6b --nodes head --port ${PORT}"
+    assert q["cmdStop"] == "kill -TERM ${PID}" and q["ttl"] == 300 and q["useModelName"] == "Qwen/Qwen3-0.6B"
+    assert q["aliases"] == ["Qwen/Qwen3-0.6B"] and "aliases" not in q2  # llama-swap refuses an alias twice
+    assert q2["cmd"].startswith("sparkhelpers cluster run --recipe qwen3-0.6b --nodes spark2,head ")
+    assert q2["proxy"] == "http://10.0.0.2:${PORT}" and q2["concurrencyLimit"] == 4  # rank 0 on spark2
+    assert t["cmd"] == "llama-server --port ${PORT} -m '/m/a b.gguf'" and t["checkEndpoint"] == "none"
+    assert doc["groups"] == {"big": {"swap": True, "exclusive": True, "members": ["q", "q2"]}}
+    assert "q: llama-swap has no replicas; exported on head only" in r.stderr
+    both = subprocess.run([*sparkhelpers_bin, "gateway", "export", "--models", str(models)], capture_output=True,
+                          text=True)
+    assert both.returncode == 2 and "choose one format" in both.stderr

@@ -25,12 +25,13 @@ def gateway() -> None:
 def _load(models: str, listen: str = ""):  # noqa: ANN202
     from sparkhelpers.config import load_config, state_dir
     from sparkhelpers.errors import UsageError
-    from sparkhelpers.gateway import models_file, service
+    from sparkhelpers.gateway import launcher, models_file, service
 
     spark_cfg = load_config()
     sdir = state_dir(spark_cfg)
     path = Path(models) if models else service.default_models_file(sdir)
     cfg = models_file.load(path)
+    launcher.served_names(cfg, spark_cfg)
     for name, address in _node_addresses(spark_cfg).items():  # the cluster's own names, unless the file maps them
         cfg.nodes.setdefault(name, address)
     if listen:
@@ -69,8 +70,9 @@ def run_cmd(
         for entry in cfg.models.values():
             for rep in entry.replicas:
                 spec = launcher.launch_spec(cfg, entry, rep, key_file)
+                serves = f", serves {entry.upstream_model}" if entry.upstream_model else ""
                 print(f"{rep.id} on {','.join(rep.nodes)}: {spec.base_url} "
-                      f"(health {spec.health_url or 'none'}): {' '.join(spec.argv)}")
+                      f"(health {spec.health_url or 'none'}{serves}): {' '.join(spec.argv)}")
         return
     server.serve(cfg, sdir)
 
@@ -153,20 +155,31 @@ def unit_cmd(
 @app.command("export")
 def export_cmd(
     models: str = typer.Option("", "--models", "-m", help=MODELS_HELP),
-    litellm: bool = typer.Option(False, "--litellm", help="A LiteLLM proxy config (the only format so far)."),
-    per_engine: bool = typer.Option(False, "--per-engine", help="Each engine as a backend instead of the gateway."),
+    litellm: bool = typer.Option(False, "--litellm", help="A LiteLLM proxy config with the gateway as backend."),
+    llama_swap: bool = typer.Option(False, "--llama-swap", help="A llama-swap config.yaml of the same models "
+                                                                "(recipe models as `recipe export --to llama-swap`)."),
+    per_engine: bool = typer.Option(False, "--per-engine", help="LiteLLM: each engine as a backend, not the gateway."),
     url: str = typer.Option("", "--url", help="The gateway URL LiteLLM should use (default: from listen)."),
     key_env: str = typer.Option("SPARK_GATEWAY_KEY", "--key-env", help="Env var LiteLLM reads the key from."),
     output: str = typer.Option("", "-o", "--output", help="Write to FILE instead of stdout."),
 ) -> None:
-    """Export the models as another tool's config: --litellm writes a LiteLLM proxy config (no key inside)."""
+    """Export the models as another tool's config (no key inside): --litellm (LiteLLM proxy) or --llama-swap.
+
+    Example: sparkhelpers gateway export --llama-swap -o llama-swap.yaml
+    """
+    from sparkhelpers.config import load_config
     from sparkhelpers.errors import UsageError
     from sparkhelpers.gateway import export, service
 
-    if not litellm:
-        raise UsageError("choose a format", fix="sparkhelpers gateway export --litellm")
+    if litellm == llama_swap:
+        raise UsageError("choose one format", fix="sparkhelpers gateway export --litellm (or --llama-swap)")
     cfg, _, _ = _load(models)
-    text = export.litellm_yaml(cfg, url or service.url_of(cfg), per_engine=per_engine, key_env=key_env)
+    if litellm:
+        text = export.litellm_yaml(cfg, url or service.url_of(cfg), per_engine=per_engine, key_env=key_env)
+    else:
+        text, warnings = export.llama_swap_yaml(cfg, load_config())
+        for message in warnings:
+            info(f"warning: {message}")
     if output:
         Path(output).write_text(text)
         info(f"wrote {output}")

@@ -26,6 +26,7 @@ from pathlib import Path
 from sparkhelpers.gateway.models_file import GatewayConfig, ModelEntry, Replica
 
 MARKER = "SPARKHELPERS_GATEWAY_ENGINE"  # in every child's environment: how we recognise our orphans
+READY_MARKER = " is ready: "  # `cluster run` prints "cluster NAME is ready: URL ..." once start, health and chat pass
 
 
 @dataclass
@@ -34,6 +35,8 @@ class LaunchSpec:
     env: dict[str, str]
     base_url: str
     health_url: str
+    ready_marker: str = ""  # a line the child prints once it serves (the foreground mode's ready line)
+    recipe: bool = False  # a cluster run: one start at a time (the cluster lock), ranks checked on every node
 
 
 def launch_spec(cfg: GatewayConfig, entry: ModelEntry, replica: Replica, key_file: str) -> LaunchSpec:
@@ -54,7 +57,29 @@ def launch_spec(cfg: GatewayConfig, entry: ModelEntry, replica: Replica, key_fil
                 arg = arg.replace(k, v)
             argv.append(arg)
     health = "" if entry.health == "none" else base + entry.health
+    if entry.recipe:
+        return LaunchSpec(argv, env, base, health, READY_MARKER, recipe=True)
     return LaunchSpec(argv, env, base, health)
+
+
+def load_recipe(entry: ModelEntry, spark_cfg):  # noqa: ANN001, ANN201 - Config -> recipes.schema.Recipe
+    """The recipe a model entry names, resolved for its first node set; a bad one is a models-file error."""
+    from sparkhelpers.errors import SparkError, UsageError
+    from sparkhelpers.recipes.loader import load
+
+    try:
+        return load(entry.recipe, nodes=len(entry.placement[0]), recipe_path=spark_cfg.get("RECIPE_PATH"),
+                    default_image=spark_cfg.get("VLLM_IMAGE"), catalog_file=spark_cfg.get("MODEL_CATALOG"))
+    except SparkError as exc:
+        raise UsageError(f"models file models.{entry.name}.recipe: {exc.message}", fix=exc.fix) from None
+
+
+def served_names(cfg: GatewayConfig, spark_cfg) -> None:  # noqa: ANN001 - sparkhelpers.config.Config
+    """A recipe model's upstream name is the name its engine serves (the recipe's served_model_name): the
+    gateway renames the request's model to it. A recipe that does not load is refused now, not at first use."""
+    for entry in cfg.models.values():
+        if entry.recipe and not entry.upstream_model:
+            entry.upstream_model = load_recipe(entry, spark_cfg).served_name
 
 
 @dataclass
@@ -67,6 +92,7 @@ class EngineProcess:
     lines: collections.deque = field(default_factory=lambda: collections.deque(maxlen=2000))
     subscribers: set = field(default_factory=set)
     started_at: float = 0.0
+    saw_ready: bool = False  # the spec's ready_marker appeared in the output
     _reader: asyncio.Task | None = None
 
     @property
@@ -106,6 +132,8 @@ class EngineProcess:
                 log.flush()
                 text = line.decode(errors="replace")
                 self.lines.append(text)
+                if self.spec.ready_marker and self.spec.ready_marker in text:
+                    self.saw_ready = True
                 for queue in list(self.subscribers):
                     with contextlib.suppress(asyncio.QueueFull):
                         queue.put_nowait(text)

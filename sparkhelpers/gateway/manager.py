@@ -21,12 +21,13 @@ from pathlib import Path
 
 import aiohttp
 
-from sparkhelpers.gateway import launcher
+from sparkhelpers.gateway import health, launcher
 from sparkhelpers.gateway.models_file import GatewayConfig, ModelEntry, Replica
 
 log = logging.getLogger("sparkhelpers.gateway")
 HEALTH_EVERY_S = 5.0
 HEALTH_FAILS = 2
+RANKS_EVERY_S = 15.0  # a read-only probe of every node of a recipe replica (one SSH round trip per worker)
 
 
 class ColdStart(Exception):
@@ -50,16 +51,18 @@ class ReplicaState:
     replica: Replica
     entry: ModelEntry
     spec: launcher.LaunchSpec
-    state: str = "stopped"  # stopped | starting | ready | stopping
+    state: str = "stopped"  # stopped | starting | ready | checking | stopping
     proc: launcher.EngineProcess | None = None
     in_flight: int = 0
     last_used: float = 0.0
     ready_at: float = 0.0
     start_task: asyncio.Task | None = None
+    check_task: asyncio.Task | None = None  # while 'checking': the data plane saw it fail
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     last_error: str = ""
     health_fails: int = 0
     generation: int = 0
+    checked_ranks_at: float = 0.0
 
     @property
     def id(self) -> str:
@@ -80,6 +83,7 @@ class ModelManager:
         self._tasks: list[asyncio.Task] = []
         self.children_file = state_dir / "engines.json"
         self.closing = False
+        self.key_file, self._engine_key = key_file, ""
 
     # ---- life of the manager -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -130,12 +134,15 @@ class ModelManager:
                 rs.last_used = time.monotonic()
                 return rs
             starting = [self._ensure_start(r) for r in self.model_replicas(entry)]
+            checks = {r.check_task for r in self.model_replicas(entry) if r.state == "checking"}
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ColdStart(entry.name, self._retry_after(entry))
             done, _ = await asyncio.wait(starting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             if not done:
                 raise ColdStart(entry.name, self._retry_after(entry))
+            if done & checks:
+                continue  # a verdict on a suspect replica: ready again, or stopped (the next turn starts it)
             if all(t.done() for t in starting) and not any(r.state == "ready" for r in self.model_replicas(entry)):
                 errors = [r.last_error for r in self.model_replicas(entry) if r.last_error]
                 raise StartFailed(errors[0] if errors else f"model {entry.name} did not start")
@@ -151,10 +158,40 @@ class ModelManager:
         elapsed = time.monotonic() - min(started)
         return max(1, min(60, int(self.cfg.start_timeout - elapsed) if elapsed < 30 else 10))
 
-    def report_broken(self, rs: ReplicaState, why: str) -> bool:
-        """The data plane saw the engine fail: if its process is gone, mark it stopped now. True when stopped."""
-        if rs.proc and rs.proc.exited() and rs.state == "ready":
+    def suspect(self, rs: ReplicaState, why: str) -> asyncio.Future:
+        """The data plane saw the engine fail (refused, broke off a stream): check it now. Meanwhile it is
+        'checking' (no request is sent to it; a request for the model waits for the verdict). A problem, or a
+        process that is gone, marks it stopped: the next request starts it again."""
+        if rs.state == "checking" and rs.check_task:
+            return rs.check_task
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        if rs.state != "ready":
+            return done
+        if rs.proc and rs.proc.exited():
             self._mark_dead(rs, why)
+            return done
+        rs.state = "checking"
+        rs.check_task = asyncio.get_running_loop().create_task(self._confirm(rs, why))
+        return rs.check_task
+
+    async def _confirm(self, rs: ReplicaState, why: str) -> None:
+        rs.checked_ranks_at = 0.0  # probe every rank now
+        try:
+            _, problem = await self.check(rs)
+        except Exception as exc:  # noqa: BLE001 - a check that cannot run is no verdict of health
+            problem = f"the check failed: {exc}"
+        if rs.state != "checking":
+            return
+        if problem or (rs.proc and rs.proc.exited()):
+            self._mark_dead(rs, f"{why}; then: {problem or 'its process exited'}")
+        else:
+            rs.state = "ready"
+            log.info("%s: still serving after %s", rs.id, why)
+
+    async def confirm_broken(self, rs: ReplicaState, why: str) -> bool:
+        """Check a replica the data plane could not reach; True when it is not serving (marked stopped)."""
+        await self.suspect(rs, why)
         return rs.state != "ready"
 
     # ---- starting and stopping -------------------------------------------------------------------------------
@@ -164,6 +201,8 @@ class ModelManager:
             done = asyncio.get_running_loop().create_future()
             done.set_result(True)
             return asyncio.ensure_future(done)
+        if rs.state == "checking" and rs.check_task:
+            return rs.check_task  # the verdict first: ready again, or stopped (then a start)
         if rs.start_task is None or rs.start_task.done():
             rs.start_task = asyncio.get_running_loop().create_task(self._start(rs))
         return rs.start_task
@@ -185,37 +224,50 @@ class ModelManager:
                 return False
             if rs.state == "ready":
                 return True
-            victims = self._conflicts(rs)
-            for other in victims:
-                await self.stop(other, f"swap for {rs.entry.name}")
-            if victims:
-                await self._settle()
-            rs.state, rs.last_error, rs.health_fails = "starting", "", 0
-            rs.ready.clear()
-            rs.generation += 1
-            rs.proc = launcher.EngineProcess(rs.spec, self.state_dir / "logs" / f"{rs.id.replace('/', '_')}.log")
-            try:
-                await rs.proc.start()
-            except OSError as exc:
-                rs.state, rs.last_error = "stopped", f"cannot start {rs.spec.argv[0]}: {exc.strerror}"
-                self._hook("on_failure", rs.entry.name, "start")
+            if not await self._launch(rs):
                 return False
-            self._remember_children()
-            log.info("starting %s (pid %d): %s", rs.id, rs.proc.pid, " ".join(rs.spec.argv))
-        ok = await self._wait_healthy(rs)
+            # a cluster run holds the cluster lock while it starts: the next start waits for its ready line
+            ok = await self._wait_healthy(rs) if rs.spec.recipe else None
+        if ok is None:
+            ok = await self._wait_healthy(rs)
         if not ok:
             if rs.state == "starting":
                 self._hook("on_failure", rs.entry.name, "start")
                 await self.stop(rs, "start failed", keep_error=True)
             return False
         rs.state, rs.ready_at, rs.last_used = "ready", time.monotonic(), time.monotonic()
+        rs.checked_ranks_at = time.monotonic()
         rs.ready.set()
         self._hook("on_load", rs.entry.name)
         asyncio.get_running_loop().create_task(self._watch(rs, rs.generation))
         log.info("%s ready in %.1f s", rs.id, time.monotonic() - rs.proc.started_at)
         return True
 
+    async def _launch(self, rs: ReplicaState) -> bool:
+        """Under the swap lock: stop what holds the nodes, then start the child. False when it cannot start."""
+        victims = self._conflicts(rs)
+        for other in victims:
+            await self.stop(other, f"swap for {rs.entry.name}")
+        if victims:
+            await self._settle()
+        if rs.proc and rs.proc.alive:  # the previous run is still ending (its own stop after a rank died)
+            await rs.proc.stop(self.cfg.stop_timeout)
+        rs.state, rs.last_error, rs.health_fails = "starting", "", 0
+        rs.ready.clear()
+        rs.generation += 1
+        rs.proc = launcher.EngineProcess(rs.spec, self.state_dir / "logs" / f"{rs.id.replace('/', '_')}.log")
+        try:
+            await rs.proc.start()
+        except OSError as exc:
+            rs.state, rs.last_error = "stopped", f"cannot start {rs.spec.argv[0]}: {exc.strerror}"
+            self._hook("on_failure", rs.entry.name, "start")
+            return False
+        self._remember_children()
+        log.info("starting %s (pid %d): %s", rs.id, rs.proc.pid, " ".join(rs.spec.argv))
+        return True
+
     async def _wait_healthy(self, rs: ReplicaState) -> bool:
+        """Ready: the child printed its ready line (a cluster run) and the health URL answers 200."""
         proc, deadline = rs.proc, time.monotonic() + self.cfg.start_timeout
         while time.monotonic() < deadline:
             if not proc.alive:
@@ -224,7 +276,8 @@ class ModelManager:
                 return False
             if rs.state != "starting":
                 return False
-            if not rs.spec.health_url or await self._healthy(rs.spec.health_url):
+            said_ready = proc.saw_ready or not rs.spec.ready_marker
+            if said_ready and (not rs.spec.health_url or await self._healthy(rs.spec.health_url)):
                 return True
             await asyncio.sleep(0.25)
         rs.last_error = f"engine for {rs.id} not healthy after {self.cfg.start_timeout:g} s"
@@ -239,7 +292,7 @@ class ModelManager:
 
     async def _watch(self, rs: ReplicaState, generation: int) -> None:
         code = await rs.proc.wait_exit()
-        if rs.generation == generation and rs.state == "ready":
+        if rs.generation == generation and rs.state in ("ready", "checking"):
             self._mark_dead(rs, f"engine for {rs.id} exited with code {code}")
 
     def _mark_dead(self, rs: ReplicaState, why: str) -> None:
@@ -252,7 +305,8 @@ class ModelManager:
 
     async def _cleanup_dead(self, rs: ReplicaState) -> None:
         if rs.proc:
-            await rs.proc.stop(self.cfg.stop_timeout)  # a rank may still hold its group
+            async with self.swap_lock:  # a cluster run stops its other ranks under the cluster lock
+                await rs.proc.stop(self.cfg.stop_timeout)  # a rank may still hold its group
         self._remember_children()
         if rs.entry.preload and not self.closing:
             self._ensure_start(rs)
@@ -313,14 +367,42 @@ class ModelManager:
         while True:
             await asyncio.sleep(HEALTH_EVERY_S)
             for rs in list(self.replicas.values()):
-                if rs.state != "ready" or not rs.spec.health_url:
+                if rs.state != "ready":
                     continue
-                if await self._healthy(rs.spec.health_url):
+                fatal, problem = await self.check(rs)
+                if rs.state != "ready":
+                    continue
+                if not problem:
                     rs.health_fails = 0
                     continue
                 rs.health_fails += 1
-                if rs.health_fails >= HEALTH_FAILS and rs.state == "ready":
-                    self._mark_dead(rs, f"engine for {rs.id} failed {rs.health_fails} health checks")
+                log.warning("%s: %s", rs.id, problem)
+                if fatal or rs.health_fails >= HEALTH_FAILS:
+                    self._mark_dead(rs, f"engine for {rs.id} is broken: {problem}")
+
+    async def check(self, rs: ReplicaState) -> tuple[bool, str]:
+        """(fatal, problem) of a ready replica; problem '' while it serves. Its health URL first; a recipe replica
+        then by the multi-node rule (health.py): a rank not running is fatal at once, a failed 1-token request
+        (only asked while no request is in flight: a busy engine answers the clients) counts towards HEALTH_FAILS."""
+        if rs.spec.health_url and not await self._healthy(rs.spec.health_url):
+            return False, f"{rs.spec.health_url} does not answer 200"
+        if not rs.spec.recipe:
+            return False, ""
+        target = self._target(rs)
+        if time.monotonic() - rs.checked_ranks_at >= RANKS_EVERY_S:
+            rs.checked_ranks_at = time.monotonic()
+            ranks = await asyncio.to_thread(health.rank_problems, target)
+            if ranks:
+                return True, "; ".join(ranks)
+        if rs.in_flight == 0:
+            return False, await asyncio.to_thread(health.request_problem, target)
+        return False, ""
+
+    def _target(self, rs: ReplicaState) -> health.Target:
+        if not self._engine_key:
+            self._engine_key = Path(self.key_file).read_text().strip()
+        return health.Target(rs.spec.base_url, self._engine_key, rs.entry.upstream_model or rs.entry.name,
+                             rs.replica.nodes if rs.spec.recipe else (), rs.entry.env.get("CLUSTER_NAME", ""))
 
     # ---- views -----------------------------------------------------------------------------------------------
     def running(self) -> list[dict]:

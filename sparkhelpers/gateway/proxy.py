@@ -138,7 +138,7 @@ class DataPlane:
                 try:
                     return await self._forward(request, rs, payload, stream, strip, out, t0)
                 except UpstreamDown as exc:  # nothing reached the client yet: a dead engine is started again
-                    if attempt == 2 or not gw.manager.report_broken(rs, str(exc)):
+                    if attempt == 2 or not await gw.manager.confirm_broken(rs, str(exc)):
                         out.error, out.status = True, 502
                         return error(502, f"the engine for {entry.name} is not answering", "upstream_error",
                                      "engine_down")
@@ -220,7 +220,7 @@ class DataPlane:
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
                 asyncio.TimeoutError) as exc:
             out.error, out.status = True, 502
-            self.gw.manager.report_broken(rs, f"engine for {rs.id} broke off a stream: {exc}")
+            self.gw.manager.suspect(rs, f"engine for {rs.id} broke off a stream: {exc}")
             message = f"the engine for {rs.entry.name} failed mid-stream; retry the request"
             event = {"error": {"message": message, "type": "upstream_error", "param": None, "code": "engine_failed"}}
             await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
