@@ -35,10 +35,11 @@ class FakeSteps:
         self.switch_fail, self.bench_status, self.skip = set(switch_fail), bench or {}, skip or {}
         self.restore_ok, self.on_bench = restore_ok, on_bench
 
-    def skip_reason(self, model):
-        return self.skip.get(model, "")
+    def skip_reason(self, cell):
+        return self.skip.get(cell.recipe or cell.model, "")
 
-    def switch(self, model, overrides):
+    def switch(self, cell, overrides):
+        model = cell.recipe or cell.model
         self.calls.append(("switch", model, dict(overrides)))
         if (model, next((k for k, v in VARIANTS.items() if v == overrides), "")) in self.switch_fail:
             return StepResult(START_FAILED, "engine exited")
@@ -194,9 +195,9 @@ def test_the_pre_sweep_state_is_on_disk_before_the_first_change(tmp_path):
     seen = {}
 
     class Checking(FakeSteps):
-        def switch(self, model, overrides):
+        def switch(self, cell, overrides):
             seen.update(SweepState.load(state.path).pre)  # what a kill -9 right now would leave
-            return super().switch(model, overrides)
+            return super().switch(cell, overrides)
 
     run(state, Checking())
     assert seen["serving"] is True and seen["served"] == ["orig"] and seen["restored"] is False
@@ -298,6 +299,6 @@ def test_skip_token_skips_gated_models(tmp_path, monkeypatch):
     cfg = load_config()
     with_token = InProcessSteps(cfg, log=lambda _m: None)
     skipping = InProcessSteps(cfg, log=lambda _m: None, skip_gated=True)
-    assert with_token.skip_reason("llama-3.1-70b") == ""
-    assert skipping.skip_reason("llama-3.1-70b") == "gated model (--skip-token)"
-    assert skipping.skip_reason("smollm2-135m") == ""
+    assert with_token.skip_reason(sweep.SweepCell("llama-3.1-70b", "baseline", "smoke")) == ""
+    assert skipping.skip_reason(sweep.SweepCell("llama-3.1-70b", "baseline", "smoke")) == "gated model (--skip-token)"
+    assert skipping.skip_reason(sweep.SweepCell("smollm2-135m", "baseline", "smoke")) == ""

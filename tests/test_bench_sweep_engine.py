@@ -159,3 +159,42 @@ def test_a_failing_start_is_start_failed_and_exits_1(engine_env, monkeypatch):
                        timeout=120)
     assert r.returncode == 1
     assert "START_FAILED" in r.stdout and "CUDA OOM" in r.stdout
+
+
+def test_recipe_sweep_results_carry_each_recipe_id_and_the_configured_recipe_is_served_again(engine_env, tmp_path):
+    """Two recipes (one on RECIPE_PATH, one a file) through the real switch, bench and restore; the cluster
+    served a configured RECIPE before the sweep, and serves it again after."""
+    port, local = engine_env
+    sys.path.insert(0, str(DRIVER.parent))
+    import engine_sweep
+
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    head = "recipe: 1\nmodel: Qwen/Qwen3-0.6B\nimage: vllm/vllm-openai:v0.19.0\nnodes: 1\n"
+    (shelf / "tiny-a.yaml").write_text(head + "name: tiny-a\nengine_args:\n  max_num_seqs: 2\n")
+    (tmp_path / "tiny-b.yaml").write_text(head + "name: tiny-b\nengine_args:\n  max_num_seqs: 4\n")
+    (tmp_path / "orig.yaml").write_text(head + "name: orig\nserved_name: orig-recipe\n")
+    local.write_text(f"# user settings\nMODEL=test/original\nRECIPE={tmp_path / 'orig.yaml'}\n"
+                     f"RECIPE_PATH={shelf}\n")
+    original = local.read_bytes()
+    engine_sweep.engine_start("orig-recipe", str(port))
+    r = subprocess.run(driver("rs", recipes=["tiny-a", str(tmp_path / "tiny-b.yaml")], profiles=["smoke"]),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    state = json.loads((results("rs") / "sweep-state.json").read_text())
+    planned = {c["variant"]: c["recipe_id"] for c in state["plan"]}
+    assert set(planned) == {"recipe:tiny-a", "recipe:tiny-b"} and len(set(planned.values())) == 2
+    assert [c["status"] for c in state["cells"].values()] == ["SUCCESS", "SUCCESS"]
+    docs = [json.loads(p.read_text()) for p in (results("rs") / "results").rglob("*.json")
+            if not p.name.endswith(".records.json")]
+    assert docs and {d["target"]["variant"] for d in docs} == set(planned)
+    for d in docs:
+        assert d["target"]["recipe_id"] == planned[d["target"]["variant"]], d["target"]
+        assert d["completed"] > 0 and d["failed"] == 0
+    matrix = (results("rs") / "matrix.md").read_text()
+    assert "Qwen/Qwen3-0.6B [recipe:tiny-a]" in matrix and "Qwen/Qwen3-0.6B [recipe:tiny-b]" in matrix
+    assert served(port) == ["orig-recipe"], "the configured recipe serves again"
+    assert local.read_bytes() == original and state["pre"]["restored"] is True
+    starts = [s for s in steps_log() if s.startswith("start ")]
+    assert [s.rsplit("recipe=", 1)[-1] for s in starts] == ["tiny-a", "tiny-b", "orig"]
+    assert "replace=True" in starts[-1]

@@ -184,6 +184,8 @@ def sweep_cmd(
     models: str = typer.Option("", "--models", help="Models (presets, list numbers or repo ids), comma-separated "
                                                     "(default: MODEL)."),
     variants: str = typer.Option("baseline", "--variants", help="Configuration variants from the profiles file."),
+    recipes: str = typer.Option("", "--recipes", help="Recipes (files, names on RECIPE_PATH or presets), "
+                                                      "comma-separated; each served as written."),
     name: str = typer.Option("", "--name", help="Sweep name (directory under RESULTS_DIR/sweeps; default: a date)."),
     download: bool = typer.Option(False, "--download", help="Download and sync missing models (default: do not)."),
     single_node: bool = typer.Option(False, "--single-node", help="Only single-node models (all presets if no "
@@ -203,11 +205,11 @@ def sweep_cmd(
     from sparkhelpers.errors import SparkError, UsageError
 
     cfg = load_config()
-    opts = sweep_steps.SweepOptions(models=_split(models), profiles=_split(profile), variants=_split(variants),
-                                    name=name, resume=resume, download=download, single_node=single_node,
-                                    multi_node=multi_node, skip_token=skip_token)
-    if resume and (models or profile):
-        warn("--resume continues the saved plan; --models/--profile are ignored")
+    opts = sweep_steps.SweepOptions(models=_split(models), recipes=_split(recipes), profiles=_split(profile),
+                                    variants=_split(variants), name=name, resume=resume, download=download,
+                                    single_node=single_node, multi_node=multi_node, skip_token=skip_token)
+    if resume and (models or profile or recipes):
+        warn("--resume continues the saved plan; --models/--recipes/--profile are ignored")
     if not (yes or dry_run or sys.stdin.isatty()):
         raise UsageError("refusing to run without --yes: stdin is not a terminal (cron?)",
                          fix="add --yes to run unattended")

@@ -1,9 +1,12 @@
-"""The benchmark sweep (benchmark_all.sh): models x configuration variants x profiles, safe under cron.
+"""The benchmark sweep (benchmark_all.sh): models x configuration variants x profiles, and recipes x
+profiles, safe under cron.
 
 Cells run model by model, variant by variant (one cluster switch per model x variant, every profile on
-it). Each cell ends SUCCESS, SKIPPED, START_FAILED, BENCH_FAILED or TIMEOUT; the state file (written
-atomically after every change) makes the sweep resumable: ``--resume`` skips cells that ended SUCCESS or
-SKIPPED and runs the rest again, including the one a kill interrupted. Before the first change the
+it), then recipe by recipe (a recipe fixes every served value, so its cells have no variant: the cell's
+variant is ``recipe:NAME``, and the recipe id it was planned with is kept in the cell). Each cell ends
+SUCCESS, SKIPPED, START_FAILED, BENCH_FAILED or TIMEOUT; the state file (written atomically after every
+change) makes the sweep resumable: ``--resume`` skips cells that ended SUCCESS or SKIPPED and runs the
+rest again, including the one a kill interrupted. Before the first change the
 pre-sweep configuration bytes and running state are written into the state, so whatever happens
 (failure, timeout, SIGTERM, or ``kill -9`` followed by ``--resume`` or the next sweep) the cluster is put
 back as it was, or stopped when that fails. The cluster steps are injected (``ClusterSteps``; the real
@@ -30,22 +33,36 @@ RUNNING = "RUNNING"
 DONE_STATUSES = {SUCCESS, SKIPPED}
 STATE_FILE = "sweep-state.json"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+RECIPE_PREFIX = "recipe:"  # a recipe cell's variant (and its matrix row): recipe:NAME
 
 
 @dataclass(frozen=True)
 class SweepCell:
     model: str
-    variant: str
+    variant: str  # a configuration variant; for a recipe cell, ``recipe:NAME``
     profile: str
+    recipe: str = ""  # a recipe cell: the reference served (file, name on RECIPE_PATH, preset)
+    recipe_id: str = ""  # ... and the id it had when the sweep was planned (a changed recipe is refused)
 
     @property
     def key(self) -> str:
         return f"{self.model}|{self.variant}|{self.profile}"
 
+    @property
+    def switch_key(self) -> tuple[str, str, str]:
+        """Cells with one switch key share one cluster switch."""
+        return self.model, self.variant, self.recipe
+
 
 def plan_cells(models: list[str], variants: list[str], profiles: list[str]) -> list[SweepCell]:
     """Model-major, then variant (one cluster switch each), then profile."""
     return [SweepCell(m, v, p) for m in models for v in variants for p in profiles]
+
+
+def plan_recipe_cells(recipes: list[tuple[str, str, str, str]], profiles: list[str]) -> list[SweepCell]:
+    """(reference, name, model, id) per recipe -> recipe-major cells, one switch each, then profile."""
+    return [SweepCell(model, f"{RECIPE_PREFIX}{name}", p, recipe=ref, recipe_id=rid)
+            for ref, name, model, rid in recipes for p in profiles]
 
 
 @dataclass
@@ -56,9 +73,9 @@ class StepResult:
 
 
 class ClusterSteps(Protocol):
-    def skip_reason(self, model: str) -> str: ...  # non-empty: the model cannot run here (SKIPPED)
+    def skip_reason(self, cell: SweepCell) -> str: ...  # non-empty: the model or recipe cannot run here (SKIPPED)
 
-    def switch(self, model: str, overrides: dict[str, str]) -> StepResult: ...  # serve model with the variant
+    def switch(self, cell: SweepCell, overrides: dict[str, str]) -> StepResult: ...  # serve it (with the variant)
 
     def bench(self, cell: SweepCell, overrides: dict[str, str], out_dir: Path, timeout_s: float) -> StepResult: ...
 
@@ -85,7 +102,7 @@ class SweepState:
     @classmethod
     def load(cls, path: Path) -> SweepState:
         data = json.loads(read_text_nofollow(path))
-        cells = [SweepCell(**c) for c in data["plan"]]
+        cells = [SweepCell(**c) for c in data["plan"]]  # a v2 plan (no recipe fields) loads as model cells
         return cls(path, data["created"], cells, data.get("cells", {}), data.get("pre", {}))
 
     def save(self) -> None:
@@ -299,30 +316,31 @@ def _run_cells(state: SweepState, steps: ClusterSteps, variants: dict[str, dict[
                timeout_s: float, log: Callable[[str], None], signals: _Signals) -> bool:
     """The cells, in plan order; returns whether the cluster was touched."""
     switched = False
-    current: tuple[str, str] | None = None
-    start_failed: dict[tuple[str, str], str] = {}
-    skip: dict[str, str] = {}
+    current: tuple[str, str, str] | None = None
+    start_failed: dict[tuple[str, str, str], str] = {}
+    skip: dict[tuple[str, str, str], str] = {}
     for cell in state.cells:
         if resume and state.get(cell) in DONE_STATUSES:
             log(f"{cell.key}: {state.get(cell)} earlier, skipped (--resume)")
             continue
-        if cell.model not in skip:
-            skip[cell.model] = steps.skip_reason(cell.model)
-        if skip[cell.model]:
-            state.mark(cell, SKIPPED, skip[cell.model])
-            log(f"{cell.key}: SKIPPED: {skip[cell.model]}")
+        pair = cell.switch_key
+        if pair not in skip:
+            skip[pair] = steps.skip_reason(cell)
+        if skip[pair]:
+            state.mark(cell, SKIPPED, skip[pair])
+            log(f"{cell.key}: SKIPPED: {skip[pair]}")
             continue
-        pair = (cell.model, cell.variant)
         if pair in start_failed:
             state.mark(cell, START_FAILED, start_failed[pair])
             log(f"{cell.key}: START_FAILED (the switch already failed): {start_failed[pair]}")
             continue
         state.mark(cell, RUNNING)
-        overrides = variants.get(cell.variant, {})
+        overrides = {} if cell.recipe else variants.get(cell.variant, {})
         if pair != current:
-            log(f"switching to {cell.model} with variant {cell.variant} {overrides or ''}".rstrip())
+            log(f"switching to recipe {cell.recipe} ({cell.recipe_id})" if cell.recipe else
+                f"switching to {cell.model} with variant {cell.variant} {overrides or ''}".rstrip())
             switched = True
-            r = steps.switch(cell.model, overrides)
+            r = steps.switch(cell, overrides)
             signals.check()  # a signal during the switch ends the sweep, it is not a START_FAILED cell
             if r.status != SUCCESS:
                 start_failed[pair] = r.message

@@ -41,6 +41,24 @@ class RealOps:
         return control.stop_cluster(cfg, runner, quiet=True)
 
 
+def recipe_start(cfg: Config, ref: str):  # noqa: ANN201
+    """(config, spec) a recipe cell starts with (sparkhelpers.recipes.apply, RECIPE_PATH honoured)."""
+    from sparkhelpers.recipes.apply import load_for_start
+
+    return load_for_start(cfg, ref)
+
+
+def configured_start(cfg: Config):  # noqa: ANN201
+    """(config, spec or None) of the configured cluster: its RECIPE when set, else MODEL (spec None)."""
+    return recipe_start(cfg, cfg.get("RECIPE")) if cfg.get("RECIPE") else (cfg, None)
+
+
+def recipe_id_of(spec) -> str:  # noqa: ANN001
+    from sparkhelpers.recipes.identity import recipe_id
+
+    return recipe_id(spec.recipe)
+
+
 def served_models(cfg: Config, api_key: str) -> list[str]:
     from sparkhelpers.bench.current import configured_url
     from sparkhelpers.bench.run import fetch_models
@@ -67,16 +85,21 @@ class InProcessSteps:
     def serving(self, cfg: Config | None = None) -> list[str]:
         return served_models(cfg or self.cfg, self.api_key)
 
-    def skip_reason(self, model: str) -> str:
+    def skip_reason(self, cell: SweepCell) -> str:
         from sparkhelpers.models.catalog import resolve_model
 
+        if cell.recipe:
+            return self.recipe_skip_reason(cell)
         try:
-            spec = resolve_model(self.cfg, model)
+            spec = resolve_model(self.cfg, cell.model)
         except SparkError as exc:
             return f"unknown model: {exc.message}"
-        if spec.gated and self.skip_gated:
+        return self.gated_reason(spec.gated)
+
+    def gated_reason(self, gated: bool) -> str:
+        if gated and self.skip_gated:
             return "gated model (--skip-token)"
-        if spec.gated:
+        if gated:
             try:
                 if not secrets.read(self.cfg, "HF_TOKEN"):
                     return "gated model and no Hugging Face token (HF_TOKEN_FILE, HF_TOKEN or hf auth login)"
@@ -84,17 +107,35 @@ class InProcessSteps:
                 return exc.message
         return ""
 
-    def variant_cfg(self, model: str, overrides: dict[str, str]) -> Config:
-        return self.cfg.with_overrides(**overrides, MODEL=model)
+    def recipe_skip_reason(self, cell: SweepCell) -> str:
+        """A recipe that does not load, changed since the plan, or needs more nodes than this cluster has."""
+        from sparkhelpers.topology import layout_for
 
-    def switch(self, model: str, overrides: dict[str, str]) -> StepResult:
+        try:
+            cfg, spec = recipe_start(self.cfg, cell.recipe)
+            layout_for(cfg, spec)
+        except SparkError as exc:
+            return exc.message
+        now = recipe_id_of(spec)
+        if now != cell.recipe_id:
+            return f"recipe {cell.recipe} changed since the sweep was planned (id {cell.recipe_id}, now {now})"
+        return self.gated_reason(bool(spec.recipe.metadata.get("gated")))
+
+    def variant_cfg(self, cell: SweepCell, overrides: dict[str, str]) -> Config:
+        """The configuration a cell runs with: the recipe's, or MODEL and the variant as overrides."""
+        if cell.recipe:
+            return recipe_start(self.cfg, cell.recipe)[0]
+        return self.cfg.with_overrides(**overrides, MODEL=cell.model)
+
+    def switch(self, cell: SweepCell, overrides: dict[str, str]) -> StepResult:
         from sparkhelpers.cluster import switch as sw
 
-        cfg = self.variant_cfg(model, overrides)
-        req = sw.SwitchRequest(model, skip_download=not self.download, persist=False)
+        cfg = self.variant_cfg(cell, overrides)
+        req = sw.SwitchRequest(cell.recipe or cell.model, skip_download=not self.download, persist=False,
+                               recipe=cell.recipe)
         try:
-            sw.switch(cfg, req, runner=self.runner, say=lambda m: self.log(f"  switch: {m}"),
-                      start=self.ops.start, stop=self.ops.stop)
+            sw.switch(self.cfg if cell.recipe else cfg, req, runner=self.runner,
+                      say=lambda m: self.log(f"  switch: {m}"), start=self.ops.start, stop=self.ops.stop)
         except SparkError as exc:
             return StepResult(START_FAILED, exc.message[:300])
         if not self.serving(cfg):
@@ -103,17 +144,21 @@ class InProcessSteps:
 
     def bench(self, cell: SweepCell, overrides: dict[str, str], out_dir: Path, timeout_s: float) -> StepResult:
         from sparkhelpers.bench import current, profiles
+        from sparkhelpers.recipes.apply import running_recipe_id
 
-        cfg = self.variant_cfg(cell.model, overrides)
+        cfg = self.variant_cfg(cell, overrides)
         base_url = current.configured_url(cfg)
+        if cell.recipe and running_recipe_id(cfg) != cell.recipe_id:  # every result names what served it
+            return StepResult(BENCH_FAILED, f"the cluster serves {running_recipe_id(cfg) or 'no known recipe'}, "
+                                            f"not recipe {cell.recipe} ({cell.recipe_id})")
+        extra = {"sweep_model": cell.model, **({"sweep_recipe": cell.recipe} if cell.recipe else {})}
         try:
             sweep.check_no_symlinks(out_dir, self.base)
             prof = profiles.get(cell.profile, cfg.get("BENCH_PROFILES_FILE"))
             model = current.resolve_model(base_url, self.api_key, cfg)
             outcomes, timed_out = current.run_profile(cfg, prof, base_url=base_url, model=model, out_dir=out_dir,
                                                       variant=cell.variant, api_key=self.api_key,
-                                                      timeout_s=timeout_s, echo=self.log,
-                                                      target_extra={"sweep_model": cell.model})
+                                                      timeout_s=timeout_s, echo=self.log, target_extra=extra)
         except SparkError as exc:
             return StepResult(BENCH_FAILED, exc.message)
         folder = str(outcomes[0].path.parent) if outcomes and outcomes[0].path else ""
@@ -134,7 +179,9 @@ class InProcessSteps:
         if pre and not pre.get("serving"):
             return self.stop()
         try:
-            self.ops.start(load_config(), runner=self.runner, say=lambda m: self.log(f"  start: {m}"), replace=True)
+            cfg, spec = configured_start(load_config())  # RECIPE=... when one is configured, else MODEL
+            self.ops.start(cfg, runner=self.runner, say=lambda m: self.log(f"  start: {m}"), spec=spec,
+                           replace=True)
         except SparkError as exc:
             return StepResult(START_FAILED, exc.message[:300])
         return StepResult(SUCCESS)
@@ -150,6 +197,7 @@ class InProcessSteps:
 @dataclass
 class SweepOptions:
     models: list[str] = field(default_factory=list)
+    recipes: list[str] = field(default_factory=list)  # recipe references: each served as written, no variants
     profiles: list[str] = field(default_factory=list)
     variants: list[str] = field(default_factory=lambda: ["baseline"])
     name: str = ""
@@ -175,6 +223,8 @@ def select_models(cfg: Config, opts: SweepOptions) -> list[str]:
 
     if opts.single_node and opts.multi_node:
         raise UsageError("--single-node and --multi-node exclude each other", fix="give one, or neither for both")
+    if opts.recipes and not opts.models:
+        return []
     wanted = opts.models or (list(catalog_for(cfg)) if opts.single_node or opts.multi_node
                              else [cfg.require("MODEL")])
     if not (opts.single_node or opts.multi_node):
@@ -217,18 +267,72 @@ def prepare(cfg: Config, opts: SweepOptions) -> tuple[SweepRun, list[SweepCell],
     sweep.check_no_symlinks(directory, base)
     if (directory / sweep.STATE_FILE).exists():
         raise SparkError(f"sweep {directory.name} already exists", fix="add --resume, or choose another --name")
-    return SweepRun(directory), sweep.plan_cells(select_models(cfg, opts), variant_list, profile_list), all_variants
+    cells = sweep.plan_cells(select_models(cfg, opts), variant_list, profile_list)
+    return SweepRun(directory), cells + sweep.plan_recipe_cells(plan_recipes(cfg, opts), profile_list), all_variants
 
 
-def dry_run_lines(cells: list[SweepCell], variants: dict, opts: SweepOptions, directory: Path) -> list[str]:
-    lines = []
+def plan_recipes(cfg: Config, opts: SweepOptions) -> list[tuple[str, str, str, str]]:
+    """(reference, name, model, id) of every --recipes entry, each loaded now (a bad one refuses the whole
+    sweep before anything changes); --single-node/--multi-node filter them by node count."""
+    if not opts.recipes:
+        return []
+    if not opts.models and opts.variants not in ([], ["baseline"]):
+        raise UsageError("--variants change config keys, and a recipe fixes every served value",
+                         fix="make one recipe per variant (include: the base recipe, change engine_args) and "
+                             "list them all in --recipes")
+    planned, names = [], {}
+    for ref in opts.recipes:
+        spec = recipe_start(cfg, ref)[1]
+        r = spec.recipe
+        if r.name in names:
+            raise UsageError(f"--recipes {names[r.name]} and {ref} are both named {r.name}",
+                             fix="give each recipe its own name (the matrix has one row per recipe name)")
+        names[r.name] = ref
+        if (opts.single_node or opts.multi_node) and (r.nodes == 1) != opts.single_node:
+            continue
+        planned.append((ref, r.name, r.repo, recipe_id_of(spec)))
+    if not planned:
+        raise UsageError(f"no {'single' if opts.single_node else 'multi'}-node recipe among "
+                         f"{', '.join(opts.recipes)}", fix="drop --single-node/--multi-node, or list other recipes")
+    return planned
+
+
+def dry_run_lines(cells: list[SweepCell], variants: dict, opts: SweepOptions, directory: Path,
+                  cfg: Config | None = None) -> list[str]:
+    lines, shown = [], set()
     for c in cells:
+        if c.recipe:
+            lines += recipe_dry_run(cfg, c, first=c.recipe not in shown, download=opts.download)
+            shown.add(c.recipe)
+            continue
         keys = " ".join(f"{k}={v}" for k, v in variants.get(c.variant, {}).items())
         lines.append(f"{c.key}: switch {'' if opts.download else '--skip-download '}{c.model}"
                      f"{' with ' + keys if keys else ''}; bench current --profile {c.profile} --variant {c.variant}")
     lines.append(f"then: back to the pre-sweep config and running state (start --replace, or stop); results in "
                  f"{directory}")
     return lines
+
+
+def recipe_dry_run(cfg: Config, cell: SweepCell, *, first: bool, download: bool) -> list[str]:
+    """A recipe cell's plan line; the first cell of a recipe also shows its id, layout and serve command
+    (pure: sparkhelpers.recipes.render and the layout rule; no host is asked anything)."""
+    from sparkhelpers.recipes.render import serve_argv
+    from sparkhelpers.runner import shell_quote
+    from sparkhelpers.topology import layout_for
+
+    line = (f"{cell.key}: switch {'' if download else '--skip-download '}--recipe {cell.recipe}; "
+            f"bench current --profile {cell.profile}")
+    if not first:
+        return [line]
+    rcfg, spec = recipe_start(cfg, cell.recipe)
+    r = spec.recipe
+    try:
+        lay = layout_for(rcfg, spec)
+        where = f"{lay.nodes} node(s), TP {lay.tensor_parallel} x PP {lay.pipeline_parallel}, launch {r.launch}"
+    except SparkError as exc:
+        where = f"would be SKIPPED: {exc.message}"
+    return [f"recipe {cell.recipe}: id {cell.recipe_id} ({r.source}); {where}",
+            "  serve: " + " ".join(shell_quote(a) for a in serve_argv(r)), line]
 
 
 def execute(cfg: Config, opts: SweepOptions, *, dry_run: bool = False, confirm: Callable[[int], bool] | None = None,
@@ -240,7 +344,7 @@ def execute(cfg: Config, opts: SweepOptions, *, dry_run: bool = False, confirm: 
 
     run, cells, variants = prepare(cfg, opts)
     if dry_run:
-        run.dry_run_lines = dry_run_lines(cells, variants, opts, run.directory)
+        run.dry_run_lines = dry_run_lines(cells, variants, opts, run.directory, cfg)
         return run
     if confirm is not None and not confirm(len(cells)):
         return run
