@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 WILDCARDS = ("0.0.0.0", "::", "")
 SINGLE_NODE_RUNTIMES = ("llama-cpp",)
+MAX_NODES = 8  # a Spark cluster: 1 to 8 nodes, one GB10 GPU each
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,14 @@ class Layout:
     why: str  # where the node count came from, for messages
 
 
+class LayoutMismatch(SparkError):
+    """nodes != TP x PP: the numbers travel with the error, so a caller (a recipe) can say it in its own terms."""
+
+    def __init__(self, message: str, fix: str, *, tensor_parallel: int, pipeline_parallel: int, nodes: int) -> None:
+        super().__init__(message, fix)
+        self.tensor_parallel, self.pipeline_parallel, self.nodes = tensor_parallel, pipeline_parallel, nodes
+
+
 def _plural(n: int, word: str = "node") -> str:
     return f"{n} {word}{'s' if n != 1 else ''}"
 
@@ -225,10 +234,11 @@ def choose_layout(ask: LayoutAsk, *, available: int, nodes: int | None = None, s
     if not check:  # a description (models show): the sizes say how many nodes
         count = tp * pp
     if tp * pp != count:
-        raise SparkError(f"TENSOR_PARALLEL={tp} x PIPELINE_PARALLEL={pp} needs {tp * pp} GPUs, but "
-                         f"{_plural(count)} (one GB10 GPU each) {'were' if count != 1 else 'was'} asked for ({why})",
-                         fix=f"use --nodes {tp * pp}, or set TENSOR_PARALLEL to {count // pp or 1} "
-                             "(empty = one per node)")
+        raise LayoutMismatch(f"TENSOR_PARALLEL={tp} x PIPELINE_PARALLEL={pp} needs {tp * pp} GPUs, but "
+                             f"{_plural(count)} (one GB10 GPU each) {'were' if count != 1 else 'was'} asked for "
+                             f"({why})", fix=f"use --nodes {tp * pp}, or set TENSOR_PARALLEL to {count // pp or 1} "
+                                             "(empty = one per node)",
+                             tensor_parallel=tp, pipeline_parallel=pp, nodes=count)
     if check and count > available:
         have = f"this cluster has {available} (head + WORKER_HOST)"
         raise SparkError(f"--nodes {count} asks for more nodes than {have}" if nodes is not None else

@@ -104,6 +104,28 @@ def test_layout_and_runtime_errors(tmp_path):
         load(str(write(tmp_path, "recipe_version: '2'\nmodel: a/b\n")))
 
 
+def test_the_recipe_layout_is_the_topology_rule(tmp_path, monkeypatch):
+    """nodes = TP x PP is decided by topology.choose_layout alone: the schema asks it and words its answer."""
+    from sparkhelpers import topology
+
+    asked = []
+    real = topology.choose_layout
+
+    def recording(ask, **kw):
+        asked.append((ask.tensor_parallel, ask.pipeline_parallel, kw.get("nodes")))
+        return real(ask, **kw)
+
+    monkeypatch.setattr(topology, "choose_layout", recording)
+    r = load(str(write(tmp_path, BASE.replace("nodes: 2", "nodes: {min: 2, max: 4}") + "pipeline_parallel: 2\n")),
+             nodes=4)
+    assert (r.nodes, r.tensor_parallel, r.pipeline_parallel) == (4, 2, 2) and asked == [(None, 2, 4)]
+    with pytest.raises(SparkError, match=r"tensor_parallel 1 x pipeline_parallel 2 = 2 GPUs, but the recipe runs on "
+                                         r"3 node"):
+        load(str(write(tmp_path, BASE.replace("nodes: 2", "nodes: 3") + "pipeline_parallel: 2\n")))
+    with pytest.raises(SparkError, match=r"needs 4 node\(s\), outside the recipe's nodes 1-2"):
+        load(str(write(tmp_path, BASE.replace("nodes: 2", "nodes: {min: 1, max: 2}") + "tensor_parallel: 4\n")))
+
+
 def test_overrides_match_node_count_and_tp(tmp_path):
     path = write(tmp_path, f"""\
         recipe: 1

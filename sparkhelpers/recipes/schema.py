@@ -350,22 +350,33 @@ def layout(where: str, doc: dict, asked: int | None) -> tuple[int, int, int, tup
         if (asked or exact or 1) != 1 or (tp or 1) != 1 or pp != 1:
             raise fail(where, "runtime llama-cpp serves from one node", "set nodes: 1 (or use runtime: vllm)")
         return 1, 1, 1, (1, 1)
-    if asked is not None:
-        if not low <= asked <= high:
-            span = f"{low}" if low == high else f"{low}-{high}"
-            raise fail(where, f"runs on {span} node(s), but {asked} were asked for",
-                       f"ask for {span} node(s) (--nodes), or change the recipe's nodes")
-        count = asked
-    else:
-        count = exact or (tp * pp if tp else low)
-    tp_final = tp if tp is not None else max(count // pp, 1)
-    if not 1 <= tp_final <= 8 or not 1 <= pp <= 8:
-        raise fail(where, f"tensor_parallel {tp_final} / pipeline_parallel {pp} must be 1-8", "use 1 to 8")
-    if tp_final * pp != count:
-        raise fail(where, f"tensor_parallel {tp_final} x pipeline_parallel {pp} = {tp_final * pp} GPUs, but the "
-                          f"recipe runs on {count} node(s) (one GB10 GPU each)",
-                   f"make nodes = tensor_parallel x pipeline_parallel (e.g. nodes: {tp_final * pp})")
-    return count, tp_final, pp, (low, high)
+    count = asked if asked is not None else exact if exact is not None else None if tp else low
+    if count is not None and not low <= count <= high:
+        span = f"{low}" if low == high else f"{low}-{high}"
+        raise fail(where, f"runs on {span} node(s), but {count} were asked for",
+                   f"ask for {span} node(s) (--nodes), or change the recipe's nodes")
+    if not 1 <= (tp or 1) <= 8 or not 1 <= pp <= 8:
+        raise fail(where, f"tensor_parallel {tp} / pipeline_parallel {pp} must be 1-8", "use 1 to 8")
+    lay = _layout(where, tp, pp, count)
+    if not low <= lay.nodes <= high:
+        raise fail(where, f"tensor_parallel {lay.tensor_parallel} x pipeline_parallel {pp} needs {lay.nodes} "
+                          f"node(s), outside the recipe's nodes {low}-{high}",
+                   "widen nodes, or change tensor_parallel")
+    return lay.nodes, lay.tensor_parallel, pp, (low, high)
+
+
+def _layout(where: str, tp: int | None, pp: int, count: int | None):  # noqa: ANN202 - a topology.Layout
+    """The one layout rule (sparkhelpers.topology.choose_layout) for the recipe's sizes, said in its terms."""
+    from sparkhelpers.topology import MAX_NODES, LayoutAsk, LayoutMismatch, choose_layout
+
+    try:
+        return choose_layout(LayoutAsk(pipeline_parallel=pp, tensor_parallel=tp), available=MAX_NODES, nodes=count,
+                             name=where)
+    except LayoutMismatch as exc:
+        gpus = exc.tensor_parallel * exc.pipeline_parallel
+        raise fail(where, f"tensor_parallel {exc.tensor_parallel} x pipeline_parallel {exc.pipeline_parallel} = "
+                          f"{gpus} GPUs, but the recipe runs on {exc.nodes} node(s) (one GB10 GPU each)",
+                   f"make nodes = tensor_parallel x pipeline_parallel (e.g. nodes: {gpus})") from None
 
 
 def apply_overrides(doc: dict, nodes: int, tp: int) -> dict:
