@@ -16,6 +16,7 @@ Median of RUNS for each figure. Traffic stays inside the sim's namespaces.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -76,6 +77,21 @@ def write_model(cache: Path, repo: str, shard_bytes: int, shards: int, sparse: b
         blob.write_bytes(data)
         (snap / name).symlink_to(f"../../blobs/{blob.name}")
     return model
+
+
+@contextlib.contextmanager
+def bench_cluster(prefix: str, nodes: int):  # noqa: ANN201
+    """An emulated cluster of ``nodes`` (no engine image) in a temp state dir, torn down at the end."""
+    from sparkhelpers import sim
+
+    state = Path(tempfile.mkdtemp(prefix=f"bench-{prefix}-"))
+    name = f"{prefix}{os.getpid()}"
+    cluster = sim.up(name, nodes, state_dir=state, image_on="none")
+    try:
+        yield cluster
+    finally:
+        sim.down(name, state_dir=state)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def link_mb_s(rate: str) -> float | None:

@@ -230,21 +230,25 @@ class Runner:
         host: str = "local",
         mutating: bool = True,
         stop: threading.Event | None = None,
+        input: str | bytes | None = None,
     ) -> RunResult:
         """Run argv, calling ``on_output`` with each stdout line as it arrives (a line ends at \\n or
         \\r, so progress meters that redraw in place are seen). Returns the last 64 KiB of stdout.
         Setting ``stop`` ends the command (SIGTERM): for samplers that run until the caller is done;
-        the result then has returncode 0 when it ended that way."""
+        the result then has returncode 0 when it ended that way. ``input`` is written to its stdin
+        (from a thread, so a large one cannot block the reading)."""
         argv = tuple(str(a) for a in argv)
         if self.dry_run and (mutating or connects(argv)):
             return self._pretend(argv, host, mutating)
         full_env = {**os.environ, **env} if env else None
         t0 = time.monotonic()
         try:
-            proc = subprocess.Popen(argv, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE)
+            proc = subprocess.Popen(argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    stdin=subprocess.DEVNULL if input is None else subprocess.PIPE)
         except FileNotFoundError:
             return RunResult(argv, 127, stderr=f"{argv[0]}: command not found", host=host)
+        if input is not None:
+            threading.Thread(target=_feed, args=(proc.stdin, input), daemon=True).start()
         err_chunks: list[bytes] = []
         err_thread = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
         err_thread.start()
@@ -298,6 +302,13 @@ def _terminate_on(stop: threading.Event, proc: subprocess.Popen) -> None:
     stop.wait()
     if proc.poll() is None:
         proc.terminate()
+
+
+def _feed(stdin, data: str | bytes) -> None:  # noqa: ANN001
+    with contextlib.suppress(OSError):
+        stdin.write(data.encode() if isinstance(data, str) else data)
+    with contextlib.suppress(OSError):
+        stdin.close()
 
 
 def _end_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:

@@ -45,6 +45,12 @@ class Node:
     name: str  # "head", or the worker's WORKER_HOST entry
     host: Host  # how commands reach it (LOCAL for a head that is this machine)
     fabric_ip: str = ""  # HEAD_IP / WORKER_IB_IP when configured ("" = discover)
+    fabric2_ip: str = ""  # the second twin's (HEAD_IP2 / WORKER_IB_IP2; "" = bulk copies use one twin)
+
+    @property
+    def twin_ips(self) -> tuple[str, ...]:
+        """The fabric addresses bulk copies may use, twin 1 first (empty: none configured)."""
+        return tuple(ip for ip in (self.fabric_ip, self.fabric2_ip) if ip)
 
     @property
     def is_head(self) -> bool:
@@ -113,10 +119,12 @@ def topology(cfg: Config) -> Topology:
     """The nodes as configured, validated once: hosts, duplicates, one WORKER_IB_IP per worker."""
     workers = cfg.get_list("WORKER_HOST")
     ib_ips = cfg.get_list("WORKER_IB_IP")
-    if ib_ips and len(ib_ips) != len(workers):
-        raise SparkError(f"WORKER_IB_IP has {len(ib_ips)} entries but WORKER_HOST has {len(workers)}",
-                         fix="list one fabric IP per worker, in the order of WORKER_HOST (or leave WORKER_IB_IP "
-                             "empty to discover them)")
+    ib2_ips = cfg.get_list("WORKER_IB_IP2")
+    for key, ips in (("WORKER_IB_IP", ib_ips), ("WORKER_IB_IP2", ib2_ips)):
+        if ips and len(ips) != len(workers):
+            raise SparkError(f"{key} has {len(ips)} entries but WORKER_HOST has {len(workers)}",
+                             fix=f"list one fabric IP per worker, in the order of WORKER_HOST (or leave {key} "
+                                 "empty" + (" to discover them)" if key == "WORKER_IB_IP" else ")"))
     if len(set(workers)) != len(workers):
         twice = sorted({w for w in workers if workers.count(w) > 1})
         raise SparkError(f"WORKER_HOST lists {', '.join(twice)} twice",
@@ -125,10 +133,12 @@ def topology(cfg: Config) -> Topology:
     if not head.is_local and head.address in workers:
         raise SparkError(f"HEAD_HOST {head.address} is also listed in WORKER_HOST",
                          fix="list only the workers in WORKER_HOST; the head is rank 0")
-    for i, ip in enumerate(ib_ips):
-        v.ip(ip, f"WORKER_IB_IP (entry {i + 1})")
-    nodes = [Node(0, "head", head, v.setting(cfg, "HEAD_IP", ""))]
-    nodes += [Node(i + 1, address, host_for(cfg, address), ib_ips[i] if ib_ips else "")
+    for key, ips in (("WORKER_IB_IP", ib_ips), ("WORKER_IB_IP2", ib2_ips)):
+        for i, ip in enumerate(ips):
+            v.ip(ip, f"{key} (entry {i + 1})")
+    nodes = [Node(0, "head", head, v.setting(cfg, "HEAD_IP", ""), v.setting(cfg, "HEAD_IP2", ""))]
+    nodes += [Node(i + 1, address, host_for(cfg, address), ib_ips[i] if ib_ips else "",
+                   ib2_ips[i] if ib2_ips else "")
               for i, address in enumerate(workers)]
     return Topology(tuple(nodes), v.setting(cfg, "VLLM_HOST", "0.0.0.0"), v.setting(cfg, "VLLM_PORT", 8000))
 

@@ -193,7 +193,8 @@ def test_a_sync_that_fills_the_disk_says_so_and_removes_its_partial_files(sim_cl
         env = f"SPARK_CONFIG={c.profile} SPARK_HOME={ROOT}"
         c.exec("spark1", f"rm -f /tmp/nospace.rc; (env {env} {EXE} models sync acme/big --bwlimit 1500 "
                          ">/tmp/nospace.log 2>&1; echo $? >/tmp/nospace.rc) >/dev/null 2>&1 &").check("sync")
-        in_flight = (f"find {target} -type f -size +0 \\( -name '.*' -o -path '*/.rsync-partial/*' \\) | grep -q .")
+        in_flight = (f"find {target} -type f -size +0 \\( -name '.*' -o -path '*/.rsync-partial/*' "
+                     "-o -path '*/.relay/*' \\) | grep -q .")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not c.exec("spark2", in_flight).ok:
             time.sleep(0.2)
@@ -208,7 +209,8 @@ def test_a_sync_that_fills_the_disk_says_so_and_removes_its_partial_files(sim_cl
         line = next(ln for ln in log.splitlines() if "no space left on" in ln)
         assert f"no space left on {c.workers[0].mgmt_ip}: needs" in line and ", has " in line, log
         assert "partial files were removed" in line and "0.0 GiB" not in log and "Traceback" not in log
-        assert not c.exec("spark2", f"find {target} \\( -name '.*.??????' -o -name .rsync-partial \\) | grep -q .").ok
+        assert not c.exec("spark2", f"find {target} \\( -name '.*.??????' -o -name .rsync-partial -o -name .relay "
+                                    "-o -path '*/blobs/*' \\) | grep -q .").ok  # nothing partial, nothing in place
         assert not models(c, "verify", "acme/big", "--node", "1").ok
     finally:
         c.exec("spark2", f"umount {target}")

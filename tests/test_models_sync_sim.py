@@ -94,7 +94,8 @@ def test_interrupted_copy_resumes(sim_cluster):
         # start a slow copy in its own process group on the head; once the worker holds part of the
         # shard (polled, not a fixed sleep: a loaded machine starts rsync late), kill the whole group
         env = " ".join(f"{k}={v}" for k, v in {"SPARK_CONFIG": c.profile, "SPARK_HOME": ROOT}.items())
-        r = c.exec("spark1", f"env {env} setsid {EXE} models sync acme/big --bwlimit 1000 >/dev/null 2>&1 & "
+        r = c.exec("spark1", f"env {env} setsid {EXE} models sync acme/big --method fanout --bwlimit 1000 "
+                              ">/dev/null 2>&1 & "
                               "echo $! > /tmp/interrupted-sync.pid", timeout=60)
         assert r.ok, r.stderr
         model_dir = host_cache(c, "spark2") / "hub" / "models--acme--big"
@@ -113,7 +114,7 @@ def test_interrupted_copy_resumes(sim_cluster):
         shard = next(v for k, v in files.items() if k.endswith(".safetensors"))
         v = models(c, "verify", "acme/big", "--node", "1")
         assert not v.ok  # incomplete, and verify says so
-        r = models(c, "sync", "acme/big", "--json")
+        r = models(c, "sync", "acme/big", "--method", "fanout", "--json")
         assert r.ok, r.stderr
         (row,) = json.loads(r.stdout)
         assert row["action"] == "copied" and row["verified"]
@@ -153,7 +154,12 @@ def test_unreachable_fabric_falls_back_to_management(tiny):
 def test_dry_run_copies_nothing(tiny):
     r = models(tiny, "sync", "acme/tiny", "--dry-run")
     assert r.ok, r.stderr
-    assert "[dry-run]" in r.stderr and "rsync -a" in r.stderr and "would copy" in r.stdout
+    worker = tiny.workers[0]
+    assert "[dry-run]" in r.stderr and "would copy" in r.stdout
+    assert f"lane 1: forward to {worker.mgmt_ip}" in r.stderr and f"lane 2: forward to {worker.mgmt_ip}" in r.stderr
+    assert "python3 -c <relay agent> recv" in r.stderr and "over 2 twin(s)" in r.stderr
+    r = models(tiny, "sync", "acme/tiny", "--dry-run", "--method", "fanout")
+    assert r.ok and "rsync -a" in r.stderr and "would copy" in r.stdout, r.stderr
     assert not (host_cache(tiny, "spark2") / "hub" / "models--acme--tiny").exists()
 
 

@@ -4,6 +4,7 @@ watching the processes it waits for. On failure: the node, the last log lines, c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -16,7 +17,7 @@ from sparkhelpers.cluster import render as rd
 from sparkhelpers.cluster.plan import ClusterPlan, NodePlan
 from sparkhelpers.errors import SparkError
 from sparkhelpers.models.catalog import ModelSpec
-from sparkhelpers.runner import Host, Runner, build_ssh_cmd, shell_join, shell_quote
+from sparkhelpers.runner import Host, Runner, shell_quote
 from sparkhelpers.secrets import exposure_warning
 
 POLL_S = 0.5
@@ -248,23 +249,23 @@ class Starter:
                              fix=f"make every node run the head's image: on each of them `docker rmi {plan.image}`, "
                                  "then start again (it is copied from the head)")
         if missing:
-            self.say(f"copying image {plan.image} from the head to {', '.join(n.label for n in missing)} "
-                     "(docker save | ssh docker load)")
+            self.copy_image(missing, head_id)
 
-            def copy(node: NodePlan) -> None:
-                load = shell_join(build_ssh_cmd(node.host, ["docker", "load"]))
-                script = f"set -o pipefail; docker save {shell_quote(plan.image)} | {load}"
-                self.executed.append(f"# [head] copy image to {node.label}\n{script}\n")
-                self.runner.on(plan.head.host, script, timeout=3600).check(
-                    f"copying {plan.image} to {node.label}", fix="check free disk space on that node (df -h "
-                    "/var/lib/docker) and SSH between head and worker")
+    def copy_image(self, missing: list[NodePlan], head_id: str) -> None:
+        """Relay the head's image to ``missing`` (sparkhelpers.relay.image); every failed node named."""
+        from sparkhelpers.relay.image import distribute_image
 
-            self.runner.parallel(copy, missing)
-            for node in missing:
-                r = self.on(node, f"docker image inspect --format '{{{{.Id}}}}' {shell_quote(plan.image)}")
-                if r.stdout.strip() != head_id:
-                    raise SparkError(f"after copying, {node.label} has image {r.stdout.strip()[:19] or 'none'}, "
-                                     f"not the head's {head_id[:19]}", fix="retry; if it persists, docker load by hand")
+        plan = self.plan
+        self.say(f"copying image {plan.image} from the head to {', '.join(n.label for n in missing)} by relay "
+                 "(docker save once; each worker forwards, then docker load)")
+        failed = distribute_image(self.runner, plan.image, head_id, plan.head.host, plan.hf_cache,
+                                  image_nodes(plan, missing), say=self.say, warn=self.warn,
+                                  record=self.executed.append)
+        if failed:
+            why = "; ".join(f"{name}: {reason}" for name, reason in failed.items())
+            raise SparkError(f"copying image {plan.image} failed on {why}",
+                             fix="check free disk space on that node (df -h /var/lib/docker and its HF cache) and "
+                                 "SSH between the nodes, then start again (what arrived is kept)")
 
     def ensure_model(self, probes: dict[int, nd.NodeProbe]) -> None:
         plan = self.plan
@@ -448,6 +449,25 @@ def _fix_for(line: str, node: NodePlan) -> str:
     if "connection" in low or "timed out" in low:
         return f"check that {node.host.address} is up and reachable over SSH"
     return f"see the output above; `sparkhelpers logs --node {node.rank}` has the engine log"
+
+
+def image_nodes(plan: ClusterPlan, nodes: list[NodePlan]):  # noqa: ANN201
+    """Relay targets for the image: bytes over the fabric twins (WORKER_IB_IP2 from the topology),
+    docker commands over each node's own address."""
+    from sparkhelpers.config import load_config
+    from sparkhelpers.relay.image import ImageNode
+    from sparkhelpers.topology import topology
+
+    twin2: dict[str, str] = {}
+    with contextlib.suppress(SparkError):  # the plan is validated; without the topology: one twin
+        twin2 = {n.host.address: n.fabric2_ip for n in topology(load_config()).workers if n.fabric2_ip}
+    out = []
+    for n in nodes:
+        lanes = (replace(n.host, address=n.fabric_ip),) if n.fabric_ip else (n.host,)
+        if n.fabric_ip and twin2.get(n.host.address):
+            lanes += (replace(n.host, address=twin2[n.host.address]),)
+        out.append(ImageNode(n.label, n.host, lanes, plan.worker_hf_cache))
+    return out
 
 
 def ensure_model_on(runner: Runner, spec: ModelSpec, plan: ClusterPlan, workers: list[NodePlan]) -> None:

@@ -218,9 +218,12 @@ def sync(
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the workers, print the copies, copy nothing."),
     idle_timeout: int = typer.Option(120, "--idle-timeout", min=5, help="Abort a copy idle this many seconds."),
     bwlimit: int = typer.Option(None, "--bwlimit", min=1, help="Cap each copy at this many KiB/s."),
+    method: str = typer.Option("relay", "--method",
+                               help="relay: the head sends once, each worker forwards (both twins); "
+                                    "fanout: rsync from the head to every worker at once."),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Copy the model from the head to every worker lacking it (fabric, in parallel), then verify."""
+    """Copy the model from the head to every worker lacking it (fabric relay, both twins), then verify."""
     from sparkhelpers.models import sync as syncmod
     from sparkhelpers.models.catalog import resolve_model
     from sparkhelpers.runner import Runner
@@ -233,7 +236,7 @@ def sync(
         warn("no workers configured (WORKER_HOST is empty); nothing to sync")
     rows = syncmod.ensure_on_nodes(Runner(dry_run=dry_run), spec, nodes, head_cache=cfg.require("HF_CACHE"),
                                    head=topology(cfg).head.host,
-                                   idle_timeout=idle_timeout, bwlimit_kbps=bwlimit)
+                                   idle_timeout=idle_timeout, bwlimit_kbps=bwlimit, method=method)
     if as_json:
         print_json(rows)
         return

@@ -1,11 +1,20 @@
-"""Copy a model from the head's HF cache to the workers that lack it: over the fabric, in parallel.
+"""Copy a model from the head's HF cache to the workers that lack it, over the fabric.
 
 ``ensure_on_nodes(runner, spec, nodes)`` is the API the cluster start uses. Per worker, one SSH
 round trip runs the read-only ``snapshot_check`` there (complete? writable? owned? free space?).
 Workers that already hold the head's exact files are left alone (a re-sync is a no-op); problems
-found on any worker stop everything before a byte is copied. Then rsync runs to all workers at
-once (``-a`` keeps blobs and snapshot symlinks, ``--partial-dir`` resumes an interrupted copy,
-``--timeout`` aborts a stalled link), and each worker is checked again afterwards.
+found on any worker stop everything before a byte is copied. Then the copy, by one of two methods:
+
+- ``relay`` (the default, ``sparkhelpers.relay``): the head sends the snapshot's blobs once, each worker
+  forwards the stream to the next while writing it (a chain, a tree for many workers), over both fabric
+  twins when both answer; chunks land under ``.relay/`` and are renamed into place at the end, the
+  snapshot links last, so the engine never sees a partial file. A worker that fails is named and the
+  others still complete (exit 1); an interrupted relay resumes from the chunks already journaled.
+- ``fanout`` (the previous method): rsync from the head to every worker at once (``-a`` keeps blobs and
+  snapshot symlinks, ``--partial-dir`` resumes, ``--timeout`` aborts a stalled link). The head's port
+  then carries one copy per worker.
+
+Each worker is checked again afterwards.
 """
 
 from __future__ import annotations
@@ -23,10 +32,12 @@ from sparkhelpers.config import Config
 from sparkhelpers.errors import SparkError, UsageError
 from sparkhelpers.models import snapshot_check
 from sparkhelpers.models.catalog import ModelSpec
+from sparkhelpers.relay import Payload, Target
 from sparkhelpers.runner import Host, Runner, RunResult, build_ssh_cmd, shell_join, shell_quote, ssh_transport
 from sparkhelpers.units import human_bytes, human_pair
 
 IDLE_TIMEOUT_S = 120
+METHODS = ("relay", "fanout")
 PARTIAL_DIR = ".rsync-partial"
 _PROGRESS = re.compile(r"^\s*([\d,]+)\s+(\d+)%\s+(\S+/s)")
 
@@ -37,6 +48,7 @@ class Worker:
     host: Host  # the address copies go over (the fabric one when known)
     mgmt: Host
     cache: str  # the worker's HF cache (WORKER_HF_CACHE, else HF_CACHE)
+    host2: Host | None = None  # its second fabric twin (WORKER_IB_IP2), for a second copy stream
 
     @property
     def via(self) -> str:
@@ -49,8 +61,17 @@ def workers_from_config(cfg: Config) -> list[Worker]:
 
     workers = topology(cfg).workers
     cache = cfg.get("WORKER_HF_CACHE") or cfg.require("HF_CACHE")
-    return [Worker(n.name, replace(n.host, address=n.fabric_ip) if n.fabric_ip else n.host, n.host, cache)
+    return [Worker(n.name, replace(n.host, address=n.fabric_ip) if n.fabric_ip else n.host, n.host, cache,
+                   replace(n.host, address=n.fabric2_ip) if n.fabric_ip and n.fabric2_ip else None)
             for n in workers]
+
+
+def with_twins(cfg: Config, workers: list[Worker]) -> list[Worker]:
+    """Give each worker its configured second twin (matched by management address) when it has none."""
+    if not cfg.get("WORKER_HOST"):
+        return workers
+    known = {w.mgmt.address: w.host2 for w in workers_from_config(cfg)}
+    return [w if w.host2 or w.host == w.mgmt else replace(w, host2=known.get(w.mgmt.address)) for w in workers]
 
 
 def select(workers: list[Worker], wanted: list[str]) -> list[Worker]:
@@ -322,21 +343,98 @@ def _verify_copies(runner: Runner, spec: ModelSpec, results: list[tuple[Worker, 
                              fix=f"sparkhelpers models sync {spec.name} --to {worker.name}")
 
 
+def _relay_payload(runner: Runner, spec: ModelSpec, report: dict, head: Host) -> Payload:
+    """The snapshot as the relay moves it: its blobs, then its links and refs (made last)."""
+    from sparkhelpers.relay import run_agent
+
+    rev = spec.revision or "main"
+    args = {"model_dir": report["model_dir"], "commit": report.get("commit") or "",
+            "ref": "" if snapshot_check.COMMIT_RE.match(rev) else rev}
+    result, listing = run_agent(runner, head, "list", args, timeout=120, mutating=False)
+    if result.dry_run:
+        return Payload(report["model_dir"], ())
+    if listing is None:
+        raise SparkError(f"cannot list the snapshot of {spec.repo} on the head: {result.last_line or 'no answer'}",
+                         fix=f"sparkhelpers models verify {spec.name}")
+    return Payload(report["model_dir"], tuple(listing["files"]), tuple(listing["links"]), tuple(listing["writes"]))
+
+
+def _target(worker: Worker, spec: ModelSpec, head: Host) -> Target:
+    lanes = (worker.host,) + ((worker.host2,) if worker.host2 and worker.host != worker.mgmt else ())
+    return Target(worker.name, lanes, snapshot_check.repo_dir(worker.cache, spec.repo), ask=_asked(worker, head))
+
+
+def _relay_all(runner: Runner, spec: ModelSpec, todo: list[Worker], report: dict, rows: dict[str, dict], *,
+               idle_timeout: int, bwlimit_kbps: int | None, head: Host, echo) -> None:  # noqa: ANN001
+    """Relay the snapshot to ``todo``, verify the ones that completed, then name those that failed."""
+    from sparkhelpers.appkit import warn
+    from sparkhelpers.relay import distribute
+
+    payload = _relay_payload(runner, spec, report, head)
+    out = distribute(runner, head, payload, [_target(w, spec, head) for w in todo], stall_s=idle_timeout,
+                     bwlimit_kbps=bwlimit_kbps, say=echo, warn=warn)
+    for w in todo:
+        got = out.rows.get(w.name, {})
+        rows[w.name].update(started_at=got.get("started_at"), finished_at=got.get("finished_at"),
+                            bytes=got.get("bytes", 0), lanes=out.lanes, method="relay")
+        if got.get("finished_at") and got.get("started_at"):
+            rows[w.name]["seconds"] = round(got["finished_at"] - got["started_at"], 2)
+    if runner.dry_run:
+        for w in todo:
+            rows[w.name].update(action="would copy", verified=False)
+        return
+    done = [w for w in todo if w.name in out.done]
+    reports = runner.parallel(lambda w: check_on(runner, w, spec, expected=report["files"],
+                                                 host=_asked(w, head))[1], done)
+    for w, rep in zip(done, reports, strict=True):
+        rows[w.name].update(action="copied", verified=bool(rep and rep["complete"]))
+        if not rows[w.name]["verified"]:
+            out.failed[w.name] = "copied but incomplete: " + "; ".join((rep or {}).get("problems", ["no answer"])[:3])
+    for name in out.failed:
+        rows[name].update(action="failed", verified=False, error=out.failed[name])
+    if out.failed:
+        _raise_relay_failure(runner, spec, [w for w in todo if w.name in out.failed], out.failed, report, head,
+                             ok=[w.name for w in done if w.name not in out.failed])
+
+
+def _raise_relay_failure(runner: Runner, spec: ModelSpec, failed: list[Worker], why: dict[str, str], report: dict,
+                         head: Host, ok: list[str]) -> None:
+    """One line naming every failed worker and why (a full disk with its sizes), the others' success."""
+    faults, fixes = [], []
+    for w in failed:
+        if NO_SPACE.search(why[w.name]) or "no space left" in why[w.name]:
+            _, now = check_on(runner, w, spec, expected=report["files"], preflight=True, host=_asked(w, head))
+            have = sum(v for k, v in (now or {}).get("files", {}).items() if report["files"].get(k) == v)
+            fault, fix = no_space_fault(w, report["total_bytes"] - have, (now or {}).get("free_bytes", 0))
+            faults.append(fault + " (its copy stopped; its partial files were removed)")
+            fixes.append(fix)
+        else:
+            faults.append(f"{w.name}: {why[w.name]}")
+            fixes.append(f"bring {w.name} back, then `sparkhelpers models sync {spec.name} --to {w.name}` "
+                         "(it resumes)")
+    done = f"; {', '.join(ok)} complete" if ok else ""
+    raise SparkError(f"copy of {spec.repo} failed on {len(failed)} worker(s): " + "; ".join(faults) + done,
+                     fix=" && ".join(dict.fromkeys(fixes)))
+
+
 def ensure_on_nodes(runner: Runner, spec: ModelSpec, nodes: list[Worker | Host], *, head_cache: str | None = None,
                     idle_timeout: int = IDLE_TIMEOUT_S, bwlimit_kbps: int | None = None,
-                    echo=None, head: Host | None = None) -> list[dict]:  # noqa: ANN001
+                    echo=None, head: Host | None = None, method: str = "relay") -> list[dict]:  # noqa: ANN001
     """Make ``spec`` present and verified on every worker in ``nodes`` (Workers, or the Hosts of the
     cluster plan). Returns one row per worker; raises SparkError (nothing half-copied is reported ok).
     ``head`` is rank 0 (default: this machine); a remote one (a control machine's HEAD_HOST) is asked
-    for its manifest over SSH and runs the copies itself."""
+    for its manifest over SSH and runs the copies itself. ``method``: relay (default) or fanout."""
     from sparkhelpers.appkit import info, warn
     from sparkhelpers.config import load_config
 
+    if method not in METHODS:
+        raise UsageError(f"unknown copy method {method!r}", fix=f"use one of: {', '.join(METHODS)}")
     echo = echo or info
+    cfg = load_config()
     if head_cache is None or any(not isinstance(n, Worker) for n in nodes):
-        cfg = load_config()
         head_cache = head_cache or cfg.require("HF_CACHE")
         nodes = as_workers(cfg, nodes)
+    nodes = with_twins(cfg, nodes)
     head_host = head or Host("local")
     if not nodes and not head_host.is_local:
         return []
@@ -355,8 +453,14 @@ def ensure_on_nodes(runner: Runner, spec: ModelSpec, nodes: list[Worker | Host],
     if not todo:
         echo(f"{spec.repo} already on {len(probed)} worker(s); nothing to copy")
         return list(rows.values())
+    if method == "relay":
+        echo(f"copying {spec.repo} ({human_bytes(head['total_bytes'])}) to {', '.join(w.name for w in todo)} "
+             "by relay (the head sends once; each worker forwards)")
+        _relay_all(runner, spec, todo, head, rows, idle_timeout=idle_timeout, bwlimit_kbps=bwlimit_kbps,
+                   head=head_host, echo=echo)
+        return list(rows.values())
     echo(f"copying {spec.repo} ({human_bytes(head['total_bytes'])}) to {', '.join(w.name for w in todo)} "
-         "in parallel")
+         "in parallel (fan-out)")
     results = _copy_all(runner, spec, todo, head, rows, idle_timeout=idle_timeout, bwlimit_kbps=bwlimit_kbps,
                         head=head_host)
     if runner.dry_run:

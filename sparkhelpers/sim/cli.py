@@ -131,7 +131,8 @@ def fault(
     """Inject a fault into a running node.
 
     Kinds: stop-node, start-node, kill-sshd, link-down [twin1|twin2|both|mgmt|all], link-up [..],
-    fill-disk, free-disk, engine-crash-load, engine-crash-after N, engine-hang-load, engine-ok,
+    fill-disk, limit-disk MIB (room left, fill-disk takes the rest), free-disk, engine-crash-load,
+    engine-crash-after N, engine-hang-load, engine-ok,
     slow-fabric [RATE, default 1gbit], clear (undo every fault; a stopped node boots again)."""
     from sparkhelpers.sim import api, faults
 

@@ -15,7 +15,8 @@ from sparkhelpers.sim.cluster import Cluster
 from sparkhelpers.sim.facts import MGMT_IF, TWIN1_IF, TWIN2_IF, set_port_state
 
 KINDS = ("stop-node", "start-node", "kill-sshd", "link-down", "link-up", "fill-disk", "free-disk",
-         "engine-crash-load", "engine-crash-after", "engine-hang-load", "engine-ok", "slow-fabric", "clear")
+         "engine-crash-load", "engine-crash-after", "engine-hang-load", "engine-ok", "slow-fabric", "clear",
+         "limit-disk")
 TWINS = {"twin1": [TWIN1_IF], "twin2": [TWIN2_IF], "both": [TWIN1_IF, TWIN2_IF], "mgmt": [MGMT_IF],
          "all": [TWIN1_IF, TWIN2_IF, MGMT_IF]}
 FAULT_FILE = "hf-cache/.sparksim-fault"  # read by the engine image (sparksim_engine.common.fault)
@@ -91,15 +92,20 @@ def inject(cluster: Cluster, node: str, kind: str, arg: str = "", runner: Runner
         return f"{n.name}: {', '.join(TWINS[which])} {'up' if up else 'down (cable pulled)'}"
     if kind == "fill-disk":
         # /raid becomes an overlay whose writable layer is a full 1 MiB tmpfs: reads work, writes ENOSPC.
-        script = (f"mountpoint -q /run/sparksim-full && exit 0; mkdir -p /run/sparksim-full && "
-                  f"mount -t tmpfs -o size={FULL_DISK_MIB}m sparksim-full /run/sparksim-full && "
-                  "mkdir /run/sparksim-full/u /run/sparksim-full/w && "
-                  "(dd if=/dev/zero of=/run/sparksim-full/u/.sparksim-filler bs=64k 2>/dev/null || true) && "
-                  "mount -t overlay -o lowerdir=/raid,upperdir=/run/sparksim-full/u,workdir=/run/sparksim-full/w "
-                  "sparksim-full /raid")
+        # On a disk limited by limit-disk, the rest of its room is taken (a copy in flight hits ENOSPC).
+        filler = "(dd if=/dev/zero of=/run/sparksim-full/u/.sparksim-filler bs=64k 2>/dev/null || true)"
+        script = (f"mountpoint -q /run/sparksim-full && {{ {filler}; exit 0; }}; " + _small_raid(FULL_DISK_MIB) +
+                  f" && {filler} && " + _RAID_OVERLAY)
         cluster.exec(n.name, script, runner=runner).check(f"filling the disk of {n.name}")
         _record(cluster, n.name, "fill-disk")
         return f"{n.name}: /raid is full (writes fail with ENOSPC)"
+    if kind == "limit-disk":
+        if not arg.isdigit() or int(arg) < 1:
+            raise UsageError("limit-disk needs a size in MiB", fix=f"sparkhelpers sim fault {n.name} limit-disk 64")
+        script = "mountpoint -q /run/sparksim-full && exit 0; " + _small_raid(int(arg)) + " && " + _RAID_OVERLAY
+        cluster.exec(n.name, script, runner=runner).check(f"limiting the disk of {n.name}")
+        _record(cluster, n.name, f"limit-disk {arg}")
+        return f"{n.name}: /raid has {arg} MiB of room left (then writes fail with ENOSPC; fill-disk takes the rest)"
     if kind == "free-disk":
         _free_disk(cluster, n.name, runner)
         return f"{n.name}: /raid writable again"
@@ -132,10 +138,23 @@ def inject(cluster: Cluster, node: str, kind: str, arg: str = "", runner: Runner
     return clear(cluster, n.name, runner)
 
 
+_RAID_OVERLAY = ("mount -t overlay -o lowerdir=/raid,upperdir=/run/sparksim-full/u,workdir=/run/sparksim-full/w "
+                 "sparksim-full /raid")
+
+
+def _small_raid(mib: int) -> str:
+    """Shell: the tmpfs (``mib`` MiB) that becomes /raid's writable layer (what is written there is lost
+    by free-disk, as on a scratch disk)."""
+    return ("mkdir -p /run/sparksim-full && "
+            f"mount -t tmpfs -o size={mib}m sparksim-full /run/sparksim-full && "
+            "mkdir /run/sparksim-full/u /run/sparksim-full/w")
+
+
 def _free_disk(cluster: Cluster, node: str, runner: Runner) -> None:
     cluster.exec(node, "if mountpoint -q /run/sparksim-full; then umount /raid; umount /run/sparksim-full; fi",
                  runner=runner).check(f"freeing the disk of {node}")
     _record(cluster, node, remove_prefix="fill-disk")
+    _record(cluster, node, remove_prefix="limit-disk")
 
 
 def clear(cluster: Cluster, node: str, runner: Runner | None = None) -> str:
