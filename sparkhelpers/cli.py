@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "gateway": ("sparkhelpers.gateway.cli", "app", "One endpoint for the cluster: models on demand, keys, metrics."),
     "keys": ("sparkhelpers.gateway.keys_cli", "keys_app", "Gateway API keys: create, list, revoke, rotate."),
     "usage": ("sparkhelpers.gateway.keys_cli", "usage_app", "Gateway usage per key x model x day."),
+    "tune": ("sparkhelpers.tune.cli", "app", "Tune a model's recipe: levers or an oracle, measured, kept if it wins."),
 }
 
 

@@ -72,6 +72,12 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "keys revoke": ("sparkhelpers keys revoke team-a",),
     "keys rotate": ("sparkhelpers keys rotate team-a",),
     "usage": ("sparkhelpers usage --since 2026-01-01 --by key",),
+    "tune run": ("sparkhelpers tune run qwen3-8b --objective output_tps@c16:1024/128 --guard 'tpot@c1<=+5%'",
+                 "sparkhelpers tune run recipes/mine.yaml --lever max_num_seqs=8,16 --dry-run"),
+    "tune retune": ("sparkhelpers tune retune qwen3-8b@vllm@0123456789ab --lever kv_cache_dtype",),
+    "tune list": ("sparkhelpers tune list", "sparkhelpers tune list --json"),
+    "tune show": ("sparkhelpers tune show qwen3-8b@vllm@0123456789ab",),
+    "tune delete": ("sparkhelpers tune delete qwen3-8b@vllm@0123456789ab",),
 }
 
 
