@@ -49,7 +49,7 @@ def test_tune_picks_more_parallel_sequences_records_a_crash_and_keeps_an_incumbe
     first = tune(c, "run", BASE, *OBJECTIVE, "--lever", "max_num_seqs=8", "--candidate", CRASH)
     assert first["state"] == "done", first.get("error")
     winner = first["winner"]
-    assert winner["changes"] == {"max_num_seqs": 8} and not winner["kept_incumbent"]
+    assert winner["changes"] == {"max_num_seqs": 8} and not winner["kept_incumbent"], json.dumps(first["trail"])
     steps = [(e["step"], e.get("outcome")) for e in first["trail"]]
     assert ("measured", "win") in steps and ("confirmation", "win") in steps, steps
     crash = measurements(first, "file:qwen3-tune")
