@@ -202,3 +202,13 @@ def test_no_better_candidate_keeps_the_incumbent():
 def test_budget_caps_the_runs():
     s, winner, _ = run_search(se.grid, budget=4)
     assert s.runs == 4 and s.budget_spent and any(e["step"] == "budget" for e in s.trail)
+
+
+def test_memory_in_use_comes_from_the_nodes_low_water_mark():
+    from sparkhelpers.tune.runs import memory_gib
+
+    doc = {"node_memory": {"available": True, "nodes": {
+        "spark1": {"mem_total_gib": 121.7, "mem_available_min_gib": 60.2},
+        "spark2": {"mem_total_gib": 121.7, "mem_available_min_gib": 70.0}}}}
+    assert memory_gib([doc, {"node_memory": {"available": False, "nodes": {}}}]) == pytest.approx(61.5)
+    assert memory_gib([{}]) is None

@@ -54,22 +54,17 @@ def profile_for(point: Point, w: Workload, slo_ms: dict[str, float] | None = Non
 
 
 def memory_gib(docs: list[dict]) -> float | None:
-    """Peak memory in use during the runs, when the result documents carry the nodes' memory figures."""
+    """Peak memory in use on the busiest node during the runs (MemTotal - the MemAvailable low-water mark,
+    from each result's ``node_memory``); None when no run sampled the nodes."""
     peaks = []
     for d in docs:
-        mem = d.get("memory")
-        if not isinstance(mem, dict):
+        mem = d.get("node_memory") or {}
+        if not mem.get("available"):
             continue
-        per_node = [v for v in mem.values() if isinstance(v, dict)] or [mem]
-        for node in per_node:
-            used = node.get("peak_used_gib")
-            if isinstance(used, (int, float)):
-                peaks.append(float(used))
-            else:
-                low = node.get("min_available_gib", node.get("low_water_gib"))
-                total = node.get("total_gib")
-                if isinstance(low, (int, float)) and isinstance(total, (int, float)):
-                    peaks.append(float(total) - float(low))
+        for node in (mem.get("nodes") or {}).values():
+            total, low = node.get("mem_total_gib"), node.get("mem_available_min_gib")
+            if isinstance(total, (int, float)) and isinstance(low, (int, float)):
+                peaks.append(round(float(total) - float(low), 2))
     return max(peaks) if peaks else None
 
 
