@@ -90,3 +90,16 @@ def test_llama_cpp_has_its_own_levers_and_a_vllm_lever_is_refused(tmp_path):
     assert [lv.key for lv in plan.levers][:2] == ["parallel", "batch_size"] and plan.skipped_levers == []
     with pytest.raises(UsageError, match="not a lever of this runtime"):
         jobs.prepare(cfg, jobs.TuneRequest(str(path), "output_tps@c4", "none", levers=("max_num_seqs",)))
+
+
+def test_winner_lookup_by_id_or_by_the_name_it_was_tuned_for(tmp_path, base):
+    cfg = config(tmp_path)
+    record = stored(cfg, jobs.TuneRequest(base, "output_tps@c8"))
+    with pytest.raises(store.NotFound):
+        store.winner(cfg, record["id"])  # not finished: no winner yet
+    record["winner"] = {"recipe_file": "/x/winner.yaml", "served_name": "Qwen/Qwen3-0.6B", "recipe_id": "r"}
+    store.save(cfg, record)
+    for name in (record["id"], "Qwen/Qwen3-0.6B", base):
+        assert store.winner(cfg, name)["recipe_file"] == "/x/winner.yaml"
+    with pytest.raises(store.NotFound):
+        store.winner(cfg, "other/model")

@@ -149,3 +149,23 @@ def active_jobs(cfg: Config | None) -> list[dict]:
         if data.get("state") in (QUEUED, RUNNING):
             out.append(data)
     return out
+
+
+def winner(cfg: Config | None, name: str) -> dict:
+    """{id, recipe_file, served_name, recipe_id} of the done tuned model ``name`` names: an id, else the one
+    record whose request target, base model or winner's served name is ``name`` (what the gateway serves)."""
+    if ID_RE.match(name):
+        records = [load(cfg, name)]
+    else:
+        records = [r for r in listing(cfg) if name in (r.get("request", {}).get("target"),
+                                                       r.get("base", {}).get("model"),
+                                                       (r.get("winner") or {}).get("served_name"))]
+    done = [r for r in records if (r.get("winner") or {}).get("recipe_file")]
+    if not done:
+        raise NotFound(f"no tuned winner for {name}", fix=f"sparkhelpers tune run {name} (or POST /models)")
+    if len(done) > 1:
+        raise SparkError(f"{name} names {len(done)} tuned models: {', '.join(r['id'] for r in done)}",
+                         fix="name the tuned model by its id")
+    w = done[0]["winner"]
+    return {"id": done[0]["id"], "recipe_file": w["recipe_file"], "served_name": w.get("served_name", ""),
+            "recipe_id": w.get("recipe_id", "")}
