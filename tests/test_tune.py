@@ -212,3 +212,10 @@ def test_memory_in_use_comes_from_the_nodes_low_water_mark():
         "spark2": {"mem_total_gib": 121.7, "mem_available_min_gib": 70.0}}}}
     assert memory_gib([doc, {"node_memory": {"available": False, "nodes": {}}}]) == pytest.approx(61.5)
     assert memory_gib([{}]) is None
+
+
+def test_a_failed_start_is_a_timeout_or_a_crash_by_its_first_line():
+    from sparkhelpers.tune.runs import start_status
+
+    assert start_status("the engine was not healthy after 240s (http://x/health):\ntail") == dc.START_TIMEOUT
+    assert start_status("the start failed: engine exited (rc 1):\nEngineCore failed; timeout 5") == dc.CRASHED

@@ -24,6 +24,12 @@ from sparkhelpers.tune.objective import Guard, Objective, Point, points
 TIMEOUT_WORDS = re.compile(r"timed out|timeout|not (?:ready|healthy) (?:within|after)|within \d+ ?s", re.I)
 
 
+def start_status(message: str) -> str:
+    """A failed start is a start timeout or a crash (judged on the first line: the log tail may say anything)."""
+    first = message.splitlines()[0] if message else ""
+    return dc.START_TIMEOUT if TIMEOUT_WORDS.search(first) else dc.CRASHED
+
+
 @dataclass(frozen=True)
 class Workload:
     """How each point is measured (the objective fixes the cell and the concurrency)."""
@@ -101,7 +107,7 @@ class ClusterBench:
         try:
             self.start(cand)
         except SparkError as exc:
-            status = dc.START_TIMEOUT if TIMEOUT_WORDS.search(exc.message) else dc.CRASHED
+            status = start_status(exc.message)
             self.log(f"  {status}: {exc.message}")
             return dc.Measurement(cand.name, cand.recipe_id, status, exc.message[:500],
                                   start_s=round(time.monotonic() - t0, 1))
