@@ -15,24 +15,26 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from sparksim_engine.common import free_port, log
+from sparksim_engine.levers import Levers, request_settings
+from sparksim_engine.levers import apply as apply_levers
 from sparksim_engine.metrics import EngineMetrics
 
 
 class Backend:
-    """The xllamacpp server (kept alive for the life of the process)."""
+    """The xllamacpp server (kept alive for the life of the process), set from vLLM's levers (levers.py)."""
 
-    def __init__(self, model_path: str, n_parallel: int = 4, n_ctx: int = 4096, threads: int = 1) -> None:
+    def __init__(self, model_path: str, threads: int = 1, levers: Levers | None = None) -> None:
         import xllamacpp as xlc
 
         self.port = free_port()
-        self.n_parallel = n_parallel
+        self.levers = levers or Levers()
+        self.n_parallel = self.levers.slots
         params = xlc.CommonParams()
         params.model.path = model_path
         params.model_alias = ["backend"]  # a list: a plain str would become a set of characters
         params.hostnames = ["127.0.0.1"]
         params.port = self.port
-        params.n_parallel = n_parallel
-        params.n_ctx = n_ctx
+        apply_levers(self.levers, params)
         params.cpuparams.n_threads = threads
         params.cpuparams_batch.n_threads = threads
         self.server = xlc.Server(params)  # returns once listening
@@ -60,7 +62,9 @@ class EngineState:
 
     def __post_init__(self) -> None:
         if self.stats is None:  # vLLM's /metrics names, from the backend's slots and cache
-            self.stats = EngineMetrics(self.backend.n_parallel)
+            lv = self.backend.levers
+            self.stats = EngineMetrics(lv.slots, kv_tokens=lv.kv_tokens, prefix_cache=lv.prefix_cache,
+                                       speculative=lv.spec_ngram > 0)
 
 
 class EngineHandler(BaseHTTPRequestHandler):
@@ -141,6 +145,7 @@ class EngineHandler(BaseHTTPRequestHandler):
             self._engine_dead(getattr(self.engine.engine_lost, "peer", "?"))
             return
         body["model"] = "backend"
+        request_settings(self.engine.backend.levers, body)
         stream = bool(body.get("stream"))
         want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         with self.engine.stats.lock:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from sparksim_engine.common import fault, log
+from sparksim_engine.levers import Levers
 
 
 class Parser(argparse.ArgumentParser):
@@ -44,9 +45,20 @@ def parser() -> Parser:
     p.add_argument("-cb", "--cont-batching", action="store_true")
     p.add_argument("-ctk", "--cache-type-k")
     p.add_argument("-ctv", "--cache-type-v")
+    p.add_argument("-kvu", "--kv-unified", action="store_true")
+    p.add_argument("--cache-prompt", dest="cache_prompt", action="store_true", default=True)
+    p.add_argument("--no-cache-prompt", dest="cache_prompt", action="store_false")
     p.add_argument("--log-disable", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def levers(args: argparse.Namespace) -> Levers:
+    """llama.cpp's own semantics: -c is the whole cache (split over -np slots unless -kvu), -b/-ub the batches;
+    a q8_0 K+V cache (-ctk/-ctv q8_0) is the fp8 lever of levers.py."""
+    return Levers(slots=args.parallel, batch_tokens=args.batch_size or 2048, ubatch=args.ubatch_size or 0,
+                  prefix_cache=args.cache_prompt, kv_fp8=args.cache_type_k == "q8_0" and args.cache_type_v == "q8_0",
+                  max_model_len=args.ctx_size, ctx_total=args.ctx_size, unified=args.kv_unified)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from sparksim_engine.backend import Backend, serve
 
     print("main: loading model", file=sys.stderr, flush=True)
-    backend = Backend(args.model, n_parallel=args.parallel, n_ctx=args.ctx_size, threads=args.threads)
+    backend = Backend(args.model, threads=args.threads, levers=levers(args))
     name = args.alias or Path(args.model).name
     api_key = args.api_key or os.environ.get("LLAMA_API_KEY", "")
 

@@ -3,8 +3,10 @@
 - running / waiting: requests in the proxy; those beyond the backend's slots wait (as in vLLM's queue).
 - KV-cache use: tokens held by the slots that are processing (llama.cpp's /slots) over all slots' context.
 - prefix cache: every prompt token is a query; a hit is a token llama.cpp reused from a slot's cache
-  (usage.prompt_tokens_details.cached_tokens, else timings.cache_n).
+  (usage.prompt_tokens_details.cached_tokens, else timings.cache_n). With --no-enable-prefix-caching both
+  counters stay 0, as in vLLM (its KV manager records no prefix stats then).
 - TTFT and inter-token latency histograms measured at this proxy, vLLM's bucket bounds.
+- speculative decoding (n-gram, when configured): drafts, draft and accepted tokens from llama.cpp's timings.
 - preemptions: llama.cpp never preempts a running sequence, so the counter stays 0 (a true value).
 Written as text exposition by hand (the image carries no prometheus_client); names, types and labels
 as vLLM's (``engine``, ``model_name``).
@@ -41,9 +43,13 @@ class Histogram:
 class EngineMetrics:
     """The proxy's counters (``running``/``finished`` under ``lock`` as before) plus vLLM's metric set."""
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, kv_tokens: int = 0, prefix_cache: bool = True, speculative: bool = False) -> None:
         self.lock = threading.Lock()
         self.slots = max(1, slots)
+        self.kv_tokens = kv_tokens  # the KV pool (0: the sum of the slots' n_ctx)
+        self.prefix_cache = prefix_cache
+        self.speculative = speculative  # vLLM exports spec-decode counters only when it is configured
+        self.drafts = self.draft_tokens = self.accepted_tokens = 0
         self.running = 0  # in the proxy: the backend's slots first, then waiting
         self.finished = 0
         self.prompt_tokens = 0
@@ -63,8 +69,13 @@ class EngineMetrics:
         with self.lock:
             self.prompt_tokens += prompt
             self.generation_tokens += int(usage.get("completion_tokens") or 0)
-            self.prefix_queries += prompt
-            self.prefix_hits += min(prompt, int(cached or 0))
+            if self.prefix_cache:  # vLLM records no prefix-cache stats with caching off
+                self.prefix_queries += prompt
+                self.prefix_hits += min(prompt, int(cached or 0))
+            if self.speculative and (timings or {}).get("draft_n"):
+                self.drafts += 1
+                self.draft_tokens += int(timings["draft_n"])
+                self.accepted_tokens += int(timings.get("draft_n_accepted") or 0)
 
     def token(self, since_start: float, since_last: float | None) -> None:
         with self.lock:
@@ -74,7 +85,7 @@ class EngineMetrics:
                 self.itl.observe(since_last)
 
     def render(self, slots_json: bytes | None, model_name: str) -> str:
-        kv = kv_usage(slots_json)
+        kv = kv_usage(slots_json, self.kv_tokens)
         labels = f'engine="0",model_name="{model_name}"'
         with self.lock:
             running, waiting = min(self.running, self.slots), max(0, self.running - self.slots)
@@ -95,6 +106,11 @@ class EngineMetrics:
                     ("vllm:request_success", self.finished, "Count of successfully processed requests.")):
                 lines += [f"# HELP {name}_total {text}", f"# TYPE {name}_total counter",
                           f"{name}_total{{{labels}}} {float(value)}"]
+            if self.speculative:
+                for name, value in (("vllm:spec_decode_num_drafts", self.drafts),
+                                    ("vllm:spec_decode_num_draft_tokens", self.draft_tokens),
+                                    ("vllm:spec_decode_num_accepted_tokens", self.accepted_tokens)):
+                    lines += [f"# TYPE {name}_total counter", f"{name}_total{{{labels}}} {float(value)}"]
             for name, hist, text in (("vllm:time_to_first_token_seconds", self.ttft, "Histogram of time to first "
                                       "token in seconds."),
                                      ("vllm:inter_token_latency_seconds", self.itl, "Histogram of inter-token "
@@ -103,15 +119,16 @@ class EngineMetrics:
         return "\n".join(lines) + "\n"
 
 
-def kv_usage(slots_json: bytes | None) -> float:
-    """Tokens in the slots that are processing over all slots' context (0.0 when /slots is unavailable)."""
+def kv_usage(slots_json: bytes | None, pool: int = 0) -> float:
+    """Tokens in the slots that are processing over the KV pool (``pool``; 0: all slots' context summed, as
+    with llama.cpp's split cache); 0.0 when /slots is unavailable."""
     try:
         slots = json.loads(slots_json or b"[]")
     except ValueError:
         return 0.0
     if not isinstance(slots, list) or not slots:
         return 0.0
-    total = sum(int(s.get("n_ctx") or 0) for s in slots if isinstance(s, dict))
+    total = pool or sum(int(s.get("n_ctx") or 0) for s in slots if isinstance(s, dict))
     used = 0
     for s in slots:
         if not isinstance(s, dict) or not s.get("is_processing"):

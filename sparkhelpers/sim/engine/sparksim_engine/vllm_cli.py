@@ -5,7 +5,8 @@ generated from the real vLLM parser; the version is the image's SPARKSIM_VLLM_VE
 or bad value: exit 2, like argparse), checks what vLLM checks before serving (model in the HF cache
 when offline; tensor x pipeline parallel size against the GPUs of the Ray cluster, or the ranks of a
 --nnodes launch meeting at --master-addr:--master-port), then serves SmolLM2 via xllamacpp under the
-served model name. Engine faults (crash-load, hang-load, crash-after N) come from common.fault().
+served model name, with the tuning levers mapped onto llama.cpp (levers.py). Engine faults (crash-load,
+hang-load, crash-after N) come from common.fault().
 Like real vLLM (native multi-node), rank 0 keeps answering /health 200 after a rank is lost; the next
 request fails with HTTP 500, then /health answers 503 and the server exits.
 """
@@ -22,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from sparksim_engine import ray_cli
+from sparksim_engine import levers, ray_cli
 from sparksim_engine.common import MODEL_FILE, fault, keepalive, local_ipv4, log, model_snapshot
 
 FLAGS_DIR = Path(os.environ.get("SPARKSIM_VLLM_FLAGS_DIR", str(Path(__file__).resolve().parent.parent / "flags")))
@@ -156,6 +157,11 @@ def serve(args: argparse.Namespace, model: str, version: str) -> int:
         log("ERROR", f"OSError: {model} is not in the Hugging Face cache and the emulated cluster cannot download "
                      "(no internet in the sim). Put it under $HF_CACHE/hub first.")
         return 1
+    try:
+        lv = levers.from_vllm(args)  # the scheduler/cache flags, checked as vLLM's config does, before any load
+    except levers.LeverError as exc:
+        log("ERROR", f"ValueError: {exc}")
+        return 1
     tp = args.tensor_parallel_size or 1
     pp = args.pipeline_parallel_size or 1
     world = tp * pp
@@ -187,7 +193,11 @@ def serve(args: argparse.Namespace, model: str, version: str) -> int:
     from sparksim_engine.backend import serve as http_serve
 
     t0 = time.monotonic()
-    backend = Backend(str(MODEL_FILE), n_parallel=min(args.max_num_seqs or 4, 8), n_ctx=4096, threads=1)
+    if lv.spec_ignored:
+        log("WARNING", f"sparksim: speculative method {lv.spec_ignored!r} is accepted but not emulated (no draft "
+                       "model in the sim); only 'ngram' changes decoding here")
+    log("INFO", f"sparksim levers: {lv.describe()}")
+    backend = Backend(str(MODEL_FILE), threads=1, levers=lv)
     log("INFO", f"Loading weights took {time.monotonic() - t0:.2f} seconds")
     util = args.gpu_memory_utilization or 0.9
     log("INFO", f"Available KV cache memory: {util * 119.7 - 1.5:.2f} GiB")
@@ -207,7 +217,7 @@ def serve(args: argparse.Namespace, model: str, version: str) -> int:
     try:
         http_serve(backend, host=host, port=port, served_names=names, flavor="vllm",
                    crash_after=count if kind == "crash-after" else 0, api_key=api_key,
-                   max_model_len=4096, on_ready=ready, engine_lost=lost)
+                   max_model_len=lv.max_model_len, on_ready=ready, engine_lost=lost)
     except OSError as exc:
         log("ERROR", f"OSError: [Errno {exc.errno}] error while attempting to bind on address ('{host}', {port}): "
                      f"{exc.strerror}")
