@@ -234,9 +234,14 @@ def sync(
     nodes = syncmod.select(syncmod.workers_from_config(cfg), list(to or []))
     if not nodes:
         warn("no workers configured (WORKER_HOST is empty); nothing to sync")
-    rows = syncmod.ensure_on_nodes(Runner(dry_run=dry_run), spec, nodes, head_cache=cfg.require("HF_CACHE"),
-                                   head=topology(cfg).head.host,
-                                   idle_timeout=idle_timeout, bwlimit_kbps=bwlimit, method=method)
+    try:
+        rows = syncmod.ensure_on_nodes(Runner(dry_run=dry_run), spec, nodes, head_cache=cfg.require("HF_CACHE"),
+                                       head=topology(cfg).head.host,
+                                       idle_timeout=idle_timeout, bwlimit_kbps=bwlimit, method=method)
+    except SparkError as exc:
+        if as_json and getattr(exc, "rows", None):
+            print_json(exc.rows)  # which workers completed, which failed (exit 1 all the same)
+        raise
     if as_json:
         print_json(rows)
         return

@@ -393,8 +393,12 @@ def _relay_all(runner: Runner, spec: ModelSpec, todo: list[Worker], report: dict
     for name in out.failed:
         rows[name].update(action="failed", verified=False, error=out.failed[name])
     if out.failed:
-        _raise_relay_failure(runner, spec, [w for w in todo if w.name in out.failed], out.failed, report, head,
-                             ok=[w.name for w in done if w.name not in out.failed])
+        try:
+            _raise_relay_failure(runner, spec, [w for w in todo if w.name in out.failed], out.failed, report, head,
+                                 ok=[w.name for w in done if w.name not in out.failed])
+        except SparkError as exc:
+            exc.rows = list(rows.values())  # the CLI's --json still shows every worker's outcome
+            raise
 
 
 def _raise_relay_failure(runner: Runner, spec: ModelSpec, failed: list[Worker], why: dict[str, str], report: dict,
