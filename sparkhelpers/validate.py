@@ -165,6 +165,14 @@ def json_object(value: str, key: str) -> str:
     return json.dumps(parsed, separators=(",", ":"), sort_keys=True)
 
 
+def engine_version(value: str, key: str) -> str:
+    """A vLLM version (the flag set EXTRA_ARGS is checked against); sparkhelpers.recipes.flags knows which exist."""
+    if re.fullmatch(r"\d+\.\d+\.\d+", value):
+        return value
+    raise bad(key, value, "is not a vLLM version (like 0.19.0)",
+              f"leave it empty for the default, or set the image's vLLM version: sparkhelpers config set {key} 0.32.0")
+
+
 def arg_list(value: str, key: str) -> list[str]:
     """Split EXTRA_ARGS-style values like a shell would, refusing control characters and secret flags."""
     try:
@@ -298,6 +306,7 @@ RULES: dict[str, Rule] = {
     "SPECULATIVE_CONFIG": Rule(json_object),
     "LOAD_FORMAT": Rule(_choice(LOAD_FORMATS), required=True),
     "EXTRA_ARGS": Rule(arg_list),
+    "ENGINE_VERSION": Rule(engine_version),
     "START_TIMEOUT": Rule(_whole(1, 7 * 86400, 1800), required=True),
     "STOP_TIMEOUT": Rule(_whole(1, 3600, 20)),
     "BENCH_TIMEOUT": Rule(_whole(1, 7 * 86400, 3600)),

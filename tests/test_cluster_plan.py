@@ -86,7 +86,8 @@ def test_ray_mode_keeps_per_node_and_secret_variables_on_their_node():
     ({"HEAD_IP": "10.0.0.300"}, "not an IPv4 address"),
     ({"FABRIC_IF": "eth0;reboot"}, "not a network interface name"),
     ({"EXTRA_ARGS": "--api-key s3cret"}, "puts a secret on the command line"),
-    ({"EXTRA_ARGS": "--x 'unbalanced"}, "cannot be split"),
+    ({"EXTRA_ARGS": "--chat-template 'unbalanced"}, "cannot be split"),
+    ({"EXTRA_ARGS": "--no-such-flag 1"}, "EXTRA_ARGS: vllm 0.19.0 has no flag --no-such-flag"),
     ({"GPU_MEMORY_UTIL": "1.5"}, "must be a fraction between 0.05 and 0.98"),
     ({"KV_CACHE_DTYPE": "int3"}, "is not one of"),
     ({"SPECULATIVE_CONFIG": "{not json"}, "not valid JSON"),
@@ -165,8 +166,10 @@ def test_config_hash_identifies_the_launch():
 ])
 def test_every_rendered_script_passes_bash_n_and_shellcheck(mode_flags, tmp_path):
     flags = dict(mode_flags)
-    plan = plan_for(nodes=flags.pop("nodes", None), solo=flags.pop("solo", False),
-                    EXTRA_ARGS="--chat-template '/x y/t.jinja' --x=\"a'b\"", SERVED_MODEL_NAME="m:1", **flags)
+    hostile = ("--cache-type-k '/x y/t.jinja' --cache-type-v=\"a'b\"" if flags.get("RUNTIME") == "llama-cpp" else
+               "--chat-template '/x y/t.jinja' --tool-call-parser=\"a'b\"")  # flags each engine has
+    plan = plan_for(nodes=flags.pop("nodes", None), solo=flags.pop("solo", False), EXTRA_ARGS=hostile,
+                    SERVED_MODEL_NAME="m:1", **flags)
     scripts = scripts_of(plan)
     scripts["stop"] = "#!/usr/bin/env bash\n" + nd.stop_script("spark", "/s/run/spark", False, 20)
     scripts["probe"] = "#!/usr/bin/env bash\n" + nd.probe_script("spark", plan.image, plan.model, "/r", "vllm",
@@ -185,7 +188,8 @@ def test_every_rendered_script_passes_bash_n_and_shellcheck(mode_flags, tmp_path
 
 def test_quoting_survives_hostile_extra_args(tmp_path):
     marker = tmp_path / "pwned"
-    plan = plan_for(solo=True, EXTRA_ARGS=f"--chat-template '$(touch {marker})' --x '`touch {marker}`;'")
+    plan = plan_for(solo=True,
+                    EXTRA_ARGS=f"--chat-template '$(touch {marker})' --tool-call-parser '`touch {marker}`;'")
     script = rd.entry_scripts(plan, plan.nodes[0])["engine.sh"]
     exec_line = script[script.index("exec vllm"):]
     r = subprocess.run(["bash", "-c", f"vllm() {{ printf '%s\\n' \"$@\"; }}\n{exec_line.replace('exec ', '')}"],

@@ -231,6 +231,22 @@ def test_preset_spreads_over_more_nodes():
     assert (r.nodes, r.tensor_parallel) == (2, 2)
 
 
+def test_preset_shrinks_below_its_node_count_as_solo_does(tmp_path):
+    """A 2-node preset is 2 nodes by default, and serves on 1 when asked (--solo, --nodes 1), like the
+    configured route's --solo; a recipe says the same with nodes.default."""
+    from sparkhelpers.config import load_config
+    from sparkhelpers.recipes.apply import load_for_start
+
+    assert load("llama-3.1-70b", default_image=IMAGE).nodes == 2
+    assert load("llama-3.1-70b", nodes=1, default_image=IMAGE).tensor_parallel == 1
+    _, spec = load_for_start(load_config(), "llama-3.1-70b", solo=True)
+    assert (spec.recipe.nodes, spec.recipe.tensor_parallel) == (1, 1)
+    ranged = BASE.replace("nodes: 2", "nodes: {min: 1, max: 4, default: 2}")
+    assert [load(str(write(tmp_path, ranged)), nodes=n).nodes for n in (None, 1, 4)] == [2, 1, 4]
+    with pytest.raises(SparkError, match=r"nodes.default 5 is outside \{min: 1, max: 4\}"):
+        load(str(write(tmp_path, ranged.replace("default: 2", "default: 5"))))
+
+
 def test_flag_set_reads_the_engine_list():
     flags = flag_set("vllm")
     assert flags.get("max_model_len").flag == "--max-model-len"

@@ -15,7 +15,7 @@ from sparkhelpers.config import Config, state_dir
 from sparkhelpers.errors import SparkError
 from sparkhelpers.models.catalog import ModelSpec
 from sparkhelpers.runner import Host
-from sparkhelpers.topology import Layout, Topology, endpoint_url, layout_for, topology
+from sparkhelpers.topology import Topology, endpoint_url, layout_for, topology
 
 MODES = ("ray", "native", "single", "llama-cpp")
 # What a --dry-run shows for a fabric fact it would discover over SSH at start (it opens no connection).
@@ -143,58 +143,13 @@ def choose_mode(cfg: Config, count: int, native_supported: bool | None) -> str:
     return "ray"
 
 
-def _flag(args: list[str], name: str, value: bool | None) -> None:
-    if value is True:
-        args.append(f"--{name}")
-    elif value is False:
-        args.append(f"--no-{name}")
+def engine_args(recipe, mode: str, listen: str, port: int) -> list[str]:  # noqa: ANN001 - a recipes.Recipe
+    """The serve arguments every rank shares, by the recipe renderer (sparkhelpers.recipes.render) alone: a
+    recipe's, or the configured model's recipe (``recipes.apply.config_recipe``); llama-server also gets its
+    host and port here (vLLM's come per node from the templates)."""
+    from sparkhelpers.recipes import engine_argv
 
-
-def engine_args(cfg: Config, spec: ModelSpec, mode: str, served: str, lay: Layout, listen: str,
-                port: int) -> list[str]:
-    """The serve arguments every rank shares (API, parallelism, Tier-1 options, EXTRA_ARGS). The model
-    spec already holds the catalog preset's values with the user's explicit config values on top.
-    A recipe's spec renders by the recipe's rules alone (sparkhelpers.recipes.render)."""
-    if spec.recipe is not None:
-        from sparkhelpers.recipes import engine_argv
-
-        return (["--host", listen, "--port", str(port)] if mode == "llama-cpp" else []) + engine_argv(spec.recipe)
-    if mode == "llama-cpp":
-        args = ["--host", listen, "--port", str(port), "--alias", served]
-        if spec.max_model_len:
-            args += ["--ctx-size", str(spec.max_model_len)]
-        return args + v.setting(cfg, "EXTRA_ARGS", [])
-    args = ["--served-model-name", served, "--tensor-parallel-size", str(lay.tensor_parallel),
-            "--pipeline-parallel-size", str(lay.pipeline_parallel),
-            "--gpu-memory-utilization", f"{v.check('GPU_MEMORY_UTIL', spec.gpu_memory_util):g}"]
-    if spec.max_model_len:
-        args += ["--max-model-len", str(v.check("MAX_MODEL_LEN", spec.max_model_len))]
-    if v.revision(spec.revision or ""):
-        args += ["--revision", spec.revision]
-    if spec.trust_remote_code:
-        args.append("--trust-remote-code")
-    if spec.expert_parallel:
-        args.append("--enable-expert-parallel")
-    return args + tier1_args(cfg) + list(spec.extra_args) + v.setting(cfg, "EXTRA_ARGS", [])
-
-
-def tier1_args(cfg: Config) -> list[str]:
-    """The engine options set in config only (prefix caching, KV dtype, batching, speculation, loading)."""
-    args: list[str] = []
-    _flag(args, "enable-prefix-caching", v.setting(cfg, "ENABLE_PREFIX_CACHING"))
-    kv = v.setting(cfg, "KV_CACHE_DTYPE", "auto")
-    if kv != "auto":
-        args += ["--kv-cache-dtype", kv]
-    _flag(args, "enable-chunked-prefill", v.setting(cfg, "ENABLE_CHUNKED_PREFILL"))
-    for key, flag in (("MAX_NUM_SEQS", "--max-num-seqs"), ("MAX_NUM_BATCHED_TOKENS", "--max-num-batched-tokens")):
-        if v.setting(cfg, key) is not None:
-            args += [flag, str(v.setting(cfg, key))]
-    if v.setting(cfg, "SPECULATIVE_CONFIG"):
-        args += ["--speculative-config", v.setting(cfg, "SPECULATIVE_CONFIG")]
-    load = v.setting(cfg, "LOAD_FORMAT", "auto")
-    if load != "auto":
-        args += ["--load-format", load]
-    return args
+    return (["--host", listen, "--port", str(port)] if mode == "llama-cpp" else []) + engine_argv(recipe)
 
 
 def node_env(cfg: Config, mode: str, net: NodeNet, head_ip: str, offline: bool, run_dir: str) -> dict[str, str]:
@@ -286,14 +241,15 @@ def build_plan(cfg: Config, spec: ModelSpec, *, nodes: int | None = None, solo: 
     worker_cache = v.check("WORKER_HF_CACHE", cfg.get("WORKER_HF_CACHE") or hf_cache)
     plans = node_plans(cfg, topo, lay.nodes, mode, fabric or fabric_from_config(topo, cfg, lay.nodes), cluster,
                        sdir, offline)
-    from sparkhelpers.recipes.apply import config_recipe_id
+    from sparkhelpers.recipes import recipe_id
+    from sparkhelpers.recipes.apply import config_recipe
 
-    args = engine_args(cfg, spec, mode, served, lay, topo.listen, topo.port)
+    image = v.image(spec.image or cfg.require("VLLM_IMAGE"))
+    recipe = spec.recipe or config_recipe(spec, image=image, runtime=v.setting(cfg, "RUNTIME", "vllm"), mode=mode,
+                                          served=served, lay=lay, cfg=cfg)
+    args = engine_args(recipe, mode, topo.listen, topo.port)
     if spec.recipe is not None:  # the recipe's container env on every rank (it carries no per-node variable)
         plans = tuple(replace(n, env={**n.env, **spec.recipe.env}) for n in plans)
-    image = v.image(spec.image or cfg.require("VLLM_IMAGE"))
-    rid = config_recipe_id(spec, image=image, runtime=cfg.get("RUNTIME", "vllm"), mode=mode, served=served,
-                           lay=lay, args=args, cfg=cfg)
     return ClusterPlan(
         cluster=cluster, mode=mode, image=image, model=model,
         revision=v.revision(spec.revision or ""), served_name=served,
@@ -309,6 +265,6 @@ def build_plan(cfg: Config, spec: ModelSpec, *, nodes: int | None = None, solo: 
         dashboard_port=v.setting(cfg, "RAY_DASHBOARD_PORT", 8265),
         object_store_bytes=v.setting(cfg, "RAY_OBJECT_STORE_BYTES", 1 << 30),
         master_port=v.setting(cfg, "MASTER_PORT", 29501),
-        offline=offline, secret_names=tuple(secret_names), recipe_id=rid,
+        offline=offline, secret_names=tuple(secret_names), recipe_id=recipe_id(recipe),
         timeout_s=timeout_s if timeout_s is not None else v.setting(cfg, "START_TIMEOUT", 1800),
     )

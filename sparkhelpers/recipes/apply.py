@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 
 from sparkhelpers.config import Config
+from sparkhelpers.errors import SparkError
 from sparkhelpers.recipes.schema import Recipe
 
 # Config keys that say how a model is served: a recipe's start ignores their configured values.
@@ -66,52 +67,97 @@ def load_for_start(cfg: Config, ref: str, nodes: int | None = None, solo: bool =
     return recipe_config(cfg, recipe), recipe_spec(recipe)
 
 
-def config_recipe(spec, *, image: str, runtime: str, mode: str, served: str, lay, args: list[str],  # noqa: ANN001
-                  cfg: Config) -> Recipe:
-    """The configured model (config.env + preset) as the recipe it amounts to: the served values the plan
-    rendered, so the configured route has an id like any recipe (`recipe export` can write it out)."""
-    from sparkhelpers.recipes import flags as fl
-    from sparkhelpers.recipes.render import args_to_map
-    from sparkhelpers.recipes.schema import CONTAINER_DEFAULTS, NAME_RE, OWNED_ARGS
+# Recipe fields (and deployment keys) a flag in EXTRA_ARGS would bypass -> the config key that sets it.
+CONFIG_KEY_OF = {"model": "MODEL", "served_name": "SERVED_MODEL_NAME", "revision": "MODEL_REVISION",
+                 "tensor_parallel": "TENSOR_PARALLEL", "pipeline_parallel": "PIPELINE_PARALLEL",
+                 "launch": "LAUNCH_MODE", "nodes": "the start's --nodes"}
 
-    flagset = fl.flag_set(runtime)
-    engine = {k: val for k, val in args_to_map(list(args), flagset_with_owned(flagset), "the configured engine "
-                                               "arguments").items() if k not in OWNED_ARGS and k != "ctx_size"}
-    if runtime == "llama-cpp" and spec.max_model_len:
-        engine["ctx_size"] = spec.max_model_len
+
+def config_recipe(spec, *, image: str, runtime: str, mode: str, served: str, lay, cfg: Config) -> Recipe:  # noqa: ANN001
+    """The configured model (config.env + preset) as the recipe it amounts to; the plan renders its argv
+    with the recipe renderer, so the configured route and a recipe share one rendering (and an id)."""
+    from sparkhelpers import validate as v
+    from sparkhelpers.recipes import flags as fl
+    from sparkhelpers.recipes.schema import CONTAINER_DEFAULTS, NAME_RE
+
+    version = v.setting(cfg, "ENGINE_VERSION") or ""
+    flagset = fl.flag_set(runtime, (version or None) if runtime == "vllm" else None)
     container = {**CONTAINER_DEFAULTS, "shm_size": cfg.get("SHM_SIZE", "16g"),
                  "ipc_host": cfg.get_bool("IPC_HOST", True), "privileged": cfg.get_bool("PRIVILEGED", False),
                  "docker_args": shlex.split(cfg.get("EXTRA_DOCKER_ARGS"))}
-    name = spec.name.lower().replace("/", "-") if NAME_RE.match(spec.name.lower().replace("/", "-")) else "configured"
-    return Recipe(name=name, model=spec.repo, runtime=runtime, image=image, nodes=lay.nodes,
-                  tensor_parallel=lay.tensor_parallel, pipeline_parallel=lay.pipeline_parallel,
+    slug = spec.name.lower().replace("/", "-")
+    return Recipe(name=slug if NAME_RE.match(slug) else "configured", model=spec.repo, runtime=runtime,
+                  image=image, nodes=lay.nodes, tensor_parallel=lay.tensor_parallel,
+                  pipeline_parallel=lay.pipeline_parallel,
                   launch=cfg.get("LAUNCH_MODE", "auto") if mode in ("ray", "native") else "auto",
-                  served_name=served, revision=spec.revision or "", engine_args=engine, container=container,
-                  source="config.env")
+                  served_name=served, revision=v.revision(spec.revision or ""),
+                  engine_args=config_engine_args(cfg, spec, flagset), container=container,
+                  engine_version=version if runtime == "vllm" else "", source="config.env")
+
+
+def config_engine_args(cfg: Config, spec, flagset) -> dict:  # noqa: ANN001
+    """The configured route's engine arguments as a recipe map, later sources winning as in argparse: the
+    model spec (the preset with the user's values on top), the Tier-1 keys, the preset's extra_args, then
+    EXTRA_ARGS, whose every flag must be one of the engine version's."""
+    from sparkhelpers import validate as v
+    from sparkhelpers.recipes.render import args_to_map
+
+    if flagset.runtime == "llama-cpp":
+        args: dict = {"ctx_size": v.check("MAX_MODEL_LEN", spec.max_model_len)} if spec.max_model_len else {}
+        return {**args, **extra_args_map(cfg, flagset)}
+    args = {"gpu_memory_utilization": v.check("GPU_MEMORY_UTIL", spec.gpu_memory_util)}
+    if spec.max_model_len:
+        args["max_model_len"] = v.check("MAX_MODEL_LEN", spec.max_model_len)
+    if spec.trust_remote_code:
+        args["trust_remote_code"] = True
+    if spec.expert_parallel:
+        args["enable_expert_parallel"] = True
+    args.update(tier1_map(cfg))
+    args.update(args_to_map(list(spec.extra_args), flagset, f"preset {spec.name} extra_args"))
+    args.update(extra_args_map(cfg, flagset))
+    return args
+
+
+def tier1_map(cfg: Config) -> dict:
+    """The engine options set in config only (prefix caching, KV dtype, batching, speculation, loading)."""
+    from sparkhelpers import validate as v
+
+    out: dict = {}  # each key is its engine argument in upper case; empty (and "auto") = the engine's default
+    for key in ("ENABLE_PREFIX_CACHING", "KV_CACHE_DTYPE", "ENABLE_CHUNKED_PREFILL", "MAX_NUM_SEQS",
+                "MAX_NUM_BATCHED_TOKENS", "SPECULATIVE_CONFIG", "LOAD_FORMAT"):
+        if v.setting(cfg, key) not in (None, "", "auto"):
+            out[key.lower()] = v.setting(cfg, key)
+    return out
+
+
+def extra_args_map(cfg: Config, flagset) -> dict:  # noqa: ANN001
+    """EXTRA_ARGS as engine arguments: an unknown flag, or one a config key owns, is refused in one line."""
+    from sparkhelpers import validate as v
+    from sparkhelpers.recipes import flags as fl
+    from sparkhelpers.recipes.render import args_to_map
+    from sparkhelpers.recipes.schema import OWNED_ARGS
+
+    hint = (f"ENGINE_VERSION picks the vLLM whose flags are checked (known: {', '.join(fl.known_versions())})"
+            if flagset.runtime == "vllm" else "")
+    args = args_to_map(v.setting(cfg, "EXTRA_ARGS", []), flagset_with_owned(flagset), "EXTRA_ARGS", hint)
+    for key in args:
+        if key in OWNED_ARGS:
+            owner = OWNED_ARGS[key]
+            owner = CONFIG_KEY_OF.get(owner, owner.removeprefix("the deployment (").rstrip(")"))
+            raise SparkError(f"EXTRA_ARGS: --{key.replace('_', '-')} is set by {owner}, not by EXTRA_ARGS",
+                             fix=f"remove it from EXTRA_ARGS{'' if ' ' in owner else f' and set {owner}'}")
+    return args
 
 
 def flagset_with_owned(flagset):  # noqa: ANN001, ANN201
-    """The flag set plus the flags the plan itself renders (parallel sizes, served name, revision, host)."""
+    """The flag set plus the flags the plan itself renders (parallel sizes, served name, revision, host), so
+    EXTRA_ARGS naming one is parsed, then refused with the config key that owns it."""
     from sparkhelpers.recipes import flags as fl
 
     extra = {k: fl.Flag(k, "--" + k.replace("_", "-"), "str") for k in
              ("served_model_name", "tensor_parallel_size", "pipeline_parallel_size", "revision", "host", "port",
-              "alias", "ctx_size")}
-    return fl.FlagSet(flagset.runtime, flagset.version, {**extra, **flagset.flags})
-
-
-def config_recipe_id(spec, *, cfg: Config, **plan) -> str:  # noqa: ANN001
-    """The id of what a plan serves: its recipe's, or the configured model's as a recipe ("" when the
-    configuration holds engine flags a recipe cannot carry, e.g. one unknown to the engine's flag set)."""
-    from sparkhelpers.errors import SparkError
-    from sparkhelpers.recipes.identity import recipe_id
-
-    if spec.recipe is not None:
-        return recipe_id(spec.recipe)
-    try:
-        return recipe_id(config_recipe(spec, cfg=cfg, **plan))
-    except SparkError:
-        return ""
+              "alias", "model")}
+    return fl.FlagSet(flagset.runtime, flagset.version, {**extra, **flagset.flags}, flagset.aliases)
 
 
 def running_recipe_id(cfg: Config) -> str:

@@ -21,13 +21,16 @@ VLLM_DEFAULT_VERSION = "0.19.0"  # the version the emulated engine claims by def
 # `false` is the default and renders as nothing (an older image may not know the --no- spelling).
 VLLM_DEFAULT_ON = frozenset({"enable_prefix_caching", "enable_chunked_prefill", "async_scheduling"})
 LLAMA_SERVER_FLAGS: dict[str, dict] = {
-    "ctx_size": {"type": "int"}, "parallel": {"type": "int"}, "threads": {"type": "int"},
-    "threads_batch": {"type": "int"}, "n_gpu_layers": {"type": "str"}, "batch_size": {"type": "int"},
-    "ubatch_size": {"type": "int"}, "flash_attn": {"type": "choice", "choices": ["on", "off", "auto"]},
+    "ctx_size": {"type": "int", "aliases": ["-c"]}, "parallel": {"type": "int", "aliases": ["-np"]},
+    "threads": {"type": "int", "aliases": ["-t"]}, "threads_batch": {"type": "int", "aliases": ["-tb"]},
+    "n_gpu_layers": {"type": "str", "aliases": ["-ngl", "--gpu-layers"]},
+    "batch_size": {"type": "int", "aliases": ["-b"]}, "ubatch_size": {"type": "int", "aliases": ["-ub"]},
+    "flash_attn": {"type": "choice", "choices": ["on", "off", "auto"], "aliases": ["-fa"]},
     "jinja": {"type": "store_true"}, "no_webui": {"type": "store_true"}, "metrics": {"type": "store_true"},
-    "mlock": {"type": "store_true"}, "no_mmap": {"type": "store_true"}, "cont_batching": {"type": "store_true"},
-    "cache_type_k": {"type": "str"}, "cache_type_v": {"type": "str"}, "log_disable": {"type": "store_true"},
-    "verbose": {"type": "store_true"},
+    "mlock": {"type": "store_true"}, "no_mmap": {"type": "store_true"},
+    "cont_batching": {"type": "store_true", "aliases": ["-cb"]}, "cache_type_k": {"type": "str", "aliases": ["-ctk"]},
+    "cache_type_v": {"type": "str", "aliases": ["-ctv"]}, "log_disable": {"type": "store_true"},
+    "verbose": {"type": "store_true", "aliases": ["-v"]},
 }
 
 
@@ -45,9 +48,11 @@ class FlagSet:
     runtime: str
     version: str
     flags: dict[str, Flag] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)  # `-tp` / `-ngl` key -> the flag's own key
 
     def get(self, key: str) -> Flag | None:
-        return self.flags.get(key)
+        """The flag of ``key`` (its own key, or an alias such as ``tp`` for --tensor-parallel-size)."""
+        return self.flags.get(key) or self.flags.get(self.aliases.get(key, ""))
 
     def by_flag(self, flag: str) -> Flag | None:
         return self.flags.get(flag_key(flag))
@@ -59,12 +64,28 @@ def flag_key(name: str) -> str:
 
 
 def _from_table(runtime: str, version: str, table: dict[str, dict], default_on: frozenset[str]) -> FlagSet:
-    flags = {}
+    flags, aliases = {}, {}
     for name, meta in table.items():
         key = flag_key(name)
         on = bool(meta.get("default") is True) or key in default_on
         flags[key] = Flag(key, "--" + key.replace("_", "-"), meta["type"], tuple(meta.get("choices", ())), on)
-    return FlagSet(runtime, version, flags)
+        aliases.update({flag_key(a): key for a in meta.get("aliases", ())})
+    return FlagSet(runtime, version, flags, {a: k for a, k in aliases.items() if a not in flags})
+
+
+def unknown_fix(key: str, flagset: FlagSet, hint: str = "") -> str:
+    """The fix for a flag the engine does not have: the closest one, else where to look; never dropped."""
+    import difflib
+
+    close = difflib.get_close_matches(key, list(flagset.flags), n=1, cutoff=0.75)
+    tool = "vllm serve" if flagset.runtime == "vllm" else "llama-server"
+    fix = (f"did you mean {close[0]} (--{close[0].replace('_', '-')})? (flags are never dropped silently)" if close
+           else f"check `{tool} --help`; unknown flags are refused, never dropped")
+    return f"{fix}{'; ' + hint if hint else ''}"
+
+
+def known_versions() -> list[str]:
+    return sorted(p.stem.removeprefix("vllm-") for p in VLLM_FLAGS_DIR.glob("vllm-*.json"))
 
 
 @lru_cache(maxsize=8)
@@ -74,7 +95,7 @@ def flag_set(runtime: str, version: str | None = None) -> FlagSet:
         return _from_table(runtime, version or "any", LLAMA_SERVER_FLAGS, frozenset())
     if runtime != "vllm":
         raise SparkError(f"no flag set for runtime {runtime!r}", fix="use runtime vllm or llama-cpp")
-    known = sorted(p.stem.removeprefix("vllm-") for p in VLLM_FLAGS_DIR.glob("vllm-*.json"))
+    known = known_versions()
     wanted = version or VLLM_DEFAULT_VERSION
     if wanted not in known:
         raise SparkError(f"engine_version {wanted} has no flag list here (this sparkhelpers knows vLLM "

@@ -21,8 +21,9 @@ def preset_to_document(preset: Any, default_image: str) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "recipe": 1, "name": preset.name, "description": preset.notes, "model": preset.repo,
         "image": preset.image or default_image,
-        # the preset's size is its default; --nodes may spread it wider (TP = nodes / PP), as for config
-        "nodes": {"min": preset.nodes, "max": 8}, "pipeline_parallel": preset.pipeline_parallel,
+        # the preset's size is its default; --nodes may spread it wider or --solo/--nodes shrink it
+        # (TP = nodes / PP), as for the configured route
+        "nodes": {"min": 1, "max": 8, "default": preset.nodes}, "pipeline_parallel": preset.pipeline_parallel,
         "engine_args": args,
         "metadata": {"preset": preset.name, "origin": preset.origin, "quantization": preset.quantization,
                      "gated": preset.gated, "arch": arch},

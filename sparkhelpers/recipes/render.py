@@ -83,8 +83,9 @@ def _convert(text: str, flag: fl.Flag) -> Any:
     return text  # JSON text stays as written: rendered back byte for byte
 
 
-def args_to_map(tokens: list[str], flagset: fl.FlagSet, where: str) -> dict[str, Any]:
-    """`--flag value`, `--flag=value`, `--flag`, `--no-flag` -> {key: value}. Unknown flags are refused."""
+def args_to_map(tokens: list[str], flagset: fl.FlagSet, where: str, hint: str = "") -> dict[str, Any]:
+    """`--flag value`, `--flag=value`, `--flag`, `--no-flag`, aliases (`-tp 2`) -> {key: value}, later
+    occurrences winning (as argparse does). Unknown flags are refused (``hint`` adds to the fix)."""
     out: dict[str, Any] = {}
     i = 0
     while i < len(tokens):
@@ -94,16 +95,16 @@ def args_to_map(tokens: list[str], flagset: fl.FlagSet, where: str) -> dict[str,
         name, eq, inline = tok.partition("=")
         key = fl.flag_key(name)
         flag = flagset.get(key)
-        negated = flag is None and key.startswith("no_") and flagset.get(key[3:]) is not None
-        if negated:
-            out[key[3:]] = False
+        negated = flagset.get(key[3:]) if flag is None and key.startswith("no_") else None
+        if negated is not None:
+            out[negated.key] = False
             i += 1
             continue
         if flag is None:
             raise SparkError(f"{where}: {flagset.runtime} {flagset.version} has no flag {name}",
-                             fix="remove it or correct its spelling (unknown flags are never dropped silently)")
+                             fix=fl.unknown_fix(key, flagset, hint))
         if flag.type in ("store_true", "bool_optional") and not eq:
-            out[key] = True
+            out[flag.key] = True
             i += 1
             continue
         if eq:
@@ -117,7 +118,7 @@ def args_to_map(tokens: list[str], flagset: fl.FlagSet, where: str) -> dict[str,
             while i < len(tokens) and not tokens[i].startswith("-"):
                 values.append(tokens[i])
                 i += 1
-            out[key] = values if len(values) > 1 else value
+            out[flag.key] = values if len(values) > 1 else value
         else:
-            out[key] = _convert(value, flag)
+            out[flag.key] = _convert(value, flag)
     return out

@@ -36,7 +36,8 @@ FIELDS: dict[str, tuple[str, str, bool]] = {
     "runtime": ("`vllm` or `llama-cpp` (`sglang`, `trtllm`: reserved, refused)", "vllm", True),
     "engine_version": ("engine version whose flag set `engine_args` is checked against", "the known one", False),
     "image": ("container image: `repo:tag`, or pinned `repo@sha256:...`", "required", True),
-    "nodes": ("node count, or `{min: N, max: M}`", "tensor x pipeline", True),
+    "nodes": ("node count, or `{min: N, max: M, default: D}` (D: the count when none is asked for)",
+              "tensor x pipeline", True),
     "tensor_parallel": ("tensor-parallel size", "nodes / pipeline", True),
     "pipeline_parallel": ("pipeline-parallel size", "1", True),
     "launch": ("multi-node launch: `auto`, `native` (Ray-less) or `ray`", "auto", True),
@@ -195,20 +196,25 @@ def check_model(where: str, model: Any, runtime: str) -> str:
 
 
 def check_nodes(where: str, doc: dict) -> tuple[int | None, tuple[int, int]]:
-    """(exact count or None, (min, max))."""
+    """(the count when none is asked for: the exact one, or the range's default; None: from the sizes or the
+    range's min), (min, max)."""
     raw = doc.get("nodes")
     if raw is None:
         return None, (1, 8)
     if isinstance(raw, dict):
-        extra = sorted(set(raw) - {"min", "max"})
+        extra = sorted(set(raw) - {"min", "max", "default"})
         if extra:
-            raise fail(where, f"nodes.{extra[0]} is unknown", "write nodes: {min: 1, max: 4}, or a number")
+            raise fail(where, f"nodes.{extra[0]} is unknown", "write nodes: {min: 1, max: 4, default: 2}, or a number")
         low = _type(where, "nodes.min", raw.get("min", 1), (int,), "a whole number")
         high = _type(where, "nodes.max", raw.get("max", 8), (int,), "a whole number")
         if not 1 <= low <= high <= 8:
             raise fail(where, f"nodes {{min: {low}, max: {high}}} is not a range within 1-8",
                        "make 1 <= min <= max <= 8")
-        return None, (low, high)
+        default = raw.get("default")
+        if default is not None and not low <= _type(where, "nodes.default", default, (int,), "a whole number") <= high:
+            raise fail(where, f"nodes.default {default} is outside {{min: {low}, max: {high}}}",
+                       "make min <= default <= max")
+        return default, (low, high)
     count = _type(where, "nodes", raw, (int,), "a whole number or {min, max}")
     if not 1 <= count <= 8:
         raise fail(where, f"nodes {count} is outside 1-8", "a Spark cluster has 1 to 8 nodes")
@@ -254,30 +260,20 @@ def check_engine_args(where: str, raw: Any, flagset: fl.FlagSet) -> dict[str, An
     raw = _type(where, "engine_args", raw or {}, (dict,), "a map of flag: value")
     out: dict[str, Any] = {}
     for name, value in raw.items():
-        key = fl.flag_key(str(name))
+        flag = flagset.get(fl.flag_key(str(name)))
+        key = flag.key if flag else fl.flag_key(str(name))  # an alias (-tp) is its flag's key
         if key in out:
             raise fail(where, f"engine_args names {key} twice ({name})", "keep one spelling")
         if key in OWNED_ARGS:
             raise fail(where, f"engine_args.{name} is set by {OWNED_ARGS[key]}, not by engine_args",
                        f"remove it{'' if ' ' in OWNED_ARGS[key] else f'; use the `{OWNED_ARGS[key]}` field'}")
-        flag = flagset.get(key)
         if flag is None:
             raise fail(where, f"engine_args.{name}: {flagset.runtime} {flagset.version} has no flag "
-                              f"--{key.replace('_', '-')}", _unknown_fix(key, flagset))
+                              f"--{key.replace('_', '-')}", fl.unknown_fix(key, flagset))
         if value is None:
             continue  # null unsets a value an include or override gave
         out[key] = _check_value(where, f"engine_args.{name}", value, flag)
     return out
-
-
-def _unknown_fix(key: str, flagset: fl.FlagSet) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(key, list(flagset.flags), n=1, cutoff=0.75)
-    if close:
-        return f"did you mean {close[0]}? (flags are never dropped silently)"
-    return f"check `{'vllm serve' if flagset.runtime == 'vllm' else 'llama-server'} --help`; unknown flags are " \
-           "refused, never dropped"
 
 
 def _check_value(where: str, key: str, value: Any, flag: fl.Flag) -> Any:
