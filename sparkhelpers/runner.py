@@ -4,14 +4,23 @@ Command builders (``build_ssh_cmd``, ``shell_join``) are pure and tested by list
 side effect goes through a ``Runner``; with ``dry_run=True`` it prints what it would run and runs
 nothing. Results are ``RunResult`` objects; nothing here raises on a non-zero exit unless asked to
 (``RunResult.check``). Secrets travel in ``env`` or ``input``, never in argv.
+
+SSH connections are shared (OpenSSH multiplexing) when the ``Host`` carries a ``Multiplex``: the first
+call to a node opens a master connection whose socket sits in a private control directory (mode 0700,
+under SPARK_STATE_DIR); later calls open a channel on it instead of a TCP connection and a handshake,
+and the master goes away ``persist_s`` seconds after its last session. Before running a command that
+names a control socket, the Runner makes the directory (0700, ours) and replaces a master that does not
+answer within a second, so a stale or wedged master never hangs a call. ``close_masters`` ends them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +28,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 from typing import TypeVar
 
 from sparkhelpers.errors import SparkError
@@ -37,14 +48,26 @@ def shell_join(argv: Iterable[object]) -> str:
 
 
 @dataclass(frozen=True)
+class Multiplex:
+    """SSH connection sharing: masters' sockets in ``control_dir`` (see ``control_dir``), each master
+    kept ``persist_s`` seconds after its last session."""
+
+    control_dir: str
+    persist_s: int = 30
+
+
+@dataclass(frozen=True)
 class Host:
-    """A node we reach by SSH; ``address == "local"`` means this machine, without SSH."""
+    """A node we reach by SSH; ``address == "local"`` means this machine, without SSH. ``mux`` shares
+    connections (None: one connection per call); ``bulk_cipher`` is preferred for bulk copies."""
 
     address: str
     user: str = ""
     key: str = ""
     options: tuple[str, ...] = ()
     connect_timeout: int = 5
+    mux: Multiplex | None = None
+    bulk_cipher: str = ""
 
     @property
     def is_local(self) -> bool:
@@ -100,11 +123,62 @@ def connects(argv: Sequence[str]) -> bool:
     return bool(argv) and os.path.basename(str(argv[0])) in CONNECTING
 
 
-def ssh_transport(host: Host, *, tty: bool = False) -> list[str]:
-    """The ssh command and options for ``host``, without target or command (rsync's ``-e`` wants this)."""
+# ---- SSH: pure builders ------------------------------------------------------------------------
+
+SUN_PATH_MAX = 107  # bytes of a unix socket path (sockaddr_un.sun_path, 108 with the NUL)
+SSH_BIND_SUFFIX = 17  # ssh binds "<ControlPath>.<16 random characters>" first, then links it into place
+SOCKET_NAME_LEN = 11  # "c" or "b" and 10 hex digits
+_SAFE_DIR = re.compile(r"^/[A-Za-z0-9._+@/-]*$")  # no quoting, no ssh %-tokens, no spaces for rsync -e
+_CONTROL_PATH = re.compile(r"ControlPath=(/[A-Za-z0-9._+@/-]*/[bc][0-9a-f]{10})\b")
+BULK_ALIVE = (15, 4)  # keepalive every 15 s, give up after 4 unanswered: a busy disk or link is not dead
+
+
+def control_dir(state_dir: str | Path) -> str:
+    """The private control directory for ``state_dir``: STATE/ssh, or when that path is too long for a
+    unix socket (or needs quoting) ``$XDG_RUNTIME_DIR`` or /tmp + ``sparkhelpers-ssh-UID-HASH``."""
+    preferred = os.path.join(str(state_dir), "ssh")
+    if _fits(preferred):
+        return preferred
+    tag = f"sparkhelpers-ssh-{os.getuid()}-{hashlib.sha256(preferred.encode()).hexdigest()[:8]}"
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    return f"{runtime}/{tag}" if runtime and _fits(f"{runtime}/{tag}") else f"/tmp/{tag}"
+
+
+def _fits(directory: str) -> bool:
+    return bool(_SAFE_DIR.match(directory)) and len(directory) + 1 + SOCKET_NAME_LEN + SSH_BIND_SUFFIX <= SUN_PATH_MAX
+
+
+def control_path(host: Host, *, bulk: bool = False) -> str:
+    """The master socket for ``host``: one per target, key, options and (bulk) cipher, so calls that
+    would negotiate a different connection never share one; a short name (the socket path limit)."""
+    assert host.mux is not None
+    what = repr((host.target, host.key, host.options, host.connect_timeout, bulk and host.bulk_cipher))
+    return f"{host.mux.control_dir}/{'b' if bulk else 'c'}{hashlib.sha256(what.encode()).hexdigest()[:10]}"
+
+
+def control_alive(connect_timeout: int) -> tuple[int, int]:
+    """(ServerAliveInterval, ServerAliveCountMax) of a shared control connection: a dead peer is noticed
+    in about ConnectTimeout, as an unshared call would notice it, not after a minute of silence."""
+    return max(1, connect_timeout // 2), 2
+
+
+def ssh_transport(host: Host, *, tty: bool = False, bulk: bool = False, multiplex: bool = True) -> list[str]:
+    """The ssh command and options for ``host``, without target or command (rsync's ``-e`` wants this).
+    ``bulk``: a large copy (the bulk cipher first, its own shared connection, patient keepalives).
+    ``multiplex=False``: a connection of its own (a command that runs on another machine, where our
+    control directory does not exist, or parallel streams that must not share one TCP connection)."""
     cmd = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={host.connect_timeout}",
-           "-o", "StrictHostKeyChecking=accept-new", "-o", "ServerAliveInterval=15",
-           "-o", "ServerAliveCountMax=4"]
+           "-o", "StrictHostKeyChecking=accept-new"]
+    shared = host.mux is not None and multiplex
+    alive = control_alive(host.connect_timeout) if shared and not bulk else BULK_ALIVE
+    cmd += ["-o", f"ServerAliveInterval={alive[0]}", "-o", f"ServerAliveCountMax={alive[1]}"]
+    if bulk and host.bulk_cipher:
+        cmd += ["-o", f"Ciphers=^{host.bulk_cipher}"]  # first choice; the defaults stay as fallback
+    if shared:
+        cmd += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control_path(host, bulk=bulk)}",
+                "-o", f"ControlPersist={host.mux.persist_s}s"]
+    elif host.mux is not None:
+        cmd += ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
     if tty:
         cmd.append("-t")
     if host.key:
@@ -112,10 +186,84 @@ def ssh_transport(host: Host, *, tty: bool = False) -> list[str]:
     return cmd + list(host.options)
 
 
-def build_ssh_cmd(host: Host, remote: Sequence[str] | str, *, tty: bool = False) -> list[str]:
+def build_ssh_cmd(host: Host, remote: Sequence[str] | str, *, tty: bool = False, bulk: bool = False,
+                  multiplex: bool = True) -> list[str]:
     """ssh argv running ``remote`` on ``host``. A list is quoted word by word; a string is sent as is."""
     remote_cmd = remote if isinstance(remote, str) else shell_join(remote)
-    return [*ssh_transport(host, tty=tty), host.target, "--", remote_cmd]
+    return [*ssh_transport(host, tty=tty, bulk=bulk, multiplex=multiplex), host.target, "--", remote_cmd]
+
+
+def rsync_shell(host: Host, *, bulk: bool = True, multiplex: bool = True) -> str:
+    """rsync's ``-e`` value for ``host`` (a bulk copy by default): the same transport as every ssh call."""
+    return shell_join(ssh_transport(host, bulk=bulk, multiplex=multiplex))
+
+
+def master_cmd(socket_path: str, op: str = "stop") -> list[str]:
+    """``ssh -O op`` for one master. ``stop``: no new sessions; the master leaves when its last one
+    ends (a concurrent command's call is not cut off, as ``exit`` would)."""
+    return ["ssh", "-o", f"ControlPath={socket_path}", "-O", op, "sparkhelpers-master"]
+
+
+def control_paths(argv: Sequence[str]) -> list[str]:
+    """The control sockets ``argv`` names (also inside a script: rsync -e, a ``| ssh`` pipeline)."""
+    return sorted({m.group(1) for arg in argv for m in _CONTROL_PATH.finditer(str(arg))})
+
+
+# ---- SSH: side effects ----------------------------------------------------------------------------
+
+def ensure_control_dir(directory: str) -> None:
+    """Create the control directory mode 0700, or check an existing one is ours, a directory, private."""
+    path = Path(directory)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = path.lstat()
+    except OSError as exc:
+        raise SparkError(f"cannot create the SSH control directory {directory}: {exc.strerror}",
+                         fix="set SPARK_STATE_DIR to a writable directory, or SSH_CONTROL_PERSIST=0") from None
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise SparkError(f"SSH control directory {directory} is not a directory of this user",
+                         fix=f"remove it (rm -rf {shell_quote(directory)}) or set SPARK_STATE_DIR elsewhere")
+    if st.st_mode & 0o077:
+        os.chmod(directory, 0o700)
+
+
+def master_answers(socket_path: str, wait_s: float = 1.0) -> bool | None:
+    """True: a master answers on ``socket_path`` (it greets every client at once); False: a socket or
+    file is there but nothing answers in ``wait_s`` (a stopped or wedged master, a stale file); None:
+    no socket."""
+    if not os.path.lexists(socket_path):
+        return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(wait_s)
+        try:
+            sock.connect(socket_path)
+            return len(sock.recv(12)) > 0
+        except OSError:
+            return False
+
+
+def prepare_control(argv: Sequence[str], warn: Callable[[str], None] | None = None) -> None:
+    """Before a command that shares SSH connections: its control directory exists (0700), and a master
+    that does not answer is removed, so ssh starts a fresh one instead of waiting on it for ever."""
+    for path in control_paths(argv):
+        ensure_control_dir(os.path.dirname(path))
+        if master_answers(path) is False:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            if warn:
+                warn(f"the SSH master at {path} did not answer; replaced by a new connection")
+
+
+@lru_cache(maxsize=4)
+def ssh_ciphers(ssh: str = "ssh") -> tuple[str, ...]:
+    """The ciphers this machine's ssh supports (``ssh -Q cipher``); () when ssh cannot say."""
+    try:
+        out = subprocess.run([ssh, "-Q", "cipher"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    return tuple(line.strip() for line in out.stdout.splitlines() if line.strip()) if out.returncode == 0 else ()
 
 
 @dataclass
@@ -125,6 +273,7 @@ class Runner:
     dry_run: bool = False
     echo: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
     default_timeout: float | None = None
+    warn: Callable[[str], None] = field(default=lambda msg: print(f"sparkhelpers: warning: {msg}", file=sys.stderr))
 
     def run(
         self,
@@ -149,6 +298,7 @@ class Runner:
         argv = tuple(str(a) for a in argv)
         if self.dry_run and (mutating or connects(argv)):
             return self._pretend(argv, host, mutating)
+        prepare_control(argv, self.warn)
         full_env = {**os.environ, **env} if env else None
         timeout = timeout if timeout is not None else self.default_timeout
         text = not isinstance(input, bytes)
@@ -207,18 +357,38 @@ class Runner:
         if self.dry_run:
             self.echo(f"[dry-run] local: {shell_join(argv)} >>{log_path} 2>&1 &")
             return 0
+        prepare_control(argv, self.warn)
         full_env = {**os.environ, **env} if env else None
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     env=full_env, cwd=cwd, start_new_session=True)
         return proc.pid
 
-    def on(self, host: Host, argv: Sequence[str] | str, **kwargs) -> RunResult:
-        """Run on a node: locally for the local host, else over SSH (a string is a shell snippet)."""
+    def on(self, host: Host, argv: Sequence[str] | str, *, bulk: bool = False, multiplex: bool = True,
+           **kwargs) -> RunResult:
+        """Run on a node: locally for the local host, else over SSH (a string is a shell snippet);
+        ``bulk``/``multiplex`` as in ``ssh_transport``."""
         if host.is_local:
             local = ["bash", "-c", argv] if isinstance(argv, str) else list(argv)
             return self.run(local, host=host.label, **kwargs)
-        return self.run(build_ssh_cmd(host, argv), host=host.label, **kwargs)
+        return self.run(build_ssh_cmd(host, argv, bulk=bulk, multiplex=multiplex), host=host.label, **kwargs)
+
+    def close_masters(self, directory: str) -> int:
+        """End every SSH master in ``directory`` (``ssh -O stop``: sessions still running finish first)
+        and remove the directory. Returns how many masters answered. Idempotent."""
+        if not os.path.isdir(directory):
+            return 0
+        sockets = sorted(str(p) for p in Path(directory).iterdir() if re.fullmatch(r"[bc][0-9a-f]{10}", p.name))
+        if self.dry_run:
+            for path in sockets:
+                self.echo(f"[dry-run] local: {shell_join(master_cmd(path))}")
+            return 0
+        live = [p for p in sockets if master_answers(p, wait_s=0.5)]
+        self.parallel(lambda p: self.run(master_cmd(p), timeout=5), live)
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
+        return len(live)
 
     def stream(
         self,
@@ -240,6 +410,7 @@ class Runner:
         argv = tuple(str(a) for a in argv)
         if self.dry_run and (mutating or connects(argv)):
             return self._pretend(argv, host, mutating)
+        prepare_control(argv, self.warn)
         full_env = {**os.environ, **env} if env else None
         t0 = time.monotonic()
         try:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from sparkhelpers import validate as v
 from sparkhelpers.config import Config
 from sparkhelpers.errors import SparkError, UsageError
-from sparkhelpers.runner import LOCAL, Host
+from sparkhelpers.runner import LOCAL, Host, Multiplex, control_dir
 
 if TYPE_CHECKING:
     from sparkhelpers.models.catalog import ModelSpec
@@ -99,12 +99,20 @@ def ssh_options(cfg: Config) -> tuple[str, ...]:
         raise v.bad("SSH_OPTIONS", raw, f"cannot be split into arguments ({exc})", "balance the quotes in it") from None
 
 
+def ssh_mux(cfg: Config) -> Multiplex | None:
+    """Connection sharing as configured (SSH_CONTROL_PERSIST; 0 = none), sockets under SPARK_STATE_DIR."""
+    from sparkhelpers.config import state_dir
+
+    persist = v.setting(cfg, "SSH_CONTROL_PERSIST", 30)
+    return Multiplex(control_dir(state_dir(cfg)), persist) if persist else None
+
+
 def host_for(cfg: Config, address: str, key: str = "WORKER_HOST") -> Host:
-    """A node reached over SSH with the configured user, key, options and timeout."""
+    """A node reached over SSH with the configured user, key, options, timeout, sharing and bulk cipher."""
     user = v.setting(cfg, "WORKER_USER", "")
     timeout = v.setting(cfg, "SSH_CONNECT_TIMEOUT", 5)
     return Host(v.ssh_host(address, key), user=user, key=cfg.get("SSH_KEY"), options=ssh_options(cfg),
-                connect_timeout=timeout)
+                connect_timeout=timeout, mux=ssh_mux(cfg), bulk_cipher=v.setting(cfg, "SSH_BULK_CIPHER", ""))
 
 
 def head_host(cfg: Config) -> Host:

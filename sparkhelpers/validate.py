@@ -33,11 +33,29 @@ _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9._-]{0,31}\$?$")  # POSIX login names (
 _SIZE = re.compile(r"^[0-9]+[bkmgBKMG]?$")
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 _SAFE_ARG = re.compile(r"^[^\x00-\x1f]*$")
+_CIPHER = re.compile(r"^[a-z0-9][a-z0-9.@-]{0,63}$")
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16", "float16")
 LOAD_FORMATS = ("auto", "safetensors", "fastsafetensors", "pt", "npcache", "dummy", "gguf", "bitsandbytes",
                 "runai_streamer", "sharded_state", "tensorizer", "mistral")
 # Flags that would put a secret on a command line (and so in ps and docker inspect).
 SECRET_FLAGS = ("--api-key", "--hf-token", "--token")
+
+
+DEFAULT_BULK_CIPHER = "aes128-gcm@openssh.com"  # in every OpenSSH since 6.2, AES instructions on x86 and Arm
+
+
+def ssh_cipher(value: str, key: str = "SSH_BULK_CIPHER") -> str:
+    """One cipher name this machine's ssh supports (``ssh -Q cipher``; the default is not asked about,
+    so a plain command runs no extra process). ssh refuses an unknown name in Ciphers outright."""
+    from sparkhelpers.runner import ssh_ciphers
+
+    if not _CIPHER.match(value):
+        raise bad(key, value, "is not one cipher name", f"sparkhelpers config set {key} {DEFAULT_BULK_CIPHER}")
+    known = () if value == DEFAULT_BULK_CIPHER else ssh_ciphers()
+    if known and value not in known:
+        raise bad(key, value, f"is not a cipher this ssh supports ({', '.join(known)})",
+                  f"sparkhelpers config set {key} {next((c for c in known if 'gcm' in c), known[0])}")
+    return value
 
 
 def bad(key: str, value: str, why: str, fix: str) -> SparkError:
@@ -264,6 +282,8 @@ RULES: dict[str, Rule] = {
     "WORKER_USER": Rule(user_name),
     "SSH_CONNECT_TIMEOUT": Rule(_whole(1, 300, 5), required=True),
     "SSH_OPTIONS": Rule(arg_list),
+    "SSH_CONTROL_PERSIST": Rule(_whole(0, 3600, 30)),
+    "SSH_BULK_CIPHER": Rule(lambda raw, key: ssh_cipher(raw, key)),
     "HEAD_IP": Rule(ip),
     "HEAD_IP2": Rule(ip),
     "FABRIC_IF": Rule(ifname),

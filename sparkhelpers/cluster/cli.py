@@ -110,11 +110,13 @@ def run(
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         with cluster_lock(cfg, what="sparkhelpers cluster run (stop)", wait_s=60):
             control.stop_cluster(cfg, runner)
+        control.close_ssh(cfg, runner)
         return
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     info(f"{reason}: stopping the other ranks")
     with cluster_lock(cfg, what="sparkhelpers cluster run (stop)", wait_s=60):
         control.stop_cluster(cfg, runner, force=True)
+    control.close_ssh(cfg, runner)
     raise SparkError(f"recipe {recipe} stopped serving: {reason.splitlines()[0]}",
                      fix="read the rank's log (`sparkhelpers logs --node N`), then run it again")
 
@@ -173,6 +175,7 @@ def stop(
     runner = Runner(dry_run=dry_run, echo=typer.echo)
     if dry_run:
         control.stop_cluster(cfg, runner, force=force, local_only=local_only, quiet=True)
+        control.close_ssh(cfg, runner)
         return
     if force:  # --force must work while a hung start or a sweep holds the lock: end the holder, then stop
         end_holder(lock_path(cfg))
@@ -180,6 +183,7 @@ def stop(
     else:
         with cluster_lock(cfg, what="stop_cluster.sh", wait_s=30):
             results = control.stop_cluster(cfg, runner, force=force, local_only=local_only)
+    control.close_ssh(cfg, runner)  # the shared SSH connections go with the cluster
     if as_json:
         print_json([{"node": r.node, "ok": r.ok, "removed": r.removed, "docker_s": round(r.docker_s, 3),
                      "error": r.error} for r in results])

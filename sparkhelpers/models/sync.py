@@ -33,7 +33,7 @@ from sparkhelpers.errors import SparkError, UsageError
 from sparkhelpers.models import snapshot_check
 from sparkhelpers.models.catalog import ModelSpec
 from sparkhelpers.relay import Payload, Target
-from sparkhelpers.runner import Host, Runner, RunResult, build_ssh_cmd, shell_join, shell_quote, ssh_transport
+from sparkhelpers.runner import Host, Runner, RunResult, build_ssh_cmd, rsync_shell, shell_join, shell_quote
 from sparkhelpers.units import human_bytes, human_pair
 
 IDLE_TIMEOUT_S = 120
@@ -92,8 +92,9 @@ def select(workers: list[Worker], wanted: list[str]) -> list[Worker]:
 # ---- pure command builders ----------------------------------------------------------------------
 
 def rsync_argv(src_dir: str, worker: Worker, dest_dir: str, *, idle_timeout: int = IDLE_TIMEOUT_S,
-               bwlimit_kbps: int | None = None) -> list[str]:
-    """rsync of one model directory, the cache layout kept (blobs, refs, snapshot symlinks)."""
+               bwlimit_kbps: int | None = None, multiplex: bool = True) -> list[str]:
+    """rsync of one model directory, the cache layout kept (blobs, refs, snapshot symlinks); a bulk copy
+    (the bulk cipher first). ``multiplex=False`` when it runs on a remote head (no control dir there)."""
     argv = ["rsync", "-a", "--no-owner", "--no-group", f"--partial-dir={PARTIAL_DIR}",
             f"--timeout={idle_timeout}", "--info=progress2", "--no-inc-recursive", "--stats",
             "--exclude=*.incomplete", f"--exclude={PARTIAL_DIR}/"]
@@ -101,7 +102,7 @@ def rsync_argv(src_dir: str, worker: Worker, dest_dir: str, *, idle_timeout: int
         argv.append(f"--bwlimit={bwlimit_kbps}")
     if worker.host.is_local:
         return [*argv, f"--rsync-path=mkdir -p {shell_quote(dest_dir)} && rsync", f"{src_dir}/", f"{dest_dir}/"]
-    return [*argv, "-e", shell_join(ssh_transport(worker.host)),
+    return [*argv, "-e", rsync_shell(worker.host, multiplex=multiplex),
             f"--rsync-path=mkdir -p {shell_quote(dest_dir)} && rsync", f"{src_dir}/",
             f"{worker.host.target}:{dest_dir}/"]
 
@@ -308,7 +309,8 @@ def _copy_all(runner: Runner, spec: ModelSpec, todo: list[Worker], report: dict,
 
     def copy(worker: Worker) -> tuple[Worker, RunResult]:
         dest = snapshot_check.repo_dir(worker.cache, spec.repo)
-        argv = rsync_argv(src, worker, dest, idle_timeout=idle_timeout, bwlimit_kbps=bwlimit_kbps)
+        argv = rsync_argv(src, worker, dest, idle_timeout=idle_timeout, bwlimit_kbps=bwlimit_kbps,
+                          multiplex=head.is_local)
         if not head.is_local:
             argv = build_ssh_cmd(head, shell_join(argv))
         rows[worker.name]["started_at"] = round(time.time(), 3)
