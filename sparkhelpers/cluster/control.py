@@ -48,7 +48,8 @@ def start_cluster(cfg: Config, *, nodes: int | None = None, solo: bool = False, 
     spec = spec or model_spec(cfg)
     topo = node_set(cfg, node_names or [])
     lay = layout_for(cfg, spec, nodes=nodes, solo=solo, topo=topo)
-    fabric = resolve_fabric(cfg, runner, lay.nodes, topo)
+    snapshots: dict[int, object] = {}  # discovery's facts per rank, reused by the start's fabric gate
+    fabric = resolve_fabric(cfg, runner, lay.nodes, topo, snapshots)
     native = None
     if lay.nodes > 1 and cfg.get("LAUNCH_MODE", "auto") == "auto" and cfg.get("RUNTIME", "vllm") == "vllm":
         native = native_supported(runner, spec.image or cfg.get("VLLM_IMAGE"), state_dir(cfg) / "image-probe.json",
@@ -71,7 +72,7 @@ def start_cluster(cfg: Config, *, nodes: int | None = None, solo: bool = False, 
     starter = lifecycle.Starter(plan, runner, spec=spec, secrets=secrets, replace=replace,
                                 keep_on_failure=keep_on_failure, drop_caches=cfg.get_bool("DROP_CACHES", False),
                                 api_key=api_key, say=say, stop_all=lambda: stop_cluster(cfg, runner),
-                                fabric_mtu=cfg.get_int("FABRIC_MTU", 9000))
+                                fabric_mtu=cfg.get_int("FABRIC_MTU", 9000), snapshots=snapshots)
     return StartOutcome(plan, starter.start())
 
 
@@ -97,6 +98,15 @@ def stop_cluster(cfg: Config, runner=None, *, force: bool = False, local_only: b
             else:
                 warn(f"{r.node}: could not stop (unreachable?): {r.error}")
     return results
+
+
+def close_ssh(cfg: Config, runner=None) -> int:  # noqa: ANN001
+    """End the shared SSH connections (masters) of this state directory and remove their control
+    directory; what `cluster stop` does last. Returns how many masters were running."""
+    from sparkhelpers.config import state_dir
+    from sparkhelpers.runner import Runner, control_dir
+
+    return (runner or Runner()).close_masters(control_dir(state_dir(cfg)))
 
 
 def stop_failures(results: list) -> list[str]:

@@ -20,13 +20,17 @@ from sparkhelpers.runner import Host, Runner
 from sparkhelpers.topology import Topology, topology
 
 
-def discovered(runner: Runner, host: Host) -> dict[str, str]:
-    """This node's own NCCL/vLLM variables from discovery ({} when it sees no usable fabric)."""
+def discovered(runner: Runner, host: Host, keep: list | None = None) -> dict[str, str]:
+    """This node's own NCCL/vLLM variables from discovery ({} when it sees no usable fabric). The
+    snapshot's facts are appended to ``keep`` when given (the start's fabric gate reuses them)."""
     from sparkhelpers.discover import capture, discover_snapshot, nccl_env
 
     tmp = tempfile.mkdtemp(prefix="sparkhelpers-fabric-")
     try:
-        return nccl_env(discover_snapshot(str(capture(runner, f"{tmp}/snap", host))))
+        facts = discover_snapshot(str(capture(runner, f"{tmp}/snap", host)))
+        if keep is not None:
+            keep.append(facts)
+        return nccl_env(facts)
     except SparkError as exc:
         if "ssh failed" in exc.message:
             raise SparkError(f"node {host.label} is unreachable over SSH: {exc.message.rsplit(': ', 1)[-1]}",
@@ -37,9 +41,12 @@ def discovered(runner: Runner, host: Host) -> dict[str, str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def resolve_fabric(cfg: Config, runner: Runner, count: int, topo: Topology | None = None) -> dict[int, NodeNet]:
+def resolve_fabric(cfg: Config, runner: Runner, count: int, topo: Topology | None = None,
+                   snapshots: dict[int, object] | None = None) -> dict[int, NodeNet]:
     """Fabric facts of the first ``count`` nodes of the topology (or node set ``topo``). Under --dry-run
-    (``runner.dry_run``) nothing is asked: what discovery would fill in is shown as ``DISCOVER``."""
+    (``runner.dry_run``) nothing is asked: what discovery would fill in is shown as ``DISCOVER``.
+    ``snapshots`` (when given) receives each node's discovery facts by rank, so the start's gate does
+    not capture the same node twice."""
     topo = topo or topology(cfg)
     configured = fabric_from_config(topo, cfg, count)
     if count == 1 or all(n.fabric_ip and n.ifname and n.hcas for n in configured.values()):
@@ -48,7 +55,10 @@ def resolve_fabric(cfg: Config, runner: Runner, count: int, topo: Topology | Non
     if runner.dry_run:
         return {rank: NodeNet(net.fabric_ip or DISCOVER, net.ifname or DISCOVER, net.hcas or DISCOVER,
                               net.gid_index) for rank, net in configured.items()}
-    envs = runner.parallel(lambda n: discovered(runner, n.host), list(nodes))
+    kept: dict[int, list] = {n.rank: [] for n in nodes}
+    envs = runner.parallel(lambda n: discovered(runner, n.host, kept[n.rank]), list(nodes))
+    if snapshots is not None:
+        snapshots.update({rank: facts[0] for rank, facts in kept.items() if facts})
     out: dict[int, NodeNet] = {}
     for node, env in zip(nodes, envs, strict=True):
         net = configured[node.rank]

@@ -61,9 +61,9 @@ class Starter:
     def __init__(self, plan: ClusterPlan, runner: Runner, *, spec: ModelSpec, secrets: dict[str, str],
                  replace: bool = False, keep_on_failure: bool = False, drop_caches: bool = False, api_key: str = "",
                  say: Callable[[str], None] = print, stop_all: Callable[[], None] | None = None,
-                 fabric_mtu: int = 9000) -> None:
+                 fabric_mtu: int = 9000, snapshots: dict[int, object] | None = None) -> None:
         self.plan, self.runner, self.secrets, self.spec = plan, runner, secrets, spec
-        self.fabric_mtu, self.gate = fabric_mtu, None
+        self.fabric_mtu, self.gate, self.snapshots = fabric_mtu, None, snapshots or {}
         self.next_peer_check, self.peer_watch = 0.0, None
         self.replace, self.keep_on_failure, self.drop_caches = replace, keep_on_failure, drop_caches
         self.api_key, self.say, self.stop_all = api_key, say, stop_all
@@ -185,7 +185,7 @@ class Starter:
         from sparkhelpers.discover.nodes import Node
 
         nodes = [Node(n.rank, n.label, n.host, n.fabric_ip) for n in self.plan.nodes]
-        self.gate = gate.start_gate(self.runner, nodes, mtu=self.fabric_mtu)
+        self.gate = gate.start_gate(self.runner, nodes, mtu=self.fabric_mtu, known=self.snapshots)
         for check in self.gate.warnings:
             self.warn(gate.one_line(check))
         self.gate.raise_on_failure()

@@ -19,7 +19,8 @@ copy_file() {
   local value
   [[ -r "$1" ]] || return 0
   value="$(cat "$1" 2>/dev/null)" || return 0
-  mkdir -p "$out$(dirname "$1")"
+  # No dirname/mkdir per file: a capture reads hundreds of files, and forks cost on a busy node.
+  [[ -d "$out${1%/*}" ]] || mkdir -p "$out${1%/*}"
   printf '%s\n' "$value" >"$out$1"
 }
 

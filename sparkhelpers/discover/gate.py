@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,8 +86,10 @@ class GateResult:
                          fix="; then ".join(fixes) or "run ./checkout_setup.sh --quick for the full report")
 
 
-def _snapshot_all(runner: Runner, nodes: list[Node], work: Path) -> list[ck.NodeFacts]:
+def _snapshot_all(runner: Runner, nodes: list[Node], work: Path, known: Mapping[int, object]) -> list[ck.NodeFacts]:
     def one(node: Node) -> ck.NodeFacts:
+        if node.rank in known:  # captured moments ago by the start's fabric discovery
+            return ck.NodeFacts(node.name, known[node.rank], node.is_head)
         try:
             path = capture(runner, work / node.name.replace("/", "_"), node.host)
         except SparkError as exc:
@@ -107,13 +110,15 @@ def live_pings(runner: Runner, nodes: list[Node], facts: list[ck.NodeFacts], mtu
     return [c for result in results for c in result]
 
 
-def start_gate(runner: Runner, nodes: list[Node], *, mtu: int = RECOMMENDED_MTU) -> GateResult:
-    """Snapshot every node, judge the fabric and parity, ping over each twin. Head first in ``nodes``."""
+def start_gate(runner: Runner, nodes: list[Node], *, mtu: int = RECOMMENDED_MTU,
+               known: Mapping[int, object] | None = None) -> GateResult:
+    """Snapshot every node, judge the fabric and parity, ping over each twin. Head first in ``nodes``.
+    ``known``: facts by rank already captured during this start (those nodes are not asked again)."""
     if len(nodes) < 2 or runner.dry_run:
         return GateResult()
     work = Path(tempfile.mkdtemp(prefix="sparkhelpers-gate-"))
     try:
-        facts = _snapshot_all(runner, nodes, work)
+        facts = _snapshot_all(runner, nodes, work, known or {})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = GateResult(gate_checks(facts, mtu), nodes=list(nodes), facts=facts, mtu=mtu)
