@@ -78,7 +78,8 @@ def hop(target: Target, lane: int, tree: dict[str, list[str]], by_name: dict[str
     long the parent lets it take no data (``wait_s``: longer the more nodes hang below it)."""
     host = target.lanes[lane]
     return {"name": target.name, "root": target.root, "wait_s": stall_s * plan.height(tree, target.name),
-            "ssh": build_ssh_cmd(host, shell_join(agent_argv("recv"))),
+            # run by the parent's agent on another node: a bulk connection of its own (no control dir there)
+            "ssh": build_ssh_cmd(host, shell_join(agent_argv("recv")), bulk=True, multiplex=False),
             "children": [hop(by_name[c], lane, tree, by_name, stall_s) for c in tree[target.name]]}
 
 

@@ -42,8 +42,9 @@ def load_script(path: str, image: str) -> str:
             f"docker image inspect --format '{{{{.Id}}}}' {shell_quote(image)}")
 
 
-def fanout_script(image: str, node: ImageNode) -> str:
-    load = shell_join(build_ssh_cmd(node.lanes[0], ["docker", "load"]))
+def fanout_script(image: str, node: ImageNode, multiplex: bool = True) -> str:
+    """Run on the head; ``multiplex=False`` when the head is another machine (no control dir there)."""
+    load = shell_join(build_ssh_cmd(node.lanes[0], ["docker", "load"], bulk=True, multiplex=multiplex))
     return f"set -o pipefail; docker save {shell_quote(image)} | {load}"
 
 
@@ -96,7 +97,7 @@ def _size(runner: Runner, head: Host, path: str) -> int:
 def _fanout(runner: Runner, image: str, image_id: str, head: Host, nodes: list[ImageNode],
             record: Callable[[str], None]) -> dict[str, str]:
     def copy(node: ImageNode) -> tuple[str, str]:
-        script = fanout_script(image, node)
+        script = fanout_script(image, node, multiplex=head.is_local)
         record(f"# [head] copy image to {node.name}\n{script}\n")
         r = runner.on(head, script, timeout=3600)
         if not r.ok:
