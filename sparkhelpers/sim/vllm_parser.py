@@ -131,6 +131,14 @@ def _accepts(action: argparse.Action, text: str) -> bool:
         return False
 
 
+def _argparse_error(text: str) -> str:
+    """The parser's complaint in one line: from its `error:` line on (a pydantic error spans several lines),
+    without pydantic's "For further information" links."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "For further information" not in ln]
+    start = next((i for i, ln in enumerate(lines) if "error:" in ln), max(len(lines) - 1, 0))
+    return " | ".join(lines[start:])[:400] or "argparse exit"
+
+
 def check(argvs: list[list[str]]) -> list[dict]:
     _, cli_args = _imports()
     p = serve_parser()
@@ -147,8 +155,7 @@ def check(argvs: list[list[str]]) -> list[dict]:
                 cli_args.validate_parsed_serve_args(ns)
             out.append({"ok": True, "error": ""})
         except SystemExit:
-            lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
-            out.append({"ok": False, "error": lines[-1] if lines else "argparse exit"})
+            out.append({"ok": False, "error": _argparse_error(err.getvalue())})
         except Exception as exc:  # noqa: BLE001 - report any validation error as vLLM would fail
             out.append({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
     return out
