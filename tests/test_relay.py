@@ -156,3 +156,35 @@ def test_listing_a_hub_snapshot(tmp_path):
     assert {f["path"]: f["size"] for f in out["files"]} == {"blobs/x": 5, f"snapshots/{'c' * 40}/tokenizer.json": 2}
     assert out["links"] == [{"path": f"snapshots/{'c' * 40}/config.json", "target": "../../blobs/x"}]
     assert out["writes"] == [{"path": "refs/main", "data": "c" * 40}]
+
+
+def test_image_scripts_save_once_under_a_temp_name_and_load_then_remove():
+    from sparkhelpers.relay import image
+
+    assert image.archive_name("sha256:" + "ab" * 32) == "ab" * 32 + ".tar"
+    save = image.save_script("vllm/x:1", "/raid/hf-cache/.sparkhelpers-images/a.tar")
+    assert "docker save -o /raid/hf-cache/.sparkhelpers-images/a.tar.tmp vllm/x:1" in save
+    assert save.index("[ -s") < save.index("docker save") < save.index("mv ")  # kept archive reused
+    load = image.load_script("/raid/c/.sparkhelpers-images/a.tar", "vllm/x:1")
+    assert load.index("docker load -i") < load.index("rm -f") < load.index("docker image inspect")
+
+
+def test_second_twin_addresses_come_from_the_topology():
+    from sparkhelpers.config import load_config
+    from sparkhelpers.errors import SparkError
+    from sparkhelpers.models.sync import workers_from_config
+    from sparkhelpers.topology import topology
+
+    flags = {"WORKER_HOST": "spark2 spark3", "WORKER_IB_IP": "10.0.1.2 10.0.1.3", "WORKER_IB_IP2": "10.0.2.2 10.0.2.3",
+             "HEAD_IP": "10.0.1.1", "HEAD_IP2": "10.0.2.1", "HF_CACHE": "/raid/hf-cache"}
+    topo = topology(load_config(flags=flags))
+    assert topo.head.twin_ips == ("10.0.1.1", "10.0.2.1")
+    assert [n.twin_ips for n in topo.workers] == [("10.0.1.2", "10.0.2.2"), ("10.0.1.3", "10.0.2.3")]
+    w = workers_from_config(load_config(flags=flags))
+    assert [x.host2.address for x in w] == ["10.0.2.2", "10.0.2.3"] and w[0].host2.user == w[0].host.user
+    no2 = workers_from_config(load_config(flags={**flags, "WORKER_IB_IP2": ""}))
+    assert all(x.host2 is None for x in no2)
+    with pytest.raises(SparkError, match="WORKER_IB_IP2 has 1 entries but WORKER_HOST has 2"):
+        topology(load_config(flags={**flags, "WORKER_IB_IP2": "10.0.2.2"}))
+    with pytest.raises(SparkError, match="WORKER_IB_IP2"):
+        topology(load_config(flags={**flags, "WORKER_IB_IP2": "10.0.2.2 10.0.2.300"}))

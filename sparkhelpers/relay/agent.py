@@ -23,6 +23,7 @@ import contextlib
 import errno
 import json
 import os
+import queue
 import select
 import shutil
 import subprocess
@@ -171,6 +172,7 @@ class Store:
         self.stage = os.path.join(self.root, header["staging"]) if self.root else ""
         self.files, self.error, self.wrote, self.skipped = header["files"], "", 0, 0
         self.fds, self.journals = {}, {}
+        self.pending, self.syncer = queue.Queue(), None
         self.have = held(self.root, header["staging"], self.files, header["chunk"]) if self.root else {}
 
     def wants(self, fi, off):
@@ -193,31 +195,52 @@ class Store:
             self.fail(exc)
 
     def done_chunk(self, fi, off):
+        """The chunk is written: a background thread syncs it to disk, then journals it (the stream
+        keeps flowing meanwhile; a chunk is journaled only once it is durable)."""
         if self.error or fi not in self.fds:
             return
-        try:
-            os.fdatasync(self.fds[fi])
-            if fi not in self.journals:
-                name = _name(self.files[fi]["path"]) + f".lane{self.lane}"
-                self.journals[fi] = open(os.path.join(self.stage, name), "a", encoding="ascii")  # noqa: SIM115
-            self.journals[fi].write(f"{off}\n")
-            self.journals[fi].flush()
-        except OSError as exc:
-            self.fail(exc)
+        if self.syncer is None:
+            self.syncer = threading.Thread(target=self._sync_loop, daemon=True)
+            self.syncer.start()
+        self.pending.put((fi, off))
+
+    def _sync_loop(self):
+        while True:
+            item = self.pending.get()
+            if item is None or self.error:
+                return
+            fi, off = item
+            try:
+                os.fdatasync(self.fds[fi])
+                if fi not in self.journals:
+                    name = _name(self.files[fi]["path"]) + f".lane{self.lane}"
+                    self.journals[fi] = open(os.path.join(self.stage, name), "a", encoding="ascii")  # noqa: SIM115
+                self.journals[fi].write(f"{off}\n")
+                self.journals[fi].flush()
+            except OSError as exc:
+                self.fail(exc)
 
     def fail(self, exc):
+        if self.error:
+            return
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         self.error = ("no space left on device" if full else f"write failed: {exc.strerror or exc}") + \
             f" (in {self.stage})"
-        self.close()
-        shutil.rmtree(self.stage, ignore_errors=True)
 
     def close(self):
+        """Wait for the journal to catch up, close everything; after a write error remove the staging
+        directory (a full disk keeps nothing half-written; forwarding went on regardless)."""
+        if self.syncer is not None:
+            self.pending.put(None)
+            self.syncer.join()
+            self.syncer = None
         for fd in self.fds.values():
             os.close(fd)
         for fh in self.journals.values():
             fh.close()
         self.fds, self.journals = {}, {}
+        if self.error:
+            shutil.rmtree(self.stage, ignore_errors=True)
 
 
 def _status(name, lane, ok, error, store, children):

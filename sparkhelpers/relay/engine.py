@@ -23,7 +23,6 @@ from sparkhelpers.runner import Host, Runner, RunResult, build_ssh_cmd, shell_jo
 from sparkhelpers.units import human_bytes
 
 STAGING = ".relay"
-MAX_ROUNDS = 3
 NO_SPACE = re.compile(r"no space left|ENOSPC|quota", re.I)
 
 
@@ -263,11 +262,16 @@ def distribute(runner: Runner, source: Host, payload: Payload, targets: list[Tar
     items = plan.chunks([f["size"] for f in payload.files])
     paths = [f["path"] for f in payload.files]
     todo = list(targets)
-    out.lanes = choose_lanes(runner, todo, warn)
+    lanes: list[int] = []  # asked while the first probe runs (both are one SSH round trip per node)
+    asking = threading.Thread(target=lambda: lanes.append(choose_lanes(runner, todo, warn)), daemon=True)
+    asking.start()
     last_error: dict[str, str] = {}
-    for rnd in range(1, MAX_ROUNDS + 1):
+    rounds = len(targets) + 1  # every round completes at least the head's own child, so this always ends
+    for rnd in range(1, rounds + 1):
         out.rounds = rnd
         probed = runner.parallel(lambda t: _probe(runner, t, payload), todo)
+        asking.join()
+        out.lanes = lanes[0] if lanes else 1
         for t, answer, why in probed:
             if answer is None:
                 earlier = f" (after: {last_error[t.name]})" if t.name in last_error else ""
@@ -291,7 +295,7 @@ def distribute(runner: Runner, source: Host, payload: Payload, targets: list[Tar
             if fin.get("complete"):
                 out.done.append(t.name)
                 out.rows[t.name]["finished_at"] = round(time.time(), 3)
-            elif NO_SPACE.search(why) or rnd == MAX_ROUNDS:
+            elif NO_SPACE.search(why) or rnd == rounds:
                 _abort(runner, t)
                 out.failed[t.name] = why or f"incomplete after {rnd} rounds: {', '.join(fin.get('missing', [])[:3])}"
             else:
