@@ -19,7 +19,7 @@ Usage: perf/distribution.py [--rate 100mbit] [--model-mib 1024] [--image-mib 256
   (save once, relay, docker load on each worker, IDs checked). `docker rmi` on the workers between runs.
 - Twins: the relay's 1-worker model time against `ssh worker 'cat > file' < shard` of the same bytes over
   twin 1 (one stream), both through the shaped link.
-SSH_OPTIONS='-c CIPHER' is set for every ssh of both methods alike (AES-GCM is the cheapest cipher here).
+SSH_BULK_CIPHER=CIPHER for both methods alike (every copy is a bulk ssh call; AES-GCM is the cheapest here).
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def main() -> None:
     t_all = time.monotonic()
     with bench_cluster("dist", 4) as cluster:
         faults.inject(cluster, "spark1", "slow-fabric", args.rate)
-        env = {"SPARK_CONFIG": cluster.profile, "SPARK_HOME": str(ROOT), "SSH_OPTIONS": f"-c {args.cipher}"}
+        env = {"SPARK_CONFIG": cluster.profile, "SPARK_HOME": str(ROOT), "SSH_BULK_CIPHER": args.cipher}
         model = write_model(cluster.node_dir("spark1") / "raid" / "hf-cache", REPO,
                             args.model_mib * (1 << 20) // 8, 8, sparse=True)
         print(f"4-node emulated cluster {cluster.name}; head twins at {args.rate}; measuring", flush=True)
