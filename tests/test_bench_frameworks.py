@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,7 @@ def test_llama_benchy_framework_against_the_truth_server(tmp_path, monkeypatch):
         tok = tmp_path / "tokenizer.json"
         spec = importlib.util.spec_from_file_location("client_error", ROOT / "perf" / "client_error.py")
         client_error = importlib.util.module_from_spec(spec)
+        sys.modules["client_error"] = client_error  # its dataclasses look the module up
         spec.loader.exec_module(client_error)
         subprocess.run([str(py), "-c", client_error.TOKENIZER_SNIPPET, str(tok)], check=True)
         monkeypatch.setenv("PATH", f"{py.parent}:{os.environ['PATH']}")

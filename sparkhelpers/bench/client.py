@@ -11,6 +11,7 @@ the figures.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import random
@@ -97,19 +98,21 @@ def build_payload(spec: LoadSpec, prompt: Prompt) -> dict:
 
 
 def parse_sse_line(line: bytes | str) -> dict | object | None:
-    """One SSE line -> the JSON payload, DONE for ``[DONE]``, None for blank/comment/other fields."""
-    text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
-    text = text.strip()
-    if not text.startswith("data:"):
-        return None
-    data = text[5:].strip()
-    if data == "[DONE]":
+    """One SSE line -> the JSON payload, DONE for ``[DONE]``, None for blank/comment/other fields.
+    Bytes are parsed as they came (no decode: json reads UTF-8 bytes itself)."""
+    raw = line if isinstance(line, bytes) else line.encode("utf-8", "replace")
+    if not raw.startswith(b"data:"):
+        raw = raw.lstrip()
+        if not raw.startswith(b"data:"):
+            return None
+    data = raw[5:].strip()
+    if data == b"[DONE]":
         return DONE
     try:
         value = json.loads(data)
-    except json.JSONDecodeError:
-        return {"_malformed": data[:200]}
-    return value if isinstance(value, dict) else {"_malformed": data[:200]}
+    except ValueError:
+        return {"_malformed": data[:200].decode("utf-8", "replace")}
+    return value if isinstance(value, dict) else {"_malformed": data[:200].decode("utf-8", "replace")}
 
 
 class StreamState:
@@ -210,8 +213,10 @@ def arrival_schedule(n: int, rate: float, burstiness: float, seed: int) -> list[
 class Health:
     cpu_s: float = 0.0
     wall_s: float = 0.0
+    origin: float = 0.0  # perf_counter at the load's start: records' times are relative to it
     loop_lag_ms: list[float] = field(default_factory=list)
     dispatch_lag_ms: list[float] = field(default_factory=list)
+    send_lag_ms: list[float] = field(default_factory=list)  # POST called -> body on the socket (not in TTFT)
 
     def summary(self) -> dict:
         cpu_pct = 100.0 * self.cpu_s / self.wall_s if self.wall_s > 0 else 0.0
@@ -222,6 +227,7 @@ class Health:
             "event_loop_lag_max_ms": round(max(self.loop_lag_ms, default=0.0), 3),
             "dispatch_lag_p99_ms": round(percentile(self.dispatch_lag_ms, 99), 3) if self.dispatch_lag_ms else None,
             "dispatch_lag_max_ms": round(max(self.dispatch_lag_ms), 3) if self.dispatch_lag_ms else None,
+            "send_lag_p99_ms": round(percentile(self.send_lag_ms, 99), 3) if self.send_lag_ms else None,
         }
 
 
@@ -244,8 +250,55 @@ def judge_health(health: dict, median_ttft_ms: float) -> list[str]:
     return reasons
 
 
-async def send_one(session, spec: LoadSpec, prompt: Prompt, record: RequestRecord, origin: float) -> RequestRecord:
-    """One streamed request; ``record.start`` is stamped just before the POST (relative to ``origin``).
+def stamped_payload(body: bytes, on_write):  # noqa: ANN001, ANN201
+    """The body as an aiohttp payload that calls ``on_write()`` just before its bytes go to the socket.
+
+    ``start`` is taken again there: in a burst (128 requests let go at once) every coroutine stamps its
+    start before any body is written (Python < 3.12 runs aiohttp's body write as a task behind the
+    others), so the first request left ~10 ms after its stamp and TTFT counted the client's own queueing.
+    (No aiohttp tracing: its per-request signals cost more, at the moment other streams' last tokens land.)
+    """
+    return _stamped_class()(body, on_write)
+
+
+@functools.cache
+def _stamped_class():  # noqa: ANN202  (aiohttp is imported only when a load runs)
+    from aiohttp.payload import BytesPayload
+
+    class Stamped(BytesPayload):
+        def __init__(self, body: bytes, on_write) -> None:  # noqa: ANN001
+            super().__init__(body, content_type="application/json")
+            self.on_write = on_write
+
+        async def write(self, writer) -> None:  # noqa: ANN001  (aiohttp < 3.12)
+            self.on_write()
+            await super().write(writer)
+
+        async def write_with_length(self, writer, content_length) -> None:  # noqa: ANN001
+            self.on_write()
+            await super().write_with_length(writer, content_length)
+
+    return Stamped
+
+
+def request_headers(spec: LoadSpec) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", **spec.headers}
+    if spec.api_key:
+        headers["Authorization"] = f"Bearer {spec.api_key}"
+    return headers
+
+
+def encode_payload(spec: LoadSpec, prompt: Prompt) -> bytes:
+    """The request body as bytes, built before the load: no serializing inside the timed window."""
+    return json.dumps(build_payload(spec, prompt), ensure_ascii=False).encode()
+
+
+async def send_one(session, spec: LoadSpec, prompt: Prompt, record: RequestRecord, origin: float, *,
+                   body: bytes | None = None, headers: dict[str, str] | None = None,
+                   send_lags: list[float] | None = None) -> RequestRecord:
+    """One streamed request; ``record.start`` is when its body went to the socket (relative to ``origin``;
+    stamped just before the POST, then again by ``stamped_payload``); the gap between the two is
+    appended to ``send_lags`` (ms).
 
     A pooled keep-alive connection the server has already closed fails before the request reaches it
     ("Can not write request body", or a disconnect before any response); that request is sent once more
@@ -253,25 +306,27 @@ async def send_one(session, spec: LoadSpec, prompt: Prompt, record: RequestRecor
     """
     import aiohttp
 
-    headers = {"Content-Type": "application/json", **spec.headers}
-    if spec.api_key:
-        headers["Authorization"] = f"Bearer {spec.api_key}"
-    payload = build_payload(spec, prompt)
+    headers = headers or request_headers(spec)
+    body = body if body is not None else encode_payload(spec, prompt)
     clock = time.perf_counter
     for attempt in range(2):
         state = StreamState(record, chat=spec.backend == "openai-chat")
-        record.start = clock() - origin
+        posted = record.start = clock() - origin
+
+        def sent(posted: float = posted) -> None:
+            if record.start == posted:  # the first body chunk only
+                record.start = clock() - origin
+                if send_lags is not None:
+                    send_lags.append((record.start - posted) * 1000.0)
+
         try:
-            async with session.post(spec.url, json=payload, headers=headers) as resp:
+            async with session.post(spec.url, data=stamped_payload(body, sent), headers=headers) as resp:
                 record.http_status = resp.status
                 if resp.status != 200:
-                    body = (await resp.text(errors="replace"))[:200].replace("\n", " ")
-                    record.error = f"HTTP {resp.status}: {body}"
+                    text = (await resp.text(errors="replace"))[:200].replace("\n", " ")
+                    record.error = f"HTTP {resp.status}: {text}"
                     return record
-                async for line in resp.content:
-                    state.feed(parse_sse_line(line), clock() - origin)
-                    if state.done:
-                        break
+                await read_stream(resp.content, state, origin)
         except asyncio.TimeoutError:
             state.error = f"timeout: no complete answer within {spec.request_timeout_s:g} s"
         except aiohttp.ClientPayloadError as exc:
@@ -285,6 +340,22 @@ async def send_one(session, spec: LoadSpec, prompt: Prompt, record: RequestRecor
             state.error = f"connection: {type(exc).__name__}: {exc}"[:200]
         break
     return state.finish()
+
+
+async def read_stream(content, state: StreamState, origin: float) -> None:  # noqa: ANN001
+    """Feed the SSE stream to ``state``: one timestamp per read from the socket (every message in it
+    arrived then), split into lines here, and only ``data:`` lines parsed."""
+    clock, pending = time.perf_counter, b""
+    async for data in content.iter_any():
+        ts = clock() - origin
+        *lines, pending = (pending + data).split(b"\n")
+        for line in lines:
+            if line.startswith(b"data:"):
+                state.feed(parse_sse_line(line), ts)
+                if state.done:
+                    return
+    if pending.startswith(b"data:"):
+        state.feed(parse_sse_line(pending), clock() - origin)
 
 
 async def _watch_loop(stop: asyncio.Event, lags: list[float], interval: float = 0.01) -> None:
@@ -315,8 +386,10 @@ async def run_load(spec: LoadSpec, prompts: Sequence[Prompt], *, progress=None,
 
     limit = spec.max_concurrency or 0
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, keepalive_timeout=60)
-    timeout = aiohttp.ClientTimeout(total=spec.request_timeout_s, sock_read=spec.request_timeout_s)
+    # total only: a sock_read timeout (the same bound) made aiohttp cancel and re-arm a timer on every chunk
+    timeout = aiohttp.ClientTimeout(total=spec.request_timeout_s)
     health = Health()
+    headers, bodies = request_headers(spec), [encode_payload(spec, p) for p in prompts]
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as session:
         if spec.num_warmups > 0 and prompts:
             await _warm_up(session, spec, (list(warmup_prompts) or list(prompts))[0])
@@ -332,7 +405,7 @@ async def run_load(spec: LoadSpec, prompts: Sequence[Prompt], *, progress=None,
         watcher = asyncio.ensure_future(_watch_loop(stop, health.loop_lag_ms))
         done = 0
         cpu0 = time.process_time()
-        origin = time.perf_counter()
+        origin = health.origin = time.perf_counter()
 
         async def one(i: int) -> RequestRecord:
             nonlocal done
@@ -342,12 +415,13 @@ async def run_load(spec: LoadSpec, prompts: Sequence[Prompt], *, progress=None,
                     await asyncio.sleep(delay)
                 health.dispatch_lag_ms.append(max(0.0, (time.perf_counter() - origin - schedule[i]) * 1000.0))
             queued = time.perf_counter()
+            send = {"body": bodies[i], "headers": headers, "send_lags": health.send_lag_ms}
             if sem is None:
-                rec = await send_one(session, spec, prompts[i], records[i], origin)
+                rec = await send_one(session, spec, prompts[i], records[i], origin, **send)
             else:
                 async with sem:
                     records[i].queue_time = time.perf_counter() - queued
-                    rec = await send_one(session, spec, prompts[i], records[i], origin)
+                    rec = await send_one(session, spec, prompts[i], records[i], origin, **send)
             done += 1
             if progress:
                 progress(done, len(prompts))
