@@ -99,6 +99,7 @@ def format_summary(doc: dict) -> str:
     row("Token counts from:", extra.get("token_count_source") or "-")
     row("Client CPU (% of one core):", client.get("cpu_pct"))
     row("Event-loop lag p99 (ms):", client.get("event_loop_lag_p99_ms"))
+    row("Send lag p99 (ms, not in TTFT):", client.get("send_lag_p99_ms"))
     row("Dispatch lag p99 (ms, open loop):", client.get("dispatch_lag_p99_ms"))
     row("Valid:", "yes" if doc["run"]["valid"] else "NO")
     lines.append("=" * 60)
