@@ -81,7 +81,8 @@ def test_spawn_detaches_and_logs(tmp_path):
     log = tmp_path / "out.log"
     pid = Runner().spawn(["sh", "-c", "echo started; echo $$ > " + str(tmp_path / "pid")], log_path=str(log))
     for _ in range(100):
-        if (tmp_path / "pid").exists() and "started" in log.read_text():
+        pid_file = tmp_path / "pid"  # created (empty) by the redirection before echo writes to it
+        if pid_file.exists() and pid_file.read_text().strip() and "started" in log.read_text():
             break
         time.sleep(0.05)
     assert int((tmp_path / "pid").read_text()) == pid
