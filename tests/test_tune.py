@@ -219,3 +219,13 @@ def test_a_failed_start_is_a_timeout_or_a_crash_by_its_first_line():
 
     assert start_status("the engine was not healthy after 240s (http://x/health):\ntail") == dc.START_TIMEOUT
     assert start_status("the start failed: engine exited (rc 1):\nEngineCore failed; timeout 5") == dc.CRASHED
+
+
+def test_a_memory_win_must_clear_the_memory_scatter_too():
+    o = parse_objective("output_tps@c8")
+    inc = m([100] * 3, memory=40)
+    noisy = m([99] * 3, memory=36)
+    noisy.memory_scatter = 0.15  # the node's memory moved 15% between repeats (other processes)
+    assert dc.decide(o, None, inc, noisy).outcome == dc.TIE
+    noisy.memory_scatter = 0.02
+    assert dc.decide(o, None, inc, noisy).outcome == dc.WIN_MEMORY

@@ -58,6 +58,7 @@ def test_tune_picks_more_parallel_sequences_records_a_crash_and_keeps_an_incumbe
     control, best = measurements(first, "control")[0], measurements(first, "max_num_seqs=8")
     assert len(control["objective"]) == 3 and all(len(m["objective"]) == 3 for m in best)
     assert min(m["median"] for m in best) > control["median"] * 1.05
+    assert control["memory_gib"] and control["engine"]["prefix_cache_hit_rate"] is not None  # low-water mark
     directory = Path(state_dir(c)) / "tuned" / first["id"]
     assert "max_num_seqs: 8" in (directory / "winner.yaml").read_text()
     html = (directory / "report.html").read_text()

@@ -34,6 +34,7 @@ class Measurement:
     objective: list[float] = field(default_factory=list)  # the objective metric, one value per repeat
     guard: list[float] = field(default_factory=list)  # the guard metric, one value per repeat
     memory_gib: float | None = None  # peak memory in use on the nodes (lower is better)
+    memory_scatter: float = 0.0  # relative spread of the per-repeat memory figures (the nodes' own noise)
     engine: dict = field(default_factory=dict)  # prefix-cache hit rate, preemptions (medians)
     start_s: float | None = None
     run: int = 0  # the job's run number (1 = the first start)
@@ -116,9 +117,11 @@ def decide(objective: Objective, guard: Guard | None, incumbent: Measurement, ca
 
 
 def lower_memory(incumbent: Measurement, candidate: Measurement) -> bool:
+    """Clearly less: by more than max(5%, either side's memory scatter over its repeats)."""
     if incumbent.memory_gib is None or candidate.memory_gib is None:
         return False
-    return candidate.memory_gib < incumbent.memory_gib * (1 - MEMORY_MARGIN)
+    margin = max(MEMORY_MARGIN, incumbent.memory_scatter, candidate.memory_scatter)
+    return candidate.memory_gib < incumbent.memory_gib * (1 - margin)
 
 
 def confirmed(objective: Objective, guard: Guard | None, incumbent: Measurement, first: Measurement,
@@ -136,5 +139,6 @@ def merged(first: Measurement, again: Measurement) -> Measurement:
     """A confirmed winner's figures: both runs' repeats (what later candidates are compared with)."""
     mem = [m for m in (first.memory_gib, again.memory_gib) if m is not None]
     return Measurement(first.candidate, first.recipe_id, OK, "", first.objective + again.objective,
-                       first.guard + again.guard, max(mem) if mem else None, again.engine or first.engine,
-                       first.start_s, again.run, again.result_dir, True)
+                       first.guard + again.guard, max(mem) if mem else None,
+                       max(first.memory_scatter, again.memory_scatter, scatter(mem)),
+                       again.engine or first.engine, first.start_s, again.run, again.result_dir, True)

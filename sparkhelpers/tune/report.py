@@ -61,7 +61,8 @@ def summary_html(record: dict) -> str:
             f"{_fmt((w.get('gain_vs_control') or 0) * 100, 3)}% against the control).</p>"
             "<p class=\"note\">The rule, fixed before any run: a candidate wins only when its median beats the "
             "current best by more than max(5%, the measured scatter of either side), the guard holds, and a "
-            "confirmation re-run agrees; a tie keeps the incumbent unless the candidate uses over 5% less memory; "
+            "confirmation re-run agrees; a tie keeps the incumbent unless the candidate uses less memory by more "
+            "than max(5%, its scatter); "
             "a crash or start timeout is a result and is never retried unchanged; a candidate the memory-fit "
             "estimate or the legal-values schema refuses never runs.</p>")
 

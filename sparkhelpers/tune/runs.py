@@ -59,19 +59,25 @@ def profile_for(point: Point, w: Workload, slo_ms: dict[str, float] | None = Non
                    warmups=w.warmups, goodput=dict(slo_ms or {}))
 
 
-def memory_gib(docs: list[dict]) -> float | None:
-    """Peak memory in use on the busiest node during the runs (MemTotal - the MemAvailable low-water mark,
-    from each result's ``node_memory``); None when no run sampled the nodes."""
-    peaks = []
+def memory_per_run(docs: list[dict]) -> list[float]:
+    """Per run: peak memory in use on the busiest node (MemTotal - the MemAvailable low-water mark, from the
+    result's ``node_memory``); runs that did not sample the nodes are left out."""
+    out = []
     for d in docs:
         mem = d.get("node_memory") or {}
-        if not mem.get("available"):
-            continue
-        for node in (mem.get("nodes") or {}).values():
-            total, low = node.get("mem_total_gib"), node.get("mem_available_min_gib")
-            if isinstance(total, (int, float)) and isinstance(low, (int, float)):
-                peaks.append(round(float(total) - float(low), 2))
-    return max(peaks) if peaks else None
+        peaks = [float(n["mem_total_gib"]) - float(n["mem_available_min_gib"])
+                 for n in (mem.get("nodes") or {}).values() if mem.get("available")
+                 and isinstance(n.get("mem_total_gib"), (int, float))
+                 and isinstance(n.get("mem_available_min_gib"), (int, float))]
+        if peaks:
+            out.append(round(max(peaks), 2))
+    return out
+
+
+def memory_gib(docs: list[dict]) -> float | None:
+    """The peak over the runs; None when no run sampled the nodes."""
+    runs = memory_per_run(docs)
+    return max(runs) if runs else None
 
 
 def engine_summary(docs: list[dict]) -> dict:
@@ -156,7 +162,8 @@ class ClusterBench:
         main = docs[self.objective.point]
         m = dc.Measurement(cand.name, cand.recipe_id, dc.INVALID if invalid else dc.OK, "; ".join(invalid)[:500],
                            objective=[float(d.get(self.objective.doc_key) or 0.0) for d in main],
-                           memory_gib=memory_gib(every), engine=engine_summary(main), result_dir=str(out_dir))
+                           memory_gib=memory_gib(every), memory_scatter=dc.scatter(memory_per_run(every)),
+                           engine=engine_summary(main), result_dir=str(out_dir))
         if self.guard is not None:
             m.guard = [float(d[self.guard.doc_key]) for d in docs[self.guard.point]
                        if isinstance(d.get(self.guard.doc_key), (int, float))]
