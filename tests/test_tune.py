@@ -69,9 +69,11 @@ def test_win_needs_more_than_five_percent_and_more_than_the_scatter():
     inc = m([100, 100, 100])
     assert dc.decide(o, None, inc, m([104, 104, 104])).outcome == dc.TIE
     assert dc.decide(o, None, inc, m([106, 106, 106])).outcome == dc.WIN
-    noisy = m([90, 110, 100])  # 20% scatter: a 10% gain is inside it
-    v = dc.decide(o, None, noisy, m([110, 110, 110]))
+    noisy = m([80, 120, 100])  # interquartile range 20% of the median: a 15% gain is inside it
+    v = dc.decide(o, None, noisy, m([115, 115, 115]))
     assert v.outcome == dc.TIE and v.threshold == pytest.approx(0.2)
+    assert dc.decide(o, None, noisy, m([125, 125, 125])).outcome == dc.WIN
+    assert dc.scatter([98, 100, 102, 100, 300]) == pytest.approx(0.02)  # one wild repeat barely moves it
     assert dc.decide(o, None, inc, m([80, 80, 80])).outcome == dc.LOSS
 
 

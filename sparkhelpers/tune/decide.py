@@ -65,11 +65,13 @@ class Measurement:
 
 
 def scatter(values: list[float]) -> float:
-    """Relative spread of the repeats: (max - min) / median (0 with fewer than two repeats)."""
+    """Relative spread of the repeats: the interquartile range over the median (inclusive quartiles: half the
+    range for 3 repeats); 0 with fewer than two repeats."""
     if len(values) < 2:
         return 0.0
     mid = statistics.median(values)
-    return (max(values) - min(values)) / abs(mid) if mid else float("inf")
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return (q3 - q1) / abs(mid) if mid else float("inf")
 
 
 @dataclass
