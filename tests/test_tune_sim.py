@@ -20,9 +20,9 @@ CRASH = "/root/tune-crash.yaml"
 RECIPE = ("recipe: 1\nname: qwen3-tune\nmodel: Qwen/Qwen3-0.6B\nimage: {image}\nnodes: 1\nengine_args:\n"
           "  max_model_len: 2048\n  max_num_seqs: {seqs}\n  enforce_eager: true\n{env}")
 PROFILES = "/root/tune-profiles.yaml"
-# A lean point (16 prompts of 16/8 tokens at c=8): one CPU thread serves the control at ~9 tok/s.
-LEAN = ("profiles:\n  tune-lean:\n    cells: [{name: \"16/8\", dataset: random, input_len: 16, output_len: 8}]\n"
-        "    concurrency: [8]\n    prompts_per_concurrency: 2\n    min_prompts: 8\n    warmups: 2\n    repeats: 3\n")
+# A lean point (8 prompts of 16/16 tokens at c=8, one wave): one CPU thread serves the control at ~5-9 tok/s.
+LEAN = ("profiles:\n  tune-lean:\n    cells: [{name: \"16/16\", dataset: random, input_len: 16, output_len: 16}]\n"
+        "    concurrency: [8]\n    prompts_per_concurrency: 1\n    min_prompts: 8\n    warmups: 1\n    repeats: 3\n")
 OBJECTIVE = ["--objective", "output_tps@c8", "--guard", "ttft@c8<=+50%", "--profile", "tune-lean"]
 
 
