@@ -3,8 +3,8 @@ engine (SmolLM2 via xllamacpp behind the strict vllm stand-in), the benchmark cl
 
 One lean job: a candidate with more parallel sequences wins at c=8 and its confirmation holds; a hand-written
 candidate that crashes on load (the sim's engine-crash fault, set for that engine only) is recorded and not
-retried; the same job again gives the same id without a run; a retune whose candidate is no better keeps the
-incumbent and skips the crashed candidate; the cluster is left as it was (stopped)."""
+retried; the same job again gives the same id without a run; a retune whose candidate is no better (fewer
+sequences) keeps the incumbent and skips the crashed candidate; the cluster is left as it was (stopped)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ PROFILES = "/root/tune-profiles.yaml"
 # A lean point (8 prompts of 16/16 tokens at c=8, one wave): one CPU thread serves the control at ~5-9 tok/s.
 LEAN = ("profiles:\n  tune-lean:\n    cells: [{name: \"16/16\", dataset: random, input_len: 16, output_len: 16}]\n"
         "    concurrency: [8]\n    prompts_per_concurrency: 1\n    min_prompts: 8\n    warmups: 1\n    repeats: 3\n")
-OBJECTIVE = ["--objective", "output_tps@c8", "--guard", "ttft@c8<=+50%", "--profile", "tune-lean"]
+# TTFT at c=8: one sequence at a time queues the other seven (a 5-10x difference, far above the shared box's
+# noise); the guard keeps the throughput from dropping.
+OBJECTIVE = ["--objective", "ttft@c8", "--guard", "output_tps@c8>=-25%", "--profile", "tune-lean"]
 
 
 def write(c, path: str, seqs: int, env: str = "") -> None:
@@ -57,7 +59,7 @@ def test_tune_picks_more_parallel_sequences_records_a_crash_and_keeps_an_incumbe
     assert first["runs"] == 4 and first["restore"] == "stopped"
     control, best = measurements(first, "control")[0], measurements(first, "max_num_seqs=8")
     assert len(control["objective"]) == 3 and all(len(m["objective"]) == 3 for m in best)
-    assert min(m["median"] for m in best) > control["median"] * 1.05
+    assert max(m["median"] for m in best) < control["median"] * 0.95  # TTFT: lower is better
     assert control["memory_gib"] and control["engine"]["prefix_cache_hit_rate"] is not None  # low-water mark
     directory = Path(state_dir(c)) / "tuned" / first["id"]
     assert "max_num_seqs: 8" in (directory / "winner.yaml").read_text()
@@ -68,7 +70,7 @@ def test_tune_picks_more_parallel_sequences_records_a_crash_and_keeps_an_incumbe
     again = tune(c, "run", BASE, *OBJECTIVE, "--lever", "max_num_seqs=8", "--candidate", CRASH)
     assert again["id"] == first["id"] and again.get("existing") and again["job_id"] == first["job_id"]
 
-    kept = tune(c, "retune", first["id"], "--lever", "prefix_caching=false", "--candidate", CRASH)
+    kept = tune(c, "retune", first["id"], "--lever", "max_num_seqs=4", "--candidate", CRASH)
     assert kept["state"] == "done", kept.get("error")
     assert kept["winner"]["recipe_id"] == winner["recipe_id"] and kept["winner"]["kept_incumbent"]
     outcomes = [e.get("outcome") for e in kept["trail"] if e["step"] == "measured"]
