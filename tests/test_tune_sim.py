@@ -61,6 +61,9 @@ def test_tune_picks_more_parallel_sequences_records_a_crash_and_keeps_an_incumbe
     assert len(control["objective"]) == 3 and all(len(m["objective"]) == 3 for m in best)
     assert max(m["median"] for m in best) < control["median"] * 0.95  # TTFT: lower is better
     assert control["memory_gib"] and control["engine"]["prefix_cache_hit_rate"] is not None  # low-water mark
+    medians = ", ".join(f"{m['median']:.0f}" for m in best)
+    print(f"tune sim: control TTFT {control['median']:.0f} ms (scatter {control['scatter']:.1%}); "
+          f"max_num_seqs=8 {medians} ms; {first['runs']} runs")
     directory = Path(state_dir(c)) / "tuned" / first["id"]
     assert "max_num_seqs: 8" in (directory / "winner.yaml").read_text()
     html = (directory / "report.html").read_text()
