@@ -98,13 +98,13 @@ class Outcome:
 
 # ---- the server ----------------------------------------------------------------------------------
 
-def start_server(s: Setup, cpu: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, str(HERE / "truth_server.py"), "--port", str(s.port), "--ttft-ms",
-                             str(s.ttft_ms), "--itl-ms", str(s.itl_ms), "--cpu", str(cpu)],
-                            preexec_fn=_priority)
+def start_server(port: int, ttft_ms: float, itl_ms: float, cpu: int) -> subprocess.Popen:
+    """The truth server pinned to ``cpu`` (with --nice/--realtime), once it answers."""
+    proc = subprocess.Popen([sys.executable, str(HERE / "truth_server.py"), "--port", str(port), "--ttft-ms",
+                             str(ttft_ms), "--itl-ms", str(itl_ms), "--cpu", str(cpu)], preexec_fn=_priority)
     for _ in range(150):
         try:
-            urllib.request.urlopen(f"{s.url}/v1/models", timeout=1).read()
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1).read()
             return proc
         except OSError:
             time.sleep(0.1)
@@ -429,7 +429,7 @@ def main() -> None:
 
 def run_all(s: Setup, clients: list[str], levels: list[int], rates: list[float]) -> tuple[list[dict], list[str]]:
     ncpu = os.cpu_count() or 1
-    server = start_server(s, cpu=ncpu - 1)
+    server = start_server(s.port, s.ttft_ms, s.itl_ms, cpu=ncpu - 1)
     rows, extra = [], []
     try:
         for c in levels:

@@ -144,3 +144,33 @@ def urllib_get(port: int, path: str) -> bytes:
     import urllib.request
 
     return urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read()
+
+
+def test_breakdown_splits_each_request_on_one_clock():
+    bd = _load("client_breakdown")
+    from sparkhelpers.bench.client import Health
+    from sparkhelpers.bench.metrics import RequestRecord
+
+    health = Health(origin=100.0)
+    recs = []
+    for i, start in enumerate((0.010, 0.020)):  # sent at 100.010 and 100.020
+        r = RequestRecord(i, 8, 3, start=start, ttft=0.2035, latency=0.2035 + 0.0402, output_tokens=3, success=True)
+        recs.append(r)
+    served = [{"arrival": 99.0, "first": 99.2, "last": 99.24, "tokens": 3},  # the warm-up: dropped
+              {"arrival": 100.011, "first": 100.2120, "last": 100.2520, "tokens": 3},
+              {"arrival": 100.0215, "first": 100.2225, "last": 100.2625, "tokens": 3}]
+    b = bd.breakdown(recs, health, served, 1, 200.0, 20.0)
+    assert b["requests"] == 2 and b["ttft_err_ms"] == pytest.approx(3.5)
+    assert b["send_ms"] == pytest.approx(1.25) and b["server_late_ms"] == pytest.approx(1.0)
+    assert b["ttft_err_ms"] == pytest.approx(b["send_ms"] + b["server_late_ms"] + b["delivery_ms"])
+    assert b["tpot_client_ms"] == pytest.approx(0.1) and b["tpot_server_late_ms"] == pytest.approx(0.0)
+
+
+def test_breakdown_script_runs(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "perf" / "client_breakdown.py"), "--concurrency", "2", "--tokens",
+                        "4", "--ttft-ms", "30", "--itl-ms", "5", "--port", str(_free_port()), "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    b = json.loads(r.stdout)
+    assert b["requests"] == 4 and b["send_ms"] > -1 and b["server_late_ms"] >= 0
+    assert b["ttft_err_ms"] == pytest.approx(b["send_ms"] + b["server_late_ms"] + b["delivery_ms"])
