@@ -74,6 +74,21 @@ def format_summary(doc: dict) -> str:
         lines.append("{:-^60}".format("First content token (not in vLLM)"))
         row("Mean TTFT to first content (ms):", content.get("mean"))
         row("Median TTFT to first content (ms):", content.get("median"))
+    engine_and_nodes(doc, lines, row)
+    lines.append("{:-^60}".format("Client"))
+    client = extra.get("client", {})
+    row("Token counts from:", extra.get("token_count_source") or "-")
+    row("Client CPU (% of one core):", client.get("cpu_pct"))
+    row("Event-loop lag p99 (ms):", client.get("event_loop_lag_p99_ms"))
+    row("Send lag p99 (ms, not in TTFT):", client.get("send_lag_p99_ms"))
+    row("Dispatch lag p99 (ms, open loop):", client.get("dispatch_lag_p99_ms"))
+    row("Valid:", "yes" if doc["run"]["valid"] else "NO")
+    lines.append("=" * 60)
+    return "\n".join(lines)
+
+
+def engine_and_nodes(doc: dict, lines: list[str], row) -> None:  # noqa: ANN001
+    """The engine's /metrics block and the nodes' memory block, when the run has them."""
     engine = doc.get("engine_metrics") or {}
     if engine.get("available"):
         lines.append("{:-^60}".format("Engine (its /metrics, this run)"))
@@ -94,16 +109,6 @@ def format_summary(doc: dict) -> str:
             low = n.get("mem_available_min_gib")
             row(f"{name[:22]} lowest (GiB):", "-" if low is None else
                 f"{low:.2f} of {n.get('mem_total_gib') or '?'} ({n['samples']} samples)")
-    lines.append("{:-^60}".format("Client"))
-    client = extra.get("client", {})
-    row("Token counts from:", extra.get("token_count_source") or "-")
-    row("Client CPU (% of one core):", client.get("cpu_pct"))
-    row("Event-loop lag p99 (ms):", client.get("event_loop_lag_p99_ms"))
-    row("Send lag p99 (ms, not in TTFT):", client.get("send_lag_p99_ms"))
-    row("Dispatch lag p99 (ms, open loop):", client.get("dispatch_lag_p99_ms"))
-    row("Valid:", "yes" if doc["run"]["valid"] else "NO")
-    lines.append("=" * 60)
-    return "\n".join(lines)
 
 
 def failure_lines(doc: dict, causes: int = 5) -> list[str]:
