@@ -361,20 +361,27 @@ def _relay_payload(runner: Runner, spec: ModelSpec, report: dict, head: Host) ->
     return Payload(report["model_dir"], tuple(listing["files"]), tuple(listing["links"]), tuple(listing["writes"]))
 
 
-def _target(worker: Worker, spec: ModelSpec, head: Host) -> Target:
+def _target(worker: Worker, spec: ModelSpec, head: Host, report: dict, expected: dict) -> Target:
+    """The worker as a relay target; the verify check rides on the finalize round trip."""
     lanes = (worker.host,) + ((worker.host2,) if worker.host2 and worker.host != worker.mgmt else ())
-    return Target(worker.name, lanes, snapshot_check.repo_dir(worker.cache, spec.repo), ask=_asked(worker, head))
+    args = json.dumps({"cache": worker.cache, "repo": spec.repo, "revision": spec.revision, "expected": expected,
+                       "preflight": False})
+    check = (f"python3 - {shell_quote(args)}", Path(snapshot_check.__file__).read_text(encoding="utf-8"))
+    return Target(worker.name, lanes, snapshot_check.repo_dir(worker.cache, spec.repo), ask=_asked(worker, head),
+                  fresh=not report.get("exists", True), check=check)
 
 
 def _relay_all(runner: Runner, spec: ModelSpec, todo: list[Worker], report: dict, rows: dict[str, dict], *,
-               idle_timeout: int, bwlimit_kbps: int | None, head: Host, echo) -> None:  # noqa: ANN001
+               idle_timeout: int, bwlimit_kbps: int | None, head: Host, echo,  # noqa: ANN001
+               probed: dict[str, dict]) -> None:
     """Relay the snapshot to ``todo``, verify the ones that completed, then name those that failed."""
     from sparkhelpers.appkit import warn
     from sparkhelpers.relay import distribute
 
     payload = _relay_payload(runner, spec, report, head)
-    out = distribute(runner, head, payload, [_target(w, spec, head) for w in todo], stall_s=idle_timeout,
-                     bwlimit_kbps=bwlimit_kbps, say=echo, warn=warn)
+    targets = [_target(w, spec, head, probed.get(w.name, {}), report["files"]) for w in todo]
+    out = distribute(runner, head, payload, targets, stall_s=idle_timeout, bwlimit_kbps=bwlimit_kbps, say=echo,
+                     warn=warn)
     for w in todo:
         got = out.rows.get(w.name, {})
         rows[w.name].update(started_at=got.get("started_at"), finished_at=got.get("finished_at"),
@@ -386,8 +393,8 @@ def _relay_all(runner: Runner, spec: ModelSpec, todo: list[Worker], report: dict
             rows[w.name].update(action="would copy", verified=False)
         return
     done = [w for w in todo if w.name in out.done]
-    reports = runner.parallel(lambda w: check_on(runner, w, spec, expected=report["files"],
-                                                 host=_asked(w, head))[1], done)
+    reports = runner.parallel(lambda w: out.rows[w.name].get("check") or check_on(
+        runner, w, spec, expected=report["files"], host=_asked(w, head))[1], done)
     for w, rep in zip(done, reports, strict=True):
         rows[w.name].update(action="copied", verified=bool(rep and rep["complete"]))
         if not rows[w.name]["verified"]:
@@ -463,7 +470,7 @@ def ensure_on_nodes(runner: Runner, spec: ModelSpec, nodes: list[Worker | Host],
         echo(f"copying {spec.repo} ({human_bytes(head['total_bytes'])}) to {', '.join(w.name for w in todo)} "
              "by relay (the head sends once; each worker forwards)")
         _relay_all(runner, spec, todo, head, rows, idle_timeout=idle_timeout, bwlimit_kbps=bwlimit_kbps,
-                   head=head_host, echo=echo)
+                   head=head_host, echo=echo, probed={w.name: r for w, r in probed})
         return list(rows.values())
     echo(f"copying {spec.repo} ({human_bytes(head['total_bytes'])}) to {', '.join(w.name for w in todo)} "
          "in parallel (fan-out)")

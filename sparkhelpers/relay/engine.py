@@ -32,6 +32,9 @@ class Target:
     lanes: tuple[Host, ...]  # how to reach it over twin 1 (and twin 2)
     root: str  # the directory the files land in, on that node
     ask: Host | None = None  # how this machine reaches it for probes (default: lanes[0]; a control machine: mgmt)
+    fresh: bool = False  # nothing of it there yet (the caller's preflight saw no directory): no first probe
+    check: tuple[str, str] = ("", "")  # (shell, its stdin) run after finalize in the same SSH call; its last
+    #                                    stdout line (JSON) lands in Outcome.rows[name]["check"]
 
     @property
     def control(self) -> Host:
@@ -199,7 +202,9 @@ def choose_lanes(runner: Runner, todo: list[Target], warn: Callable[[str], None]
     return 1 if bad else 2
 
 
-def _probe(runner: Runner, t: Target, payload: Payload) -> tuple[Target, dict | None, str]:
+def _probe(runner: Runner, t: Target, payload: Payload, first: bool) -> tuple[Target, dict | None, str]:
+    if first and t.fresh:
+        return t, {"have": {}}, ""
     args = {"root": t.root, "staging": STAGING, "files": list(payload.files), "chunk": plan.CHUNK}
     result, answer = run_agent(runner, t.control, "probe", args, timeout=60, mutating=False)
     if result.dry_run:
@@ -208,10 +213,22 @@ def _probe(runner: Runner, t: Target, payload: Payload) -> tuple[Target, dict | 
 
 
 def _finalize(runner: Runner, t: Target, payload: Payload) -> dict:
+    """Rename into place; with ``t.check``, the check runs right after in the same SSH round trip."""
     args = {"root": t.root, "staging": STAGING, "files": list(payload.files), "chunk": plan.CHUNK,
             "links": list(payload.links), "writes": list(payload.writes)}
-    result, answer = run_agent(runner, t.control, "finalize", args, timeout=300)
-    return answer or {"complete": False, "error": result.last_line or f"exit {result.returncode}"}
+    if not t.check[0]:
+        result, answer = run_agent(runner, t.control, "finalize", args, timeout=300)
+        return answer or {"complete": False, "error": result.last_line or f"exit {result.returncode}"}
+    python = sys.executable if t.control.is_local else "python3"
+    script = shell_join(agent_argv("finalize", args, python)) + " && " + t.check[0]
+    result = runner.on(t.control, script, input=t.check[1], timeout=300)
+    lines = [ln for ln in result.stdout.strip().splitlines() if ln.startswith("{")]
+    try:
+        answer = json.loads(lines[0])
+        answer["check"] = json.loads(lines[-1]) if len(lines) > 1 else None
+    except (ValueError, IndexError):
+        return {"complete": False, "error": result.last_line or f"exit {result.returncode}"}
+    return answer
 
 
 def _abort(runner: Runner, t: Target) -> None:
@@ -269,7 +286,7 @@ def distribute(runner: Runner, source: Host, payload: Payload, targets: list[Tar
     rounds = len(targets) + 1  # every round completes at least the head's own child, so this always ends
     for rnd in range(1, rounds + 1):
         out.rounds = rnd
-        probed = runner.parallel(lambda t: _probe(runner, t, payload), todo)
+        probed = runner.parallel(lambda t, first=(rnd == 1): _probe(runner, t, payload, first), todo)
         asking.join()
         out.lanes = lanes[0] if lanes else 1
         for t, answer, why in probed:
@@ -294,7 +311,7 @@ def distribute(runner: Runner, source: Host, payload: Payload, targets: list[Tar
             why = errors.get(t.name) or fin.get("error") or ""
             if fin.get("complete"):
                 out.done.append(t.name)
-                out.rows[t.name]["finished_at"] = round(time.time(), 3)
+                out.rows[t.name].update(finished_at=round(time.time(), 3), check=fin.get("check"))
             elif NO_SPACE.search(why) or rnd == rounds:
                 _abort(runner, t)
                 out.failed[t.name] = why or f"incomplete after {rnd} rounds: {', '.join(fin.get('missing', [])[:3])}"
