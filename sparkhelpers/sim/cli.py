@@ -154,7 +154,7 @@ def seed_model(
     typer.echo(api.get(name, _state()).seed_model(node, model, gguf=gguf))
 
 
-image_app = new_app("The locally built engine image (test infrastructure: fake ray/vllm, real tiny model).")
+image_app = new_app("The locally built engine image (test infrastructure: real Ray, a vllm stand-in, real tiny model).")
 app.add_typer(image_app, name="image")
 
 
