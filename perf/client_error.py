@@ -10,7 +10,7 @@ Starts the ground-truth server (TTFT 200 ms, one token every 20 ms, deadlines ab
 concurrency (warm-up at that concurrency first, as each client does it):
 - sparkhelpers: `sparkhelpers bench run` (this project's client);
 - vllm: `vllm bench serve` (vLLM's own client; the real-vllm side venv, `--vllm PATH` or `vllm` on PATH);
-- llama-benchy: installed by name into perf/.venv-benchy when the package index has it.
+- llama-benchy: the `make side-venvs` venv, else installed by name into perf/.venv-benchy.
 For each it prints the mean and p50 TTFT error and the TPOT error against the truth, split into the
 server's own lateness (the truth server records when it actually wrote each first and each token) and the
 client's share (the rest), and the client's CPU during its load (sampled from /proc between the server's
@@ -35,6 +35,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHY_VENV = HERE / ".venv-benchy"
+# `make side-venvs` builds this one (cached between CI runs); else llama-benchy installs into BENCHY_VENV.
+BENCHY_SIDE_VENV = Path(os.environ.get("SIDE_VENV_ROOT", "/var/cache/sparkhelpers")) / "llama-benchy-0.4.0"
 VLLM_SIDE_VENV = Path("/var/cache/sparkhelpers/real-vllm/vllm-0.32.0/bin/vllm")
 CLIENTS = ("sparkhelpers", "vllm", "llama-benchy")
 NICE = [0]  # --nice: the server's and each client's niceness increment (root may give a negative one)
@@ -286,9 +288,10 @@ def find_vllm(explicit: str) -> tuple[str, str]:
 
 def ensure_benchy() -> tuple[str, str]:
     """perf/.venv-benchy/bin/python with llama-benchy, installed by name once; or ("", why not)."""
+    for py in (BENCHY_SIDE_VENV / "bin" / "python", BENCHY_VENV / "bin" / "python"):
+        if py.exists() and subprocess.run([str(py), "-c", "import llama_benchy"], capture_output=True).returncode == 0:
+            return str(py), ""
     py = BENCHY_VENV / "bin" / "python"
-    if py.exists() and subprocess.run([str(py), "-c", "import llama_benchy"], capture_output=True).returncode == 0:
-        return str(py), ""
     print(f"installing llama-benchy into {BENCHY_VENV} (once) ...", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "venv", str(BENCHY_VENV)], check=True)
     r = subprocess.run([str(py), "-m", "pip", "install", "-q", "llama-benchy"], capture_output=True, text=True)
