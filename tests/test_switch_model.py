@@ -235,6 +235,17 @@ def test_switch_checks_the_layout_before_touching_anything(monkeypatch):
     assert report.nodes == 2 and rec.calls == []
 
 
+def test_an_unknown_extra_args_flag_is_refused_before_the_cluster_is_stopped(monkeypatch):
+    """The start would refuse it too, but the switch stops the cluster first: it checks before anything."""
+    from sparkhelpers.errors import SparkError
+
+    monkeypatch.setenv("EXTRA_ARGS", "--enable-auto-tool-choise")
+    rec = Recorder()
+    with pytest.raises(SparkError, match="EXTRA_ARGS: vllm 0.19.0 has no flag --enable-auto-tool-choise"):
+        switch("qwen3-8b", rec, skip_download=True)
+    assert rec.calls == [] and "MODEL=" not in local_config()
+
+
 def test_a_failed_start_says_the_choice_is_saved():
     from sparkhelpers.errors import SparkError
 

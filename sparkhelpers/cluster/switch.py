@@ -102,7 +102,10 @@ def switch(cfg: Config, req: SwitchRequest, *, runner=None, say: Callable[[str],
 
         cfg, spec = load_for_start(cfg, req.recipe)
     else:
+        from sparkhelpers.recipes.apply import check_extra_args
+
         spec = resolve_model(cfg, req.choice)
+        check_extra_args(cfg)  # the start would refuse it, after the stop below: refuse it before anything
     layout = check_layout(spec, cfg)
     report = SwitchReport(spec.name, spec.repo, layout.nodes)
     if note := fit_warning(spec):

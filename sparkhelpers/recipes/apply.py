@@ -77,11 +77,9 @@ def config_recipe(spec, *, image: str, runtime: str, mode: str, served: str, lay
     """The configured model (config.env + preset) as the recipe it amounts to; the plan renders its argv
     with the recipe renderer, so the configured route and a recipe share one rendering (and an id)."""
     from sparkhelpers import validate as v
-    from sparkhelpers.recipes import flags as fl
     from sparkhelpers.recipes.schema import CONTAINER_DEFAULTS, NAME_RE
 
-    version = v.setting(cfg, "ENGINE_VERSION") or ""
-    flagset = fl.flag_set(runtime, (version or None) if runtime == "vllm" else None)
+    flagset = config_flagset(cfg, runtime)
     container = {**CONTAINER_DEFAULTS, "shm_size": cfg.get("SHM_SIZE", "16g"),
                  "ipc_host": cfg.get_bool("IPC_HOST", True), "privileged": cfg.get_bool("PRIVILEGED", False),
                  "docker_args": shlex.split(cfg.get("EXTRA_DOCKER_ARGS"))}
@@ -92,7 +90,24 @@ def config_recipe(spec, *, image: str, runtime: str, mode: str, served: str, lay
                   launch=cfg.get("LAUNCH_MODE", "auto") if mode in ("ray", "native") else "auto",
                   served_name=served, revision=v.revision(spec.revision or ""),
                   engine_args=config_engine_args(cfg, spec, flagset), container=container,
-                  engine_version=version if runtime == "vllm" else "", source="config.env")
+                  engine_version=(v.setting(cfg, "ENGINE_VERSION") or "") if runtime == "vllm" else "",
+                  source="config.env")
+
+
+def config_flagset(cfg: Config, runtime: str):  # noqa: ANN201 - a flags.FlagSet
+    """The flag set the configured route is checked against: vLLM's of ENGINE_VERSION (empty: the default)."""
+    from sparkhelpers import validate as v
+    from sparkhelpers.recipes import flags as fl
+
+    return fl.flag_set(runtime, (v.setting(cfg, "ENGINE_VERSION") or None) if runtime == "vllm" else None)
+
+
+def check_extra_args(cfg: Config) -> None:
+    """Refuse a bad EXTRA_ARGS flag now, as the plan would at start: for callers that change something first
+    (the switch stops the cluster before it starts the new model)."""
+    from sparkhelpers import validate as v
+
+    extra_args_map(cfg, config_flagset(cfg, v.setting(cfg, "RUNTIME", "vllm")))
 
 
 def config_engine_args(cfg: Config, spec, flagset) -> dict:  # noqa: ANN001
