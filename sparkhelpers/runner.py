@@ -373,6 +373,19 @@ class Runner:
             return self.run(local, host=host.label, **kwargs)
         return self.run(build_ssh_cmd(host, argv, bulk=bulk, multiplex=multiplex), host=host.label, **kwargs)
 
+    def open_early(self, hosts: Sequence[Host]) -> list[threading.Thread]:
+        """Open the shared connections to ``hosts`` in the background (one ``true`` each, not waited for),
+        so the handshakes overlap other work and a later call finds its master open. Nothing under
+        --dry-run, for the local host or without sharing; a failure here is left to the real call."""
+        if self.dry_run:
+            return []
+        threads = [threading.Thread(target=self.on, args=(h, ["true"]), daemon=True,
+                                    kwargs={"timeout": h.connect_timeout + 10, "mutating": False})
+                   for h in hosts if h.mux is not None and not h.is_local]
+        for thread in threads:
+            thread.start()
+        return threads
+
     def close_masters(self, directory: str) -> int:
         """End every SSH master in ``directory`` (``ssh -O stop``: sessions still running finish first)
         and remove the directory. Returns how many masters answered. Idempotent."""

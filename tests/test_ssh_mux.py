@@ -216,3 +216,23 @@ def test_the_real_ssh_lists_the_default_cipher():
     if not ssh_ciphers():
         pytest.skip("no ssh client here")
     assert DEFAULT_BULK_CIPHER in ssh_ciphers()
+
+
+def test_open_early_runs_in_the_background_and_only_where_it_can_share(tmp_path, monkeypatch):
+    calls: list[tuple] = []
+    gate = threading.Event()
+
+    def slow_on(self, host, argv, **kwargs):  # noqa: ANN001, ANN202
+        gate.wait(5)
+        calls.append((host.address, tuple(argv), kwargs["mutating"]))
+
+    monkeypatch.setattr(Runner, "on", slow_on)
+    shared = Host("10.0.1.2", mux=Multiplex(str(tmp_path)))
+    t0 = time.monotonic()
+    threads = Runner().open_early([shared, Host("10.0.1.3"), Host("local", mux=MUX)])
+    assert time.monotonic() - t0 < 1, "not waited for"
+    gate.set()
+    for thread in threads:
+        thread.join(5)
+    assert calls == [("10.0.1.2", ("true",), False)], "only a host that shares connections"
+    assert Runner(dry_run=True).open_early([shared]) == []

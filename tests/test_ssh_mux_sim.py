@@ -40,6 +40,7 @@ def counting_ssh(cluster) -> tuple[str, object]:
 def test_a_start_shares_one_connection_per_address_and_stop_ends_them(sim_cluster):
     c = sim_cluster
     seed_model(c)
+    seed_model(c, "spark2")  # a warm start: the copies (own bulk connections) are another test's business
     ctl = f"{state_dir(c)}/ssh"
     path, log = counting_ssh(c)
     samples: list[str] = []
@@ -87,7 +88,8 @@ def test_a_start_shares_one_connection_per_address_and_stop_ends_them(sim_cluste
     finally:
         done.set()
         script(c, "stop_cluster.sh", "--force")
-        c.exec("spark1", f"rm -rf {MODEL_DIR}")
+        for node in ("spark1", "spark2"):
+            c.exec(node, f"rm -rf {MODEL_DIR}")
 
 
 def worker_socket(cluster) -> str:

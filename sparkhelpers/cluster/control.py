@@ -7,6 +7,8 @@ environment.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,8 +50,13 @@ def start_cluster(cfg: Config, *, nodes: int | None = None, solo: bool = False, 
     spec = spec or model_spec(cfg)
     topo = node_set(cfg, node_names or [])
     lay = layout_for(cfg, spec, nodes=nodes, solo=solo, topo=topo)
+    # the workers' fabric connections (the model check's) open while discovery and the preflight run
+    runner.open_early([dataclasses.replace(n.host, address=n.fabric_ip) for n in topo.workers[: lay.nodes - 1]
+                       if n.fabric_ip and n.fabric_ip != n.host.address])
     snapshots: dict[int, object] = {}  # discovery's facts per rank, reused by the start's fabric gate
+    t0 = time.monotonic()
     fabric = resolve_fabric(cfg, runner, lay.nodes, topo, snapshots)
+    discovery_s = time.monotonic() - t0
     native = None
     if lay.nodes > 1 and cfg.get("LAUNCH_MODE", "auto") == "auto" and cfg.get("RUNTIME", "vllm") == "vllm":
         native = native_supported(runner, spec.image or cfg.get("VLLM_IMAGE"), state_dir(cfg) / "image-probe.json",
@@ -73,6 +80,8 @@ def start_cluster(cfg: Config, *, nodes: int | None = None, solo: bool = False, 
                                 keep_on_failure=keep_on_failure, drop_caches=cfg.get_bool("DROP_CACHES", False),
                                 api_key=api_key, say=say, stop_all=lambda: stop_cluster(cfg, runner),
                                 fabric_mtu=cfg.get_int("FABRIC_MTU", 9000), snapshots=snapshots)
+    if snapshots:
+        starter.report.phases["discovery"] = discovery_s  # printed first: it ran before the preflight
     return StartOutcome(plan, starter.start())
 
 
