@@ -9,7 +9,8 @@ known TTFT, one token every ITL ms; pinned to the last CPU), and, unless --no-li
 1.82.6 (side venv from `make side-venvs`) with `gateway export --litellm --per-engine` (LiteLLM straight to the
 same server, so each path is one hop). The client (`sparkhelpers bench run`'s, pinned to CPU 0) runs each
 concurrency level on each path, paths interleaved per round; figures are medians over rounds. Added TTFT is the
-path's minus direct's, at p50 and p99; the throughput ratio is the path's output tok/s over direct's.
+path's minus direct's, at p50 and p99; the throughput ratio is the path's output tok/s over direct's. The
+proxy's own CPU (user and system, from /proc) is printed per request and per token, whatever the load.
 """
 
 from __future__ import annotations
@@ -92,25 +93,28 @@ def start_litellm(work: Path, models: Path, env: dict) -> tuple[subprocess.Popen
     return proc, url
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its reaped children (the proxy's own work, whatever the load)."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process (the proxy's own work, whatever the load)."""
     if not pid:
-        return 0.0
+        return 0.0, 0.0
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def measure(url: str, key: str, c: int, tokens: int, proxy_pid: int) -> dict:
     n = {1: 20}.get(c, 4 * c)
     opts = RunOptions(base_url=url, model="truth", random_input_len=64, random_output_len=tokens, num_prompts=n,
                       max_concurrency=c, num_warmups=min(c, 8))
-    cpu0 = cpu_seconds(proxy_pid)
+    (u0, s0) = cpu_seconds(proxy_pid)
     doc, _ = execute(opts, api_key=key)
-    cpu = cpu_seconds(proxy_pid) - cpu0  # includes the warm-ups: per request over all of them
-    per_req = 1000.0 * cpu / (n + opts.num_warmups) if proxy_pid else 0.0
+    (u1, s1) = cpu_seconds(proxy_pid)
+    reqs = n + opts.num_warmups  # the CPU includes the warm-ups: per request and token over all of them
+    per_req = 1000.0 * (u1 - u0 + s1 - s0) / reqs
     return {"p50": doc["median_ttft_ms"], "p99": doc["p99_ttft_ms"], "tput": doc["output_throughput"],
             "failed": doc["failed"], "valid": doc["run"]["valid"], "cpu": doc["extra"]["client"]["cpu_pct"],
-            "proxy_cpu_ms_per_req": per_req}
+            "proxy_cpu_ms_per_req": per_req, "proxy_user_us_per_token": 1e6 * (u1 - u0) / (reqs * tokens),
+            "proxy_sys_us_per_token": 1e6 * (s1 - s0) / (reqs * tokens)}
 
 
 def run(args) -> dict:  # noqa: ANN001
@@ -160,7 +164,7 @@ def report(results: dict, args) -> None:  # noqa: ANN001
           f"{args.rounds} round(s), medians; {os.cpu_count()} CPUs, client on CPU 0, server on the last; "
           f"load average {os.getloadavg()[0]:.1f}")
     head = (f"{'c':>3} {'path':<8} | {'TTFT p50':>8} {'p99':>7} | {'added p50':>9} {'p99':>7} | {'out tok/s':>9} "
-            f"{'vs direct':>9} | {'failed':>6} {'client cpu%':>11} | {'proxy CPU ms/req':>16}")
+            f"{'vs direct':>9} | {'failed':>6} {'client cpu%':>11} | {'proxy CPU ms/req':>16} {'us/token usr/sys':>16}")
     print(head)
     print("-" * len(head))
     for c in args.levels:
@@ -172,7 +176,12 @@ def report(results: dict, args) -> None:  # noqa: ANN001
             ratio = "" if name == "direct" else f"{100 * tput / med(base, 'tput'):>8.1f}%"
             print(f"{c:>3} {name:<8} | {p50:>8.2f} {p99:>7.2f} | {added:>17} | {tput:>9.0f} {ratio:>9} | "
                   f"{sum(r['failed'] for r in runs):>6} {med(runs, 'cpu'):>11.0f} | "
-                  f"{med(runs, 'proxy_cpu_ms_per_req') if name != 'direct' else 0:>16.2f}")
+                  f"{med(runs, 'proxy_cpu_ms_per_req') if name != 'direct' else 0:>16.2f} "
+                  f"{_per_token(runs) if name != 'direct' else '':>16}")
+
+
+def _per_token(runs: list[dict]) -> str:
+    return f"{med(runs, 'proxy_user_us_per_token'):.0f} / {med(runs, 'proxy_sys_us_per_token'):.0f}"
 
 
 def main() -> None:

@@ -96,6 +96,21 @@ def test_sse_tap_keeps_content_when_usage_rides_on_the_last_chunk():
     assert b'"content":"x"' in out and b"usage" not in out and tap.usage.completion == 1
 
 
+def test_sse_tap_fast_path_counts_events_per_chunk_and_spaced_json():
+    """Whole events per chunk (the engines' usual shape) take the fast path; spaced JSON (Python's json.dumps, as
+    the emulated engine writes) counts as content too; the usage event still lands, split or whole."""
+    token = b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n'
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 3}}\n\n'
+    tap = sse.SSETap(strip_usage=False)
+    chunks = [token, token + token, usage[:20], usage[20:], b"data: [DONE]\n\n"]
+    assert b"".join(tap.feed(c) for c in chunks) + tap.flush() == b"".join(chunks)
+    assert tap.first_token and tap.content_events == 3 and (tap.usage.prompt, tap.usage.completion) == (4, 3)
+    err = sse.SSETap(strip_usage=False)
+    err.feed(token)
+    err.feed(b'data: {"error": {"message": "boom"}}\n\n')
+    assert err.error_event
+
+
 def test_keys_are_hashed_in_a_private_wal_database(tmp_path):
     store = keys.Store(keys.db_path(tmp_path))
     info, secret = store.create("alice", models=["a"], rpm=5)

@@ -369,7 +369,10 @@ class ModelManager:
             for rs in list(self.replicas.values()):
                 if rs.state != "ready":
                     continue
-                fatal, problem = await self.check(rs)
+                try:
+                    fatal, problem = await self.check(rs)
+                except Exception as exc:  # noqa: BLE001 - a check that cannot run counts as one failure
+                    fatal, problem = False, f"the health check failed: {exc}"
                 if rs.state != "ready":
                     continue
                 if not problem:

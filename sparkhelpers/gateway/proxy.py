@@ -204,16 +204,17 @@ class DataPlane:
         resp = web.StreamResponse(status=upstream.status, headers=_copy_headers(upstream, rs.id))
         await resp.prepare(request)
         tap = SSETap(strip)
+        read, feed, write = upstream.content.readany, tap.feed, resp.write  # the per-token loop: no lookups
         try:
-            async for chunk in upstream.content.iter_any():
-                send = tap.feed(chunk)
-                if tap.first_token and not out.ttft_s:
+            while chunk := await read():
+                send = feed(chunk)
+                if not out.ttft_s and tap.first_token:
                     out.ttft_s = time.perf_counter() - t0
                 if tap.usage.seen and not out.committed:  # recorded before the client sees the end
                     out.prompt, out.completion = tap.usage.prompt, tap.usage.completion
                     out.commit()
                 if send:
-                    await resp.write(send)
+                    await write(send)
             rest = tap.flush()
             if rest:
                 await resp.write(rest)

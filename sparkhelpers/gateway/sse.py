@@ -31,6 +31,10 @@ class SSETap:
         self.error_event = False
 
     def feed(self, chunk: bytes) -> bytes:
+        if self.first_token and not self.strip and not self.pending and chunk.endswith(SEP) \
+                and b'"usage"' not in chunk and b'"error"' not in chunk:
+            self.content_events += _tokens(chunk)  # whole events, none to parse: the per-token fast path
+            return chunk
         self.pending += chunk
         events: list[bytes] = []
         if SEP in self.pending:
@@ -55,7 +59,7 @@ class SSETap:
 
     def _inspect(self, event: bytes) -> bytes | None:
         """Reads one event; returns the bytes to send on in strip mode (None drops it)."""
-        if b'"content":"' in event or b'"text":"' in event:
+        if _tokens(event):
             self.content_events += 1
             self.first_token = True
         if b'"usage"' not in event:
@@ -73,6 +77,12 @@ class SSETap:
             return None  # the usage-only event the client did not ask for
         data.pop("usage")
         return b"data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _tokens(data: bytes) -> int:
+    """Events carrying generated text in ``data`` (compact JSON as vLLM and llama.cpp write it, or with spaces)."""
+    return (data.count(b'"content":"') + data.count(b'"text":"') + data.count(b'"content": "')
+            + data.count(b'"text": "'))
 
 
 def _data(event: bytes):  # noqa: ANN202
