@@ -245,3 +245,57 @@ def test_export_llama_swap_reuses_the_recipe_export_per_node_set(sparkhelpers_bi
     both = subprocess.run([*sparkhelpers_bin, "gateway", "export", "--models", str(models)], capture_output=True,
                           text=True)
     assert both.returncode == 2 and "choose one format" in both.stderr
+
+
+def test_health_verdicts_of_a_recipe_replica(tmp_path, monkeypatch):
+    """The manager's use of the multi-node rule (health.py): ranks every RANKS_EVERY_S and fatal at once, the
+    1-token request only while idle, and a replica the data plane suspects checked at once (the rule's own
+    SSH and HTTP calls are replaced here; the emulated-cluster test runs them for real)."""
+    import asyncio
+
+    from sparkhelpers.gateway import health, manager
+
+    cfg = parse({"models": {"r": {"recipe": "qwen3", "placement": [["head", "w1"]], "health": "none",
+                                  "upstream_model": "Qwen/Qwen3-0.6B"}}})
+    key = tmp_path / "internal.key"
+    key.write_text("sk-internal\n")
+    answer, asked = {"ranks": [], "request": ""}, []
+    monkeypatch.setattr(health, "rank_problems", lambda t: asked.append(("ranks", t)) or answer["ranks"])
+    monkeypatch.setattr(health, "request_problem", lambda t: asked.append(("request", t)) or answer["request"])
+
+    async def scenario() -> None:
+        m = manager.ModelManager(cfg, tmp_path, str(key))
+        rs = m.replicas["r"]
+        rs.state = "ready"
+        assert await m.check(rs) == (False, "")
+        assert [k for k, _ in asked] == ["ranks", "request"]
+        assert asked[0][1] == health.Target(rs.spec.base_url, "sk-internal", "Qwen/Qwen3-0.6B", ("head", "w1"))
+        asked.clear()
+        assert await m.check(rs) == (False, "") and [k for k, _ in asked] == ["request"]  # ranks: 15 s later
+        rs.in_flight = 1
+        asked.clear()
+        assert await m.check(rs) == (False, "") and asked == []  # busy: its clients are the check
+        answer["ranks"], rs.checked_ranks_at = ["rank 1 on w1 is exited (Exited (137))"], 0.0
+        assert await m.check(rs) == (True, "rank 1 on w1 is exited (Exited (137))")
+        answer["ranks"], rs.in_flight, rs.checked_ranks_at = [], 0, 0.0
+        await m.suspect(rs, "engine for r broke off a stream")  # all fine: it serves on
+        assert rs.state == "ready"
+        answer["request"] = "a 1-token test request got HTTP 500: EngineCore encountered an issue"
+        task = m.suspect(rs, "engine for r broke off a stream")
+        assert rs.state == "checking" and m.pick(cfg.models["r"]) is None  # no request goes to it meanwhile
+        await task
+        assert rs.state == "stopped" and rs.last_error.startswith("engine for r broke off a stream; then: a 1-token")
+
+    asyncio.run(scenario())
+
+
+def test_cluster_run_on_a_node_subset_narrows_both_fabric_twins(sparkhelpers_bin, tmp_path):
+    """What the gateway runs for a replica on one worker: `cluster run --nodes W` narrows WORKER_HOST and both
+    twins' lists (WORKER_IB_IP2 listed for every worker would otherwise not match the narrowed WORKER_HOST)."""
+    env = {**os.environ, "WORKER_HOST": "10.0.0.2 10.0.0.3", "WORKER_IB_IP": "192.168.100.2 192.168.100.3",
+           "WORKER_IB_IP2": "192.168.200.2 192.168.200.3", "HEAD_IP": "192.168.100.1", "HEAD_IP2": "192.168.200.1",
+           "SPARK_STATE_DIR": str(tmp_path)}
+    r = subprocess.run([*sparkhelpers_bin, "cluster", "run", "--recipe", "smollm2-135m", "--nodes", "10.0.0.3",
+                        "--dry-run"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "1 node(s) (head=192.168.100.3)" in r.stdout

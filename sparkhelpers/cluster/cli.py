@@ -134,7 +134,9 @@ def _node_set(cfg, nodes: str | None):  # noqa: ANN001, ANN202
     head, workers = picked[0], picked[1:]
     flags = {"WORKER_HOST": " ".join(w.host.address for w in workers),
              "WORKER_IB_IP": " ".join(w.fabric_ip for w in workers) if all(w.fabric_ip for w in workers) else "",
-             "HEAD_IP": head.fabric_ip}
+             "HEAD_IP": head.fabric_ip,  # the second twin narrowed alike (its lists must match WORKER_HOST)
+             "WORKER_IB_IP2": " ".join(w.fabric2_ip for w in workers) if all(w.fabric2_ip for w in workers) else "",
+             "HEAD_IP2": head.fabric2_ip}
     if head.rank != 0:
         flags["HEAD_HOST"] = head.host.address
     return len(picked), cfg.with_overrides(**flags)
