@@ -161,13 +161,8 @@ def test_a_failing_start_is_start_failed_and_exits_1(engine_env, monkeypatch):
     assert "START_FAILED" in r.stdout and "CUDA OOM" in r.stdout
 
 
-def test_recipe_sweep_results_carry_each_recipe_id_and_the_configured_recipe_is_served_again(engine_env, tmp_path):
-    """Two recipes (one on RECIPE_PATH, one a file) through the real switch, bench and restore; the cluster
-    served a configured RECIPE before the sweep, and serves it again after."""
-    port, local = engine_env
-    sys.path.insert(0, str(DRIVER.parent))
-    import engine_sweep
-
+def recipe_shelf(tmp_path: Path, local: Path) -> bytes:
+    """tiny-a on RECIPE_PATH, tiny-b as a file (one served value apart), and a configured RECIPE (orig)."""
     shelf = tmp_path / "shelf"
     shelf.mkdir()
     head = "recipe: 1\nmodel: Qwen/Qwen3-0.6B\nimage: vllm/vllm-openai:v0.19.0\nnodes: 1\n"
@@ -176,7 +171,17 @@ def test_recipe_sweep_results_carry_each_recipe_id_and_the_configured_recipe_is_
     (tmp_path / "orig.yaml").write_text(head + "name: orig\nserved_name: orig-recipe\n")
     local.write_text(f"# user settings\nMODEL=test/original\nRECIPE={tmp_path / 'orig.yaml'}\n"
                      f"RECIPE_PATH={shelf}\n")
-    original = local.read_bytes()
+    return local.read_bytes()
+
+
+def test_recipe_sweep_results_carry_each_recipe_id_and_the_configured_recipe_is_served_again(engine_env, tmp_path):
+    """Two recipes (one on RECIPE_PATH, one a file) through the real switch, bench and restore; the cluster
+    served a configured RECIPE before the sweep, and serves it again after."""
+    port, local = engine_env
+    sys.path.insert(0, str(DRIVER.parent))
+    import engine_sweep
+
+    original = recipe_shelf(tmp_path, local)
     engine_sweep.engine_start("orig-recipe", str(port))
     r = subprocess.run(driver("rs", recipes=["tiny-a", str(tmp_path / "tiny-b.yaml")], profiles=["smoke"]),
                        capture_output=True, text=True, timeout=300)
@@ -198,3 +203,28 @@ def test_recipe_sweep_results_carry_each_recipe_id_and_the_configured_recipe_is_
     starts = [s for s in steps_log() if s.startswith("start ")]
     assert [s.rsplit("recipe=", 1)[-1] for s in starts] == ["tiny-a", "tiny-b", "orig"]
     assert "replace=True" in starts[-1]
+
+
+def test_recipe_sweep_killed_9_then_resumed_restores_the_configured_recipe(engine_env, tmp_path):
+    port, local = engine_env
+    sys.path.insert(0, str(DRIVER.parent))
+    import engine_sweep
+
+    original = recipe_shelf(tmp_path, local)
+    engine_sweep.engine_start("orig-recipe", str(port))
+    proc = subprocess.Popen(driver("rk", recipes=["tiny-a", str(tmp_path / "tiny-b.yaml")], profiles=["smoke"]),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_cells("rk", 1, proc)
+    proc.kill()  # kill -9: tiny-a (or tiny-b) keeps serving, nothing is put back
+    proc.communicate(timeout=30)
+    assert served(port) != ["orig-recipe"]
+    r = subprocess.run(driver("rk", resume=True), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    state = json.loads((results("rk") / "sweep-state.json").read_text())
+    assert [c["status"] for c in state["cells"].values()] == ["SUCCESS", "SUCCESS"] and state["pre"]["restored"]
+    planned = {c["variant"]: c["recipe_id"] for c in state["plan"]}
+    for p in (results("rk") / "results").rglob("*.json"):
+        target = json.loads(p.read_text())["target"]
+        assert target["recipe_id"] == planned[target["variant"]]
+    assert served(port) == ["orig-recipe"] and local.read_bytes() == original
+    assert "recipe=orig" in steps_log()[-1] and "replace=True" in steps_log()[-1]
