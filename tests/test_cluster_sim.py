@@ -241,6 +241,23 @@ def test_ray_mode_then_solo(sim_cluster):
         nc = Path(state_dir(c), f"run/sim-{c.name}/0/vllm-config/ray_non_carry_over_env_vars.json").read_text()
         assert "NCCL_SOCKET_IFNAME" in nc and "VLLM_HOST_IP" in nc
 
+        # the worker's fabric cable is pulled: every container keeps running and /health stays 200; the real
+        # Ray loses the node and the stand-in's worker actor with it, so the next request fails, as in vLLM
+        c_fault(c, "spark2", "link-down", "both")
+        t0, data = time.monotonic(), {}
+        try:
+            while time.monotonic() - t0 < 150:
+                st = cli(c, "status", "--json")
+                data = json.loads(st.stdout)
+                if not data["healthy"]:
+                    break
+                time.sleep(3)
+        finally:
+            c_fault(c, "spark2", "link-up", "both")
+        assert not data["healthy"] and data["problems"] and data["running"], data
+        print(f"Ray mode: status called the cluster broken {time.monotonic() - t0:.1f} s after the cable pull: "
+              f"{data['problems']}")
+
         solo = script(c, "start_cluster.sh", "--solo", "--replace")
         assert solo.ok, f"{solo.stdout}\n{solo.stderr}"
         assert "(single, 1 node(s)" in solo.stdout and ours(c, "spark2") == []
