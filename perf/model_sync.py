@@ -4,7 +4,7 @@
 Usage: perf/model_sync.py [--rate 400mbit] [--copy-mib 768] [--resync-gib 8] [--runs 3]   (root; the sim)
 
 1. Throughput: a model of COPY_MIB of random data (2 shards) on the head of an emulated 2-node cluster
-   whose head fabric twins are shaped with tc (tbf, RATE). `sparkhelpers models sync` (preflight, rsync,
+   whose head fabric twins are shaped with tc (tbf, RATE). `sparkhelpers models sync` (preflight, relay,
    verify) against `ssh worker 'cat > file' < shard` of the same bytes over the same link. Prints MB/s of
    each and sync/raw as a ratio.
 2. Re-sync: a RESYNC_GIB model of sparse safetensors shards, put on both nodes directly (cp --sparse,
