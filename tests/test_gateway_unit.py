@@ -33,7 +33,7 @@ def test_models_file_assigns_ports_and_resolves_aliases():
 @pytest.mark.parametrize("doc, needle", [
     ({"models": {}}, "no model listed"),
     ({"modles": {}}, "unknown key"),
-    ({"models": {"a": {"cmd": ["x"], "recipe": "r"}}}, "exactly one of recipe or cmd"),
+    ({"models": {"a": {"cmd": ["x"], "recipe": "r"}}}, "exactly one of recipe, cmd or tuned"),
     ({"models": {"a": {"cmd": ["x"], "tll": 3}}}, "unknown key 'tll'"),
     ({"models": {"a": {"cmd": ["x"], "ttl": "soon"}}}, "not a number"),
     ({"models": {"a": {"cmd": ["x"], "placement": [[]]}}}, "not a node set"),

@@ -74,10 +74,25 @@ def load_recipe(entry: ModelEntry, spark_cfg):  # noqa: ANN001, ANN201 - Config 
         raise UsageError(f"models file models.{entry.name}.recipe: {exc.message}", fix=exc.fix) from None
 
 
+def tuned_recipe(entry: ModelEntry, spark_cfg) -> str:  # noqa: ANN001 - sparkhelpers.config.Config
+    """The winner's recipe file of the tuned model ``tuned: MODEL|ID`` names (sparkhelpers.tune.store). The
+    path stays while a re-tune that wins rewrites the file, so the next start serves the new winner."""
+    from sparkhelpers.errors import SparkError, UsageError
+    from sparkhelpers.tune import store
+
+    try:
+        return store.winner(spark_cfg, entry.tuned)["recipe_file"]
+    except SparkError as exc:
+        raise UsageError(f"models file models.{entry.name}.tuned: {exc.message}", fix=exc.fix) from None
+
+
 def served_names(cfg: GatewayConfig, spark_cfg) -> None:  # noqa: ANN001 - sparkhelpers.config.Config
     """A recipe model's upstream name is the name its engine serves (the recipe's served_model_name): the
-    gateway renames the request's model to it. A recipe that does not load is refused now, not at first use."""
+    gateway renames the request's model to it. A recipe that does not load is refused now, not at first use.
+    A tuned model is served with its winner's recipe."""
     for entry in cfg.models.values():
+        if entry.tuned and not entry.recipe:
+            entry.recipe = tuned_recipe(entry, spark_cfg)
         if entry.recipe and not entry.upstream_model:
             entry.upstream_model = load_recipe(entry, spark_cfg).served_name
 

@@ -19,6 +19,8 @@ models:
     concurrency: 16           # requests in flight per replica before 429 (default 10)
   tiny:
     cmd: [llama-server, --port, "${PORT}"]   # or any command (llama-swap's cmd); ${PORT} ${MODEL_ID}
+  qwen3-tuned:
+    tuned: qwen3-0.6b         # the winner of `sparkhelpers tune run qwen3-0.6b` (or POST /models), by model or id
 ```
 
 Parsing is pure and strict: an unknown key or a bad value is one error naming the path and the fix.
@@ -39,7 +41,7 @@ DEFAULT_START_PORT = 5800  # llama-swap's startPort default
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
 TOP_KEYS = {"listen", "cold_start_wait", "start_timeout", "settle", "stop_timeout", "nodes", "models",
             "start_port", "status_auth"}
-MODEL_KEYS = {"recipe", "cmd", "env", "placement", "aliases", "ttl", "preload", "group", "concurrency",
+MODEL_KEYS = {"recipe", "cmd", "tuned", "env", "placement", "aliases", "ttl", "preload", "group", "concurrency",
               "upstream_model", "health", "port", "description", "cold_start_wait"}
 
 
@@ -60,6 +62,7 @@ class ModelEntry:
     name: str
     recipe: str = ""
     cmd: list[str] = field(default_factory=list)
+    tuned: str = ""  # a tuned model (id or name): served with its winner's recipe (sparkhelpers.tune.store)
     env: dict[str, str] = field(default_factory=dict)
     placement: list[tuple[str, ...]] = field(default_factory=lambda: [("local",)])
     aliases: list[str] = field(default_factory=list)
@@ -133,10 +136,10 @@ def _model(name: str, raw: dict, where: str) -> ModelEntry:
     unknown = sorted(set(raw) - MODEL_KEYS)
     if unknown:
         raise _fail(where, f"unknown key {unknown[0]!r}", f"use one of: {', '.join(sorted(MODEL_KEYS))}")
-    recipe, cmd = raw.get("recipe", ""), raw.get("cmd", [])
-    if bool(recipe) == bool(cmd):
-        raise _fail(where, "needs exactly one of recipe or cmd",
-                    "name a recipe (recipe: NAME) or a command (cmd: [...])")
+    recipe, cmd, tuned = raw.get("recipe", ""), raw.get("cmd", []), raw.get("tuned", "")
+    if [bool(recipe), bool(cmd), bool(tuned)].count(True) != 1:
+        raise _fail(where, "needs exactly one of recipe, cmd or tuned",
+                    "name a recipe (recipe: NAME), a command (cmd: [...]) or a tuned model (tuned: MODEL)")
     if isinstance(cmd, str):
         import shlex
 
@@ -144,7 +147,7 @@ def _model(name: str, raw: dict, where: str) -> ModelEntry:
     env = raw.get("env", {}) or {}
     if not isinstance(env, dict):
         raise _fail(f"{where}.env", "must be a mapping", "write env: {NAME: value}")
-    entry = ModelEntry(name=name, recipe=str(recipe), cmd=[str(c) for c in cmd],
+    entry = ModelEntry(name=name, recipe=str(recipe), cmd=[str(c) for c in cmd], tuned=str(tuned),
                        env={str(k): str(v) for k, v in env.items()},
                        aliases=[str(a) for a in raw.get("aliases", []) or []],
                        ttl=_number(raw.get("ttl", 0), f"{where}.ttl"), preload=bool(raw.get("preload", False)),

@@ -23,6 +23,7 @@ from sparkhelpers.gateway.metrics import GatewayMetrics, relabel
 from sparkhelpers.gateway.models_file import GatewayConfig
 from sparkhelpers.gateway.proxy import DataPlane, error
 from sparkhelpers.gateway.quotas import Quotas
+from sparkhelpers.tune import api as tune_api
 
 log = logging.getLogger("sparkhelpers.gateway")
 GATEWAY_HEADER = "X-Sparkhelpers-Gateway"
@@ -192,6 +193,7 @@ class Gateway:
         app.router.add_get("/metrics", self.metrics_endpoint)
         app.router.add_get("/ui", self.ui)
         app.router.add_get("/", self.ui)
+        tune_api.register(app, self)  # the tuned-model API: /models, /models/{id}, /jobs/{id} (admin key)
         app.on_response_prepare.append(self._stamp)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
