@@ -130,3 +130,30 @@ def test_one_twin_down_falls_back_to_one_twin_with_a_warning(sim_cluster):
     finally:
         faults.inject(c, worker.name, "link-up", "twin2")
         clean(c, REPO)
+
+
+def test_an_interrupted_relay_resumes_with_only_the_missing_chunks(sim_cluster):
+    c = sim_cluster
+    files = seed(c, repo=REPO, shard_values=20_000_000, shards=1)  # one 40 MB shard: 3 chunks of 16 MiB
+    shard = next(v for k, v in files.items() if k.endswith(".safetensors"))
+    stage = f"{MODEL_DIR}/.relay"
+    try:
+        env = f"SPARK_CONFIG={c.profile} SPARK_HOME={ROOT}"
+        c.exec("spark1", f"env {env} setsid {EXE} models sync {REPO} --bwlimit 3000 >/dev/null 2>&1 & "
+                         "echo $! > /tmp/relay-interrupted.pid").check("sync")
+        # once a 16 MiB chunk of the shard is journaled on the worker (durable; the small files' one chunk
+        # each comes first), kill the whole sync on the head
+        wait_for(lambda: c.exec("spark2", f"[ $(cat {stage}/*.lane* 2>/dev/null | wc -l) -ge 2 ]").ok,
+                 "a journaled chunk of the shard")
+        c.exec("spark1", "pid=$(cat /tmp/relay-interrupted.pid); kill -TERM -- -$pid; "
+                         "while kill -0 $pid 2>/dev/null; do sleep 0.1; done; true").check("interrupting")
+        assert not complete_on(c, c.workers[0])  # nothing half-done is taken for a copy
+        assert c.exec("spark2", f"test ! -e {MODEL_DIR}/snapshots").ok  # and the engine sees no snapshot
+        r = models(c, "sync", REPO, "--json")
+        assert r.ok, r.stderr
+        (row,) = json.loads(r.stdout)
+        assert row["action"] == "copied" and row["verified"] and row["method"] == "relay"
+        assert 0 < row["bytes"] < len(shard), row  # only the chunks the journal did not hold were sent
+        assert complete_on(c, c.workers[0])
+    finally:
+        clean(c, REPO)
