@@ -124,3 +124,17 @@ def test_a_bad_extra_args_flag_stops_the_dry_run_in_one_line(tmp_path):
     assert lines[0] == "sparkhelpers: EXTRA_ARGS: vllm 0.19.0 has no flag --enable-auto-tool-choise", lines
     assert "did you mean enable_auto_tool_choice" in lines[1] and len(lines) == 2
     assert "docker run" not in r.stdout
+
+
+def test_config_check_lists_a_bad_extra_args_flag_once():
+    def check(**env):
+        return subprocess.run([sys.executable, "-m", "sparkhelpers", "config", "check"], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, **env})
+
+    r = check(EXTRA_ARGS="--enable-auto-tool-choise")
+    assert r.returncode == 1 and r.stdout.count("bad  EXTRA_ARGS: vllm 0.19.0 has no flag --enable-auto-tool-choise") \
+        == 1, r.stdout
+    assert "fix: did you mean enable_auto_tool_choice" in r.stdout
+    r = check(EXTRA_ARGS="--chat-template 'unbalanced")  # its own rule says it; the flag check stays quiet
+    assert r.returncode == 1 and r.stdout.count("bad  ") == 1 and "cannot be split" in r.stdout
+    assert check(EXTRA_ARGS="--enforce-eager").returncode == 0

@@ -89,14 +89,17 @@ def unset(key: str = typer.Argument(..., help="Key name.")) -> None:
 
 @app.command()
 def check() -> None:
-    """Check the files' syntax (file:line), every key's value and every secret file (mode 0600, not empty).
+    """Check the files' syntax (file:line), every key's value, EXTRA_ARGS's flags against the engine's flag set
+    and every secret file (mode 0600, not empty).
 
     Every bad key is listed at once with its fix; exit 1 if there is any.
     """
     cfg = cfgmod.load_config()
     for path in cfg.files:
         echo_status(f"ok   {path}")
-    found = validate.problems(cfg) + secrets.problems(cfg)
+    from sparkhelpers.recipes.apply import extra_args_problems
+
+    found = validate.problems(cfg) + extra_args_problems(cfg) + secrets.problems(cfg)
     for exc in found:
         typer.echo(f"bad  {exc.message}\n     fix: {exc.fix}")
     if found:

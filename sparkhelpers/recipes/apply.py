@@ -110,6 +110,23 @@ def check_extra_args(cfg: Config) -> None:
     extra_args_map(cfg, config_flagset(cfg, v.setting(cfg, "RUNTIME", "vllm")))
 
 
+def extra_args_problems(cfg: Config) -> list[SparkError]:
+    """`config check`'s view of check_extra_args: [] when the flags are fine, or when RUNTIME, ENGINE_VERSION or
+    EXTRA_ARGS is already bad by its own rule (validate.problems reports that one)."""
+    from sparkhelpers import validate as v
+
+    try:
+        for key in ("RUNTIME", "ENGINE_VERSION", "EXTRA_ARGS"):
+            v.setting(cfg, key)
+    except SparkError:
+        return []
+    try:
+        check_extra_args(cfg)
+    except SparkError as exc:
+        return [exc]
+    return []
+
+
 def config_engine_args(cfg: Config, spec, flagset) -> dict:  # noqa: ANN001
     """The configured route's engine arguments as a recipe map, later sources winning as in argparse: the
     model spec (the preset with the user's values on top), the Tier-1 keys, the preset's extra_args, then
