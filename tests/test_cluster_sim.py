@@ -142,7 +142,7 @@ def test_two_nodes_native_start_chat_status_logs_stop_and_secrets(sim_cluster):
         assert r.ok, f"{r.stdout}\n{r.stderr}"
         assert "is ready" in r.stdout and "native, 2 node(s)" in r.stdout
         assert "copying Qwen/Qwen3-0.6B" in r.stderr, "the model is synced to the worker that lacks it"
-        assert "phases: preflight" in r.stdout
+        assert "phases: discovery" in r.stdout and " preflight " in r.stdout
 
         # what ran is what --dry-run showed (the container commands, node by node, in order)
         # (the dry run opens no connection: what discovery reads at start it shows as <discovered at start>)

@@ -290,7 +290,14 @@ def test_real_ray_joins_over_the_fabric_serves_vllm_and_drops_a_lost_node(sim_cl
         log = on(c, "spark1", ["docker", "exec", "ray-head", "cat", "/tmp/vllm.log"])
         assert http_code(c, "spark1", health) == 200, log
         assert f"workers on ['{head}', '{worker}']" in log, log  # one bundle per node (PACK spills over)
-        assert " 2.0/2.0 GPU" in ray_status(c)
+        # the autoscaler's summary refreshes every few seconds: the placement group shows up a little later
+        status = ray_status(c)
+        for _ in range(30):
+            if " 2.0/2.0 GPU" in status:
+                break
+            time.sleep(1)
+            status = ray_status(c)
+        assert " 2.0/2.0 GPU" in status, status
         assert "via NET/Socket/0" in log  # no /dev/infiniband in this container (no --device/--privileged)
 
         # the worker node dies: Ray keeps it in Active until its health checks time out
