@@ -2,10 +2,13 @@
 """Ground-truth OpenAI-compatible streaming server: known TTFT and per-token interval.
 
 Usage: perf/truth_server.py [--port 8199] [--ttft-ms 200] [--itl-ms 20] [--tokens N] [--cpu N]
+                            [--close-after-stream-ms MS]
 
 Every request gets its first token TTFT ms after the server received it, then one token every ITL ms,
 each deadline absolute from arrival (no drift), then a usage chunk and [DONE]. ``--tokens`` fixes the
-reply length (default: the request's max_tokens). Listens on 127.0.0.1 only.
+reply length (default: the request's max_tokens). Listens on 127.0.0.1 only. ``--close-after-stream-ms``
+closes a connection that long after a streamed reply ended, without saying so (no ``Connection: close``),
+as llama.cpp's server closes one after each stream: a client that reuses it meanwhile loses its request.
 
 The server records, per request, when its first bytes were read from the socket (its arrival: the
 server's own queue of requests landing at once counts as its lateness) and when it actually wrote the
@@ -117,7 +120,8 @@ def summarize(served: list[Served], ttft_ms: float, itl_ms: float) -> dict:
     }
 
 
-def make_app(ttft_ms: float, itl_ms: float, fixed_tokens: int | None) -> web.Application:
+def make_app(ttft_ms: float, itl_ms: float, fixed_tokens: int | None,
+             close_after_stream_ms: float | None = None) -> web.Application:
     async def models(_request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "truth", "object": "model"}]})
 
@@ -142,6 +146,8 @@ def make_app(ttft_ms: float, itl_ms: float, fixed_tokens: int | None) -> web.App
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         await stream_tokens(resp, chat, n, arrival, ttft_ms, itl_ms)
+        if close_after_stream_ms is not None and request.transport is not None:
+            asyncio.get_running_loop().call_later(close_after_stream_ms / 1000.0, request.transport.close)
         return resp
 
     async def book(_request: web.Request) -> web.Response:  # prompt text for llama-benchy (--book-url)
@@ -211,12 +217,14 @@ def main() -> None:
     ap.add_argument("--itl-ms", type=float, default=20.0)
     ap.add_argument("--tokens", type=int, default=None)
     ap.add_argument("--cpu", type=int, default=None, help="pin the server to this CPU")
+    ap.add_argument("--close-after-stream-ms", type=float, default=None,
+                    help="close a connection this long after a streamed reply (as llama.cpp's server does)")
     args = ap.parse_args()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     stamp_arrivals()
-    web.run_app(make_app(args.ttft_ms, args.itl_ms, args.tokens), host="127.0.0.1", port=args.port,
-                print=None, access_log=None, backlog=1024)
+    app = make_app(args.ttft_ms, args.itl_ms, args.tokens, args.close_after_stream_ms)
+    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None, backlog=1024)
 
 
 if __name__ == "__main__":

@@ -441,18 +441,8 @@ class Runner:
             timer.start()
         if stop is not None:
             threading.Thread(target=_terminate_on, args=(stop, proc), daemon=True).start()
-        tail, pending = bytearray(), b""
         try:
-            while chunk := proc.stdout.read1(65536):
-                tail += chunk
-                del tail[:-65536]
-                pending += chunk
-                *lines, pending = re.split(rb"[\r\n]", pending)
-                for line in lines:
-                    if line.strip():
-                        on_output(line.decode(errors="replace"))
-            if pending.strip():
-                on_output(pending.decode(errors="replace"))
+            tail = _pump_lines(proc.stdout, on_output)
             code = proc.wait()
         finally:
             if timer:
@@ -466,7 +456,7 @@ class Runner:
             code, stderr = 124, stderr + f"timed out after {timeout:g}s"
         if stop is not None and stop.is_set() and code == -15:
             code = 0  # ended because the caller asked
-        return RunResult(argv, code, bytes(tail).decode(errors="replace"), stderr, time.monotonic() - t0, host)
+        return RunResult(argv, code, tail.decode(errors="replace"), stderr, time.monotonic() - t0, host)
 
     def stream_on(self, host: Host, snippet: str, on_output: Callable[[str], None], *,
                   stop: threading.Event | None = None, timeout: float | None = None) -> RunResult:
@@ -480,6 +470,22 @@ class Runner:
             return [func(i) for i in items]
         with ThreadPoolExecutor(max_workers=min(max_workers, len(items))) as pool:
             return list(pool.map(func, items))
+
+
+def _pump_lines(stdout, on_output: Callable[[str], None]) -> bytes:  # noqa: ANN001 - a binary pipe
+    """Call ``on_output`` with each non-blank line (ended by \\n or \\r) until EOF; return the last 64 KiB."""
+    tail, pending = bytearray(), b""
+    while chunk := stdout.read1(65536):
+        tail += chunk
+        del tail[:-65536]
+        pending += chunk
+        *lines, pending = re.split(rb"[\r\n]", pending)
+        for line in lines:
+            if line.strip():
+                on_output(line.decode(errors="replace"))
+    if pending.strip():
+        on_output(pending.decode(errors="replace"))
+    return bytes(tail)
 
 
 def _terminate_on(stop: threading.Event, proc: subprocess.Popen) -> None:

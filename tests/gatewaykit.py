@@ -13,6 +13,7 @@ from pathlib import Path
 
 import requests
 import yaml
+from polling import wait_for  # noqa: F401 - re-exported for the gateway tests
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = ROOT / "tests" / "bench_engine.py"
@@ -154,16 +155,6 @@ def pid_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-
-
-def wait_for(predicate, timeout: float = 30.0, every: float = 0.2):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"condition not met within {timeout:g} s")
 
 
 # ---- a client inside a node of the emulated cluster (the test cannot reach a node's loopback) ---------------

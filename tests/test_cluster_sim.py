@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = "/raid/hf-cache/hub/models--Qwen--Qwen3-0.6B"
@@ -331,7 +332,7 @@ def test_three_nodes_and_faults(make_sim):
     # a second start while one runs is refused; Ctrl-C stops what the first one started
     first = background_start(c, "--nodes", "2")
     try:
-        wait_for(lambda: ours(c, "spark1", running_only=True), 240, "the first start to create containers")
+        wait_for(lambda: ours(c, "spark1", running_only=True), 240, what="the first start to create containers")
         second = script(c, "start_cluster.sh", "--nodes", "2")
         assert second.returncode == 1 and "busy" in second.stderr
         os.killpg(first.pid, signal.SIGINT)
@@ -346,7 +347,7 @@ def test_three_nodes_and_faults(make_sim):
     # worker sshd killed mid-start: the node is named, exit 1, the rest cleaned up
     worker = background_start(c, "--nodes", "3")
     try:
-        wait_for(lambda: ours(c, "spark3", running_only=True), 240, "the worker container")
+        wait_for(lambda: ours(c, "spark3", running_only=True), 240, what="the worker container")
         c_fault(c, "spark3", "kill-sshd")
         out, err = worker.communicate(timeout=240)
         assert worker.returncode == 1 and f"lost contact with {c.workers[1].mgmt_ip}" in err, err
@@ -374,12 +375,3 @@ def background_start(cluster, *args: str) -> subprocess.Popen:
     # inherits SIGINT ignored, and the Ctrl-C below would then reach nobody.
     argv = ["env", "--default-signal=INT", *argv]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def wait_for(pred, timeout: float, what: str) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")

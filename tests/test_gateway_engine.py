@@ -291,3 +291,25 @@ def test_admin_surface_logs_and_unload(gw):
     r = requests.post(gw.url + "/api/models/unload", headers=gw.control, timeout=60)
     assert r.status_code == 200 and gw.running() == []
     assert requests.get(gw.url + "/health", timeout=5).text == "OK"
+
+
+@pytest.fixture(scope="module")
+def closing_gw(tmp_path_factory):
+    """A gateway in front of a server that closes each connection 300 ms after a stream, unannounced."""
+    model = {"cmd": truth_cmd("--ttft-ms", "1", "--itl-ms", "150", "--close-after-stream-ms", "300"),
+             "placement": [["n1"]], "health": "/v1/models"}
+    g = Gateway(tmp_path_factory.mktemp("gateway-closing"), {"closer": model}, nodes={"n1": "127.0.0.1"}).start()
+    g.key = g.create_key("carol")
+    yield g
+    g.stop()
+
+
+def test_a_connection_the_engine_closed_after_a_stream_is_not_the_clients_problem(closing_gw):
+    gw = closing_gw
+    for i in range(3):
+        s = gw.chat(gw.key, "closer", max_tokens=1, stream=True)
+        assert s.status_code == 200 and b"data: [DONE]" in b"".join(s.iter_content(chunk_size=None))
+        # at once: the gateway sends it on the pooled connection, which the server closes 300 ms later, mid-answer
+        r = gw.chat(gw.key, "closer", max_tokens=4)
+        assert r.status_code == 200, f"round {i}: {r.status_code} {r.text}"
+        assert r.json()["usage"]["completion_tokens"] == 4

@@ -65,16 +65,25 @@ def _client_usage(gw, key: str, rounds: int) -> tuple[int, int]:
     prompt = completion = 0
     for i in range(rounds):
         r = gw.chat(key, "tiny", f"Count to {i + 3}.", max_tokens=5 + i)
-        u = r.json()["usage"]
+        u = _usage(r, r.json().get("usage") if r.ok else None)
         prompt, completion = prompt + u["prompt_tokens"], completion + u["completion_tokens"]
         s = gw.chat(key, "m", f"Say hello {i} times.", max_tokens=4 + i, stream=True, include_usage=True)
-        u = usage_from_stream(b"".join(s.iter_content(chunk_size=None)))
+        data = b"".join(s.iter_content(chunk_size=None))
+        u = _usage(s, usage_from_stream(data), data)
         prompt, completion = prompt + u["prompt_tokens"], completion + u["completion_tokens"]
         c = requests.post(gw.url + "/v1/completions", headers={"Authorization": f"Bearer {key}"}, timeout=120,
                           json={"model": "m", "prompt": f"Once upon a time {i}", "max_tokens": 3})
-        u = c.json()["usage"]
+        u = _usage(c, c.json().get("usage") if c.ok else None)
         prompt, completion = prompt + u["prompt_tokens"], completion + u["completion_tokens"]
     return prompt, completion
+
+
+def _usage(r: requests.Response, usage: dict | None, data: bytes | None = None) -> dict:
+    """The usage the client was told of; a failed request fails the test with what the gateway answered."""
+    if r.status_code != 200 or not usage:
+        body = (data if data is not None else r.content)[-600:]
+        raise AssertionError(f"{r.request.method} {r.url} -> {r.status_code}, no usage: {body!r}")
+    return usage
 
 
 def _recorded(gw, key_name: str) -> dict:
@@ -168,10 +177,16 @@ def test_usage_equals_what_clients_received_also_after_sigkill(gw):
 def test_concurrent_clients_are_counted_exactly(gw):
     before = _recorded(gw, "counter")
     got: list[tuple[int, int]] = []
+    failed: list[BaseException] = []
     lock = threading.Lock()
 
     def client() -> None:
-        p, c = _client_usage(gw, gw.keys["counter"], 1)
+        try:
+            p, c = _client_usage(gw, gw.keys["counter"], 1)
+        except BaseException as exc:  # a thread's error must fail the test, not shrink the clients' sum
+            with lock:
+                failed.append(exc)
+            return
         with lock:
             got.append((p, c))
 
@@ -180,6 +195,7 @@ def test_concurrent_clients_are_counted_exactly(gw):
         t.start()
     for t in threads:
         t.join()
+    assert not failed, f"{len(failed)} of 3 clients failed: {failed[0]!r}"
     time.sleep(0.2)
     after = _recorded(gw, "counter")
     assert after["completion_tokens"] - before["completion_tokens"] == sum(c for _, c in got)

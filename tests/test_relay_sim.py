@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from polling import wait_for  # noqa: E402
 from test_models_sync_sim import EXE, ROOT, clean, host_cache, models, seed  # noqa: E402
 
 from sparkhelpers.sim import faults  # noqa: E402
@@ -28,22 +28,13 @@ def start_sync(c, *args: str) -> None:  # noqa: ANN001
                      ">/tmp/relay.out 2>/tmp/relay.log; echo $? >/tmp/relay.rc) >/dev/null 2>&1 &").check("sync")
 
 
-def wait_for(pred, what: str, timeout: float = 120) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def staged_bytes(c, node: str) -> int:  # noqa: ANN001
     stage = host_cache(c, node) / "hub" / "models--acme--relay" / ".relay"
     return sum(p.stat().st_size for p in stage.glob("*.part")) if stage.is_dir() else 0
 
 
 def finished(c) -> tuple[int, str, str]:  # noqa: ANN001
-    wait_for(lambda: c.exec("spark1", "test -s /tmp/relay.rc").ok, "the sync to end", timeout=300)
+    wait_for(lambda: c.exec("spark1", "test -s /tmp/relay.rc").ok, 300, what="the sync to end")
     rc = int(c.exec("spark1", "cat /tmp/relay.rc").stdout)
     return rc, c.exec("spark1", "cat /tmp/relay.out").stdout, c.exec("spark1", "cat /tmp/relay.log").stdout
 
@@ -63,7 +54,7 @@ def test_a_middle_worker_down_mid_relay_is_named_and_the_others_complete(four):
     c = four
     w2, w3, w4 = c.workers
     start_sync(c, "--bwlimit", "3000", "--idle-timeout", "5")  # ~17 s of copying: time to pull the plug
-    wait_for(lambda: staged_bytes(c, "spark3") > 2_000_000, "spark3 to hold part of the model")
+    wait_for(lambda: staged_bytes(c, "spark3") > 2_000_000, 120, what="spark3 to hold part of the model")
     faults.inject(c, "spark3", "stop-node")
     rc, out, log = finished(c)
     assert rc == 1, log
@@ -92,7 +83,7 @@ def test_a_full_disk_on_one_worker_is_named_and_leaves_nothing_partial(four):
         start_sync(c, "--bwlimit", "3000", "--idle-timeout", "5")
         wait_for(lambda: c.exec("spark3", f"test -d {MODEL_DIR}/.relay && "
                                           f"[ $(du -sb {MODEL_DIR}/.relay | cut -f1) -gt 2000000 ]").ok,
-                 "spark3 to hold part of the model")
+                 120, what="spark3 to hold part of the model")
         faults.inject(c, "spark3", "fill-disk")  # ...then another writer takes the rest mid-relay
         rc, out, log = finished(c)
         assert rc == 1, log
@@ -144,7 +135,7 @@ def test_an_interrupted_relay_resumes_with_only_the_missing_chunks(sim_cluster):
         # once a 16 MiB chunk of the shard is journaled on the worker (durable; the small files' one chunk
         # each comes first), kill the whole sync on the head
         wait_for(lambda: c.exec("spark2", f"[ $(cat {stage}/*.lane* 2>/dev/null | wc -l) -ge 2 ]").ok,
-                 "a journaled chunk of the shard")
+                 120, what="a journaled chunk of the shard")
         c.exec("spark1", "pid=$(cat /tmp/relay-interrupted.pid); kill -TERM -- -$pid; "
                          "while kill -0 $pid 2>/dev/null; do sleep 0.1; done; true").check("interrupting")
         assert not complete_on(c, c.workers[0])  # nothing half-done is taken for a copy

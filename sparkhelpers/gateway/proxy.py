@@ -23,6 +23,7 @@ from sparkhelpers.gateway.sse import SSETap, usage_of
 
 HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding", "date",
                "server"}
+STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
 def error(status: int, message: str, type_: str, code: str | None = None, retry_after: int | None = None,
@@ -178,8 +179,17 @@ class DataPlane:
                        t0: float) -> web.StreamResponse:
         gw = self.gw
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {gw.internal_key}"}
+        url = rs.spec.base_url + request.path
         try:
-            upstream = await gw.upstream.post(rs.spec.base_url + request.path, data=payload, headers=headers)
+            try:
+                upstream = await gw.upstream.post(url, data=payload, headers=headers)
+            except STALE_CONNECTION as exc:
+                if isinstance(exc, aiohttp.ClientConnectorError):
+                    raise
+                # A pooled connection the engine had closed (llama.cpp's server closes one after each stream,
+                # any server after its keep-alive timeout): the request never got in, so it goes again once,
+                # on a new connection.
+                upstream = await gw.upstream_fresh.post(url, data=payload, headers=headers)
         except (aiohttp.ClientConnectionError, OSError, asyncio.TimeoutError) as exc:
             raise UpstreamDown(f"engine for {rs.id} is not answering: {exc}") from None
         try:

@@ -47,6 +47,7 @@ class Gateway:
         self.keys = self._load_keys()
         self._version = self.store.data_version()
         self.upstream: aiohttp.ClientSession | None = None
+        self.upstream_fresh: aiohttp.ClientSession | None = None
         self.started = time.time()
         self.data = DataPlane(self)
 
@@ -207,9 +208,10 @@ class Gateway:
         interrupted = self.store.recover()
         if interrupted:
             log.warning("counted %d request(s) a previous gateway left in flight as interrupted", interrupted)
-        self.upstream = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+        self.upstream, self.upstream_fresh = (aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, force_close=fresh),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10), auto_decompress=False)
+            for fresh in (False, True))  # the second: a new connection per request, for a retry
         await self.manager.open()
         self._key_task = asyncio.get_running_loop().create_task(self._key_loop())
 
@@ -217,6 +219,7 @@ class Gateway:
         self._key_task.cancel()
         await self.manager.close()
         await self.upstream.close()
+        await self.upstream_fresh.close()
         self.store.close()
 
 
