@@ -1,6 +1,6 @@
 """Relay faults on a 4-node emulated cluster (3 workers in a chain: spark2 -> spark3 -> spark4): a middle
-worker dies mid-relay, one fabric twin is down, one worker's disk fills mid-relay. Real sshd, real tc/links,
-the shipped agent on every node."""
+worker dies mid-relay, one fabric twin is down, one worker's disk fills mid-relay; and on 6 nodes (5 workers)
+the tree, with an inner node dying mid-relay. Real sshd, real tc/links, the shipped agent on every node."""
 
 from __future__ import annotations
 
@@ -148,3 +148,26 @@ def test_an_interrupted_relay_resumes_with_only_the_missing_chunks(sim_cluster):
         assert complete_on(c, c.workers[0])
     finally:
         clean(c, REPO)
+
+
+def test_five_workers_relay_as_a_tree_and_a_dead_inner_node_is_routed_around(make_sim):
+    """Past CHAIN_MAX (4) workers the relay is a tree (two children a node): head -> w2; w2 -> w3, w4;
+    w3 -> w5, w6. w3 stops mid-relay: it is named, and w5 and w6 below it are fed in the next round."""
+    c = make_sim(nodes=6)
+    seed(c, repo=REPO, shard_values=12_000_000, shards=2)
+    w2, w3, w4, w5, w6 = c.workers
+    start_sync(c, "--bwlimit", "3000", "--idle-timeout", "5")
+    wait_for(lambda: staged_bytes(c, "spark3") > 2_000_000, 120, what="spark3 to hold part of the model")
+    faults.inject(c, "spark3", "stop-node")
+    rc, out, log = finished(c)
+    assert rc == 1, log
+    assert (f"head -> {w2.mgmt_ip}; {w2.mgmt_ip} -> {w3.mgmt_ip}, {w4.mgmt_ip}; "
+            f"{w3.mgmt_ip} -> {w5.mgmt_ip}, {w6.mgmt_ip}") in log  # the tree it started with
+    line = next(ln for ln in log.splitlines() if "failed on 1 worker(s)" in ln)
+    assert f"{w3.mgmt_ip}: unreachable over SSH" in line, log
+    rows = {r["worker"]: r for r in json.loads(out)}
+    assert rows[w3.mgmt_ip]["action"] == "failed"
+    for w in (w2, w4, w5, w6):  # the two cut off below w3 included
+        assert rows[w.mgmt_ip]["verified"], rows[w.mgmt_ip]
+        assert complete_on(c, w), w.name
+    assert "Traceback" not in log

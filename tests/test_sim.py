@@ -25,11 +25,11 @@ def test_names_are_prefixed_and_exact():
     with pytest.raises(UsageError):
         netplan.check_name("Bad_Name")
     with pytest.raises(UsageError):
-        netplan.check_nodes(5)
+        netplan.check_nodes(9)
 
 
 def test_link_names_fit_the_kernel_limit():
-    for line in netplan.root_batch("x" * 24, 4).splitlines():
+    for line in netplan.root_batch("x" * 24, 8).splitlines():
         words = line.split()
         assert len(words[2]) <= 15 and len(words[words.index("peer") + 2]) <= 15
 

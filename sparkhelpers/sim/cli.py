@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from sparkhelpers.appkit import info, new_app, print_json
+from sparkhelpers.sim.netplan import MAX_NODES
 
 app = new_app("Emulated Spark cluster on this machine: real sshd, dockerd, rsync and a tiny real model.")
 
@@ -27,7 +28,7 @@ def _runner(dry_run: bool = False):  # noqa: ANN202
 
 @app.command()
 def up(
-    nodes: int = typer.Option(2, "--nodes", "-n", help="Number of nodes, 1 to 4 (spark1 is the head)."),
+    nodes: int = typer.Option(2, "--nodes", "-n", help=f"Number of nodes, 1 to {MAX_NODES} (spark1 is the head)."),
     name: str = typer.Option("sim", "--name", help=NAME_HELP),
     fact: list[str] = typer.Option([], "--fact", metavar="NODE:KEY=VALUE",
                                    help="Change one emulated fact of a node (or all:), e.g. spark2:mtu=1500, "

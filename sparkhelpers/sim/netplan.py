@@ -16,7 +16,7 @@ from sparkhelpers.sim.facts import DOWN_IFS, MGMT_IF, TWIN1_IF, TWIN2_IF, mac_fo
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
 PREFIX = "sparksim"
-MAX_NODES = 4
+MAX_NODES = 8  # as many as a Spark cluster has (topology.MAX_NODES); each node costs ~1 s to bring up
 SWITCH_MTU = 9000
 # bridge in the switch namespace -> (node interface, switch-side link prefix)
 FABRIC = {"br-f1": (TWIN1_IF, "f1"), "br-f2": (TWIN2_IF, "f2"), "br-mg": (MGMT_IF, "mg")}
