@@ -299,3 +299,31 @@ def test_cluster_run_on_a_node_subset_narrows_both_fabric_twins(sparkhelpers_bin
                         "--dry-run"], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "1 node(s) (head=192.168.100.3)" in r.stdout
+
+
+def test_ledger_commits_a_loop_turn_in_one_transaction_before_the_futures_are_done(tmp_path):
+    import asyncio
+
+    from sparkhelpers.gateway.ledger import Ledger
+
+    store = keys.Store(keys.db_path(tmp_path))
+    info, _ = store.create("carol")
+    reader = sqlite3.connect(str(keys.db_path(tmp_path)))
+    inflight = lambda: reader.execute("SELECT COUNT(*) FROM inflight").fetchone()[0]  # noqa: E731
+
+    async def main() -> None:
+        ledger = Ledger(store)
+        begun = [ledger.begin(info, "m") for _ in range(3)]
+        assert inflight() == 0  # queued, not yet written: nobody may send upstream yet
+        await asyncio.gather(*(f for _, f in begun))
+        assert inflight() == 3  # committed by the time the futures are done
+        ends = [ledger.finish(rid, info, "m", prompt=2, completion=4, error=False, latency_ms=1.0, ttft_ms=0.5)
+                for rid, _ in begun[:2]]
+        rid, quick = ledger.begin(info, "m")  # begun and finished in the same turn: the begin lands first
+        ends.append(ledger.finish(rid, info, "m", prompt=1, completion=1, error=True, latency_ms=1.0, ttft_ms=0))
+        await asyncio.gather(quick, *ends)
+        assert inflight() == 1
+
+    asyncio.run(main())
+    (row,) = store.usage_rows()
+    assert (row["requests"], row["errors"], row["prompt_tokens"], row["completion_tokens"]) == (3, 1, 5, 9)

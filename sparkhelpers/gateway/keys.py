@@ -207,19 +207,25 @@ class Store:
 
     # ---- usage -----------------------------------------------------------------------------------------------
     def begin(self, key: KeyInfo, model: str) -> str:
-        req_id = uuid.uuid4().hex
-        self.db.execute("INSERT INTO inflight VALUES (?,?,?,?,?,?)", (req_id, today(), key.id, key.name, model,
-                                                                       time.time()))
-        return req_id
+        row = begin_row(key, model)
+        self.apply([row], [])
+        return row[0]
 
-    def finish(self, req_id: str, key: KeyInfo, model: str, *, prompt: int, completion: int, error: bool,
-               latency_ms: float, ttft_ms: float) -> None:
-        with self.db:  # one transaction: the request leaves inflight exactly when its totals land
+    def finish(self, req_id: str, key: KeyInfo, model: str, **figures) -> None:  # noqa: ANN003 - finish_row's
+        self.apply([], [finish_row(req_id, key, model, **figures)])
+
+    def apply(self, begins: list[tuple], finishes: list[tuple]) -> None:
+        """Many requests' write-ahead rows and finished totals in one transaction (the ledger's group commit).
+        ``begins``: (req_id, day, key_id, key_name, model, started); ``finishes``: (req_id, key_id, key_name,
+        model, error, prompt, completion, latency_ms, ttft_ms). Begins land first: a request may begin and end
+        in one batch."""
+        with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            row = self.db.execute("DELETE FROM inflight WHERE req_id = ? RETURNING day", (req_id,)).fetchone()
-            day = row[0] if row else today()
-            self.db.execute(UPSERT, (day, key.id, key.name, model, int(error), prompt, completion, latency_ms,
-                                     ttft_ms))
+            if begins:
+                self.db.executemany("INSERT INTO inflight VALUES (?,?,?,?,?,?)", begins)
+            for req_id, key_id, key_name, model, *figures in finishes:
+                row = self.db.execute("DELETE FROM inflight WHERE req_id = ? RETURNING day", (req_id,)).fetchone()
+                self.db.execute(UPSERT, (row[0] if row else today(), key_id, key_name, model, *figures))
 
     def recover(self) -> int:
         """Count requests a killed gateway left in flight as interrupted (errors, no tokens known)."""
@@ -242,6 +248,17 @@ class Store:
         cols = ["day", "key_id", "key", "model", "requests", "errors", "prompt_tokens", "completion_tokens",
                 "latency_ms_sum", "ttft_ms_sum"]
         return [dict(zip(cols, row, strict=True)) for row in self.db.execute(sql, (since or "0000", until or "9999"))]
+
+
+def begin_row(key: KeyInfo, model: str) -> tuple:
+    """A request's write-ahead row for ``Store.apply``: a new request id first."""
+    return (uuid.uuid4().hex, today(), key.id, key.name, model, time.time())
+
+
+def finish_row(req_id: str, key: KeyInfo, model: str, *, prompt: int, completion: int, error: bool,
+               latency_ms: float, ttft_ms: float) -> tuple:
+    """A finished request's totals for ``Store.apply``."""
+    return (req_id, key.id, key.name, model, int(error), prompt, completion, latency_ms, ttft_ms)
 
 
 def _info(row) -> KeyInfo:  # noqa: ANN001

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from sparkhelpers.gateway.keys import KeyInfo
 from sparkhelpers.gateway.quotas import QuotaExceeded
 from sparkhelpers.gateway.sse import SSETap, usage_of
 
+log = logging.getLogger("sparkhelpers.gateway")
 HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding", "date",
                "server"}
 STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
@@ -133,8 +135,9 @@ class DataPlane:
         out, req_id = Outcome(), ""
         gw.metrics.in_flight.labels(entry.name).inc()
         try:
-            req_id = gw.store.begin(key, entry.name)  # write-ahead: a kill from here on still counts it
+            req_id, durable = gw.ledger.begin(key, entry.name)
             out.commit = lambda: self._account(key, entry.name, req_id, out, t0)
+            await durable  # write-ahead: committed before anything is sent; a kill from here on still counts it
             for attempt in (1, 2):
                 try:
                     return await self._forward(request, rs, payload, stream, strip, out, t0)
@@ -155,15 +158,16 @@ class DataPlane:
             if isinstance(rs, mgr.ReplicaState):
                 gw.manager.release(rs)
             gw.metrics.in_flight.labels(entry.name).dec()
-            if not out.committed:  # a non-streamed answer is recorded here, before aiohttp sends it
-                self._account(key, entry.name, req_id, out, t0)
+            if not out.committed:  # an error or a client gone: recorded with the next group commit
+                self._account(key, entry.name, req_id, out, t0).add_done_callback(_log_failed_write)
 
-    def _account(self, key: KeyInfo, model: str, req_id: str, out: Outcome, t0: float) -> None:
+    def _account(self, key: KeyInfo, model: str, req_id: str, out: Outcome, t0: float) -> asyncio.Future:
+        """Quotas and metrics at once; the usage totals with the next group commit (the future)."""
         gw = self.gw
         out.committed = True
         elapsed = time.perf_counter() - t0
-        gw.store.finish(req_id, key, model, prompt=out.prompt, completion=out.completion, error=out.error,
-                        latency_ms=elapsed * 1000.0, ttft_ms=out.ttft_s * 1000.0)
+        written = gw.ledger.finish(req_id, key, model, prompt=out.prompt, completion=out.completion,
+                                   error=out.error, latency_ms=elapsed * 1000.0, ttft_ms=out.ttft_s * 1000.0)
         gw.quotas.done(key, out.prompt + out.completion)
         m = gw.metrics
         m.requests.labels(model, key.name, str(out.status or 502)).inc()
@@ -174,6 +178,7 @@ class DataPlane:
         if out.ttft_s:
             m.ttft.labels(model).observe(out.ttft_s)
         m.duration.labels(model).observe(elapsed)
+        return written
 
     async def _forward(self, request, rs, payload: bytes, stream: bool, strip: bool, out: Outcome,  # noqa: ANN001
                        t0: float) -> web.StreamResponse:
@@ -202,6 +207,7 @@ class DataPlane:
                 if usage:
                     out.prompt, out.completion = usage.prompt, usage.completion
                 out.error = upstream.status >= 400
+                await out.commit()  # recorded before aiohttp sends the answer
                 return web.Response(body=data, status=upstream.status, headers=_copy_headers(upstream, rs.id))
             return await self._stream(request, rs, upstream, strip, out, t0)
         finally:
@@ -222,7 +228,7 @@ class DataPlane:
                     out.ttft_s = time.perf_counter() - t0
                 if tap.usage.seen and not out.committed:  # recorded before the client sees the end
                     out.prompt, out.completion = tap.usage.prompt, tap.usage.completion
-                    out.commit()
+                    await out.commit()
                 if send:
                     await write(send)
             rest = tap.flush()
@@ -242,6 +248,11 @@ class DataPlane:
         out.error = out.error or tap.error_event
         await resp.write_eof()
         return resp
+
+
+def _log_failed_write(future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("a usage row could not be written: %s", future.exception())
 
 
 def _copy_headers(upstream, replica: str) -> dict[str, str]:  # noqa: ANN001

@@ -18,6 +18,7 @@ from aiohttp import web
 from sparkhelpers import __version__
 from sparkhelpers.gateway import keys as keystore
 from sparkhelpers.gateway import launcher, page
+from sparkhelpers.gateway.ledger import Ledger
 from sparkhelpers.gateway.manager import ModelManager
 from sparkhelpers.gateway.metrics import GatewayMetrics, relabel
 from sparkhelpers.gateway.models_file import GatewayConfig
@@ -38,6 +39,7 @@ class Gateway:
         self.cfg = cfg
         self.dir = gateway_dir(state_dir)
         self.store = keystore.Store(keystore.db_path(state_dir))
+        self.ledger = Ledger(self.store)  # the data plane's usage rows, one group commit per loop turn
         self.key_file = self.dir / "internal.key"
         self.internal_key = self.store.ensure_internal(self.key_file)
         self.metrics = GatewayMetrics()
@@ -220,6 +222,7 @@ class Gateway:
         await self.manager.close()
         await self.upstream.close()
         await self.upstream_fresh.close()
+        self.ledger.flush()
         self.store.close()
 
 
