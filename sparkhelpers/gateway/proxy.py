@@ -9,15 +9,18 @@ renames the model), pass the answer through chunk by chunk, and account for it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
 from dataclasses import dataclass
 
 import aiohttp
+import yarl
 from aiohttp import web
 
 from sparkhelpers.gateway import manager as mgr
+from sparkhelpers.gateway import relay
 from sparkhelpers.gateway.keys import KeyInfo
 from sparkhelpers.gateway.quotas import QuotaExceeded
 from sparkhelpers.gateway.sse import SSETap, usage_of
@@ -183,6 +186,8 @@ class DataPlane:
     async def _forward(self, request, rs, payload: bytes, stream: bool, strip: bool, out: Outcome,  # noqa: ANN001
                        t0: float) -> web.StreamResponse:
         gw = self.gw
+        if stream and rs.spec.base_url.startswith("http://"):
+            return await self._relay(request, rs, payload, strip, out, t0)
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {gw.internal_key}"}
         url = rs.spec.base_url + request.path
         try:
@@ -202,13 +207,8 @@ class DataPlane:
             is_sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
             if not (stream and is_sse):
                 data = await upstream.read()
-                out.ttft_s = time.perf_counter() - t0
-                usage = usage_of(data) if upstream.status == 200 else None
-                if usage:
-                    out.prompt, out.completion = usage.prompt, usage.completion
-                out.error = upstream.status >= 400
-                await out.commit()  # recorded before aiohttp sends the answer
-                return web.Response(body=data, status=upstream.status, headers=_copy_headers(upstream, rs.id))
+                return await self._answer(data, upstream.status, _copy_headers(upstream.headers.items(), rs.id),
+                                          out, t0)
             return await self._stream(request, rs, upstream, strip, out, t0)
         finally:
             if upstream.content.at_eof():
@@ -216,8 +216,86 @@ class DataPlane:
             else:
                 upstream.close()  # an unfinished answer closes the upstream connection: the engine stops generating
 
+    async def _answer(self, data: bytes, status: int, headers: dict, out: Outcome, t0: float) -> web.Response:
+        """A whole answer, recorded before aiohttp sends it."""
+        out.ttft_s = time.perf_counter() - t0
+        usage = usage_of(data) if status == 200 else None
+        if usage:
+            out.prompt, out.completion = usage.prompt, usage.completion
+        out.error = status >= 400
+        await out.commit()
+        return web.Response(body=data, status=status, headers=headers)
+
+    async def _relay(self, request, rs, payload: bytes, strip: bool, out: Outcome, t0: float,  # noqa: ANN001
+                     ) -> web.StreamResponse:
+        """A streamed request over the raw relay (relay.py): the engine's bytes reach the client's transport from
+        the connection's callback."""
+        gw = self.gw
+        host, port, prefix = _address(rs.spec.base_url)
+        raw = relay.request_bytes(host, port, prefix + request.path, {
+            "Content-Type": "application/json", "Authorization": f"Bearer {gw.internal_key}"}, payload)
+        try:
+            conn, head = await gw.relay_pool.request(host, port, raw)
+        except (relay.Broken, OSError, asyncio.TimeoutError) as exc:
+            raise UpstreamDown(f"engine for {rs.id} is not answering: {exc}") from None
+        try:
+            out.status = head.status
+            if head.status == 200 and head.get("Content-Type").startswith("text/event-stream"):
+                return await self._relay_stream(request, rs, conn, head, strip, out, t0)
+            whole = relay.Collector()
+            conn.attach(whole)
+            try:
+                data = await whole.future
+            except relay.Broken as exc:
+                raise UpstreamDown(f"engine for {rs.id} broke off its answer: {exc}") from None
+            return await self._answer(data, head.status, _copy_headers(head.headers, rs.id), out, t0)
+        finally:
+            gw.relay_pool.give_back(host, port, conn)  # only a connection read to the end is kept: else closed
+
+    async def _relay_stream(self, request, rs, conn, head, strip: bool, out: Outcome,  # noqa: ANN001
+                            t0: float) -> web.StreamResponse:
+        resp = web.StreamResponse(status=head.status, headers=_copy_headers(head.headers, rs.id))
+        await resp.prepare(request)
+        await resp.write(b"")  # the head goes now; the body straight to the transport
+        tap = SSETap(strip)
+        sink = relay.Sink(request.transport, resp.headers.get("Transfer-Encoding") == "chunked", tap, conn)
+        conn.attach(sink)
+        while (event := await sink.next_event()) != "end":
+            out.ttft_s = out.ttft_s or (sink.first_token_at - t0 if sink.first_token_at else 0.0)
+            if event == "usage":
+                out.prompt, out.completion = tap.usage.prompt, tap.usage.completion
+                await out.commit()
+            elif event == "drain":
+                await _drained(request.transport)
+            else:
+                sink.release()
+                self._broken_off(rs, sink.write, out, event)
+                break
+            sink.release()
+        out.ttft_s = out.ttft_s or (sink.first_token_at - t0 if sink.first_token_at else 0.0)
+        sink.write(tap.flush())
+        self._tally(tap, out)
+        await resp.write_eof()
+        return resp
+
+    def _broken_off(self, rs, write, out: Outcome, exc: Exception) -> None:  # noqa: ANN001
+        """The engine failed mid-stream: the client gets one error event and the stream ends cleanly."""
+        out.error, out.status = True, 502
+        self.gw.manager.suspect(rs, f"engine for {rs.id} broke off a stream: {exc}")
+        message = f"the engine for {rs.entry.name} failed mid-stream; retry the request"
+        event = {"error": {"message": message, "type": "upstream_error", "param": None, "code": "engine_failed"}}
+        write(b"data: " + json.dumps(event).encode() + b"\n\n")
+
+    @staticmethod
+    def _tally(tap: SSETap, out: Outcome) -> None:
+        if tap.usage.seen:
+            out.prompt, out.completion = tap.usage.prompt, tap.usage.completion
+        elif out.status == 200 and not out.committed:
+            out.completion = tap.content_events  # cut short: one token per content event, a lower bound
+        out.error = out.error or tap.error_event
+
     async def _stream(self, request, rs, upstream, strip: bool, out: Outcome, t0: float) -> web.StreamResponse:  # noqa: ANN001
-        resp = web.StreamResponse(status=upstream.status, headers=_copy_headers(upstream, rs.id))
+        resp = web.StreamResponse(status=upstream.status, headers=_copy_headers(upstream.headers.items(), rs.id))
         await resp.prepare(request)
         tap = SSETap(strip)
         read, feed, write = upstream.content.readany, tap.feed, resp.write  # the per-token loop: no lookups
@@ -236,16 +314,10 @@ class DataPlane:
                 await resp.write(rest)
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
                 asyncio.TimeoutError) as exc:
-            out.error, out.status = True, 502
-            self.gw.manager.suspect(rs, f"engine for {rs.id} broke off a stream: {exc}")
-            message = f"the engine for {rs.entry.name} failed mid-stream; retry the request"
-            event = {"error": {"message": message, "type": "upstream_error", "param": None, "code": "engine_failed"}}
-            await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-        if tap.usage.seen:
-            out.prompt, out.completion = tap.usage.prompt, tap.usage.completion
-        elif out.status == 200 and not out.committed:
-            out.completion = tap.content_events  # cut short: one token per content event, a lower bound
-        out.error = out.error or tap.error_event
+            errors: list[bytes] = []
+            self._broken_off(rs, errors.append, out, exc)
+            await resp.write(errors[0])
+        self._tally(tap, out)
         await resp.write_eof()
         return resp
 
@@ -255,7 +327,19 @@ def _log_failed_write(future: asyncio.Future) -> None:
         log.error("a usage row could not be written: %s", future.exception())
 
 
-def _copy_headers(upstream, replica: str) -> dict[str, str]:  # noqa: ANN001
-    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
+def _copy_headers(items, replica: str) -> dict[str, str]:  # noqa: ANN001 - (name, value) pairs
+    headers = {k: v for k, v in items if k.lower() not in HOP_HEADERS}
     headers["X-Sparkhelpers-Replica"] = replica
     return headers
+
+
+async def _drained(transport, low: int = 64 * 1024) -> None:  # noqa: ANN001
+    """Until a slow client has read most of what it was sent (or is gone)."""
+    while transport.get_write_buffer_size() > low and not transport.is_closing():
+        await asyncio.sleep(0.005)
+
+
+@functools.lru_cache(maxsize=256)
+def _address(base_url: str) -> tuple[str, int, str]:
+    url = yarl.URL(base_url)
+    return url.host or "127.0.0.1", url.port or 80, url.path.rstrip("/")

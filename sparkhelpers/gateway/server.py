@@ -17,7 +17,7 @@ from aiohttp import web
 
 from sparkhelpers import __version__
 from sparkhelpers.gateway import keys as keystore
-from sparkhelpers.gateway import launcher, page
+from sparkhelpers.gateway import launcher, page, relay
 from sparkhelpers.gateway.ledger import Ledger
 from sparkhelpers.gateway.manager import ModelManager
 from sparkhelpers.gateway.metrics import GatewayMetrics, relabel
@@ -50,6 +50,7 @@ class Gateway:
         self._version = self.store.data_version()
         self.upstream: aiohttp.ClientSession | None = None
         self.upstream_fresh: aiohttp.ClientSession | None = None
+        self.relay_pool = relay.Pool()  # the raw relay's keep-alive connections to the engines (streams)
         self.started = time.time()
         self.data = DataPlane(self)
 
@@ -222,6 +223,7 @@ class Gateway:
         await self.manager.close()
         await self.upstream.close()
         await self.upstream_fresh.close()
+        self.relay_pool.close()
         self.ledger.flush()
         self.store.close()
 
