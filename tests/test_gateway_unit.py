@@ -327,3 +327,65 @@ def test_ledger_commits_a_loop_turn_in_one_transaction_before_the_futures_are_do
     asyncio.run(main())
     (row,) = store.usage_rows()
     assert (row["requests"], row["errors"], row["prompt_tokens"], row["completion_tokens"]) == (3, 1, 5, 9)
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.got, self.ends, self.errors = [], 0, []
+
+    def data(self, payload: bytes) -> None:
+        self.got.append(payload)
+
+    def end(self) -> None:
+        self.ends += 1
+
+    def lost(self, exc: Exception) -> None:
+        self.errors.append(exc)
+
+
+def _answer(events: list[bytes]) -> bytes:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    return head + b"".join(b"%x\r\n%b\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+
+
+def test_relay_unframes_a_chunked_answer_cut_at_any_byte():
+    import asyncio
+
+    from sparkhelpers.gateway import relay
+
+    events = [b'data: {"choices":[{"text":"a"}]}\n\n', b"data: " + b"x" * 300 + b"\n\n", b"data: [DONE]\n\n"]
+    wire = _answer(events)
+
+    async def feed(cut: int) -> _Recorder:
+        up, sink = relay.Upstream(), _Recorder()
+        up.head_future = asyncio.get_running_loop().create_future()
+        up.done = False
+        up.data_received(wire[:cut])
+        up.attach(sink)  # bytes that came with the head reach the sink first
+        up.data_received(wire[cut:])
+        head = up.head_future.result()
+        assert head.status == 200 and head.get("content-type") == "text/event-stream" and head.keep_alive
+        return sink
+
+    async def main() -> None:
+        for cut in range(90, len(wire)):
+            sink = await feed(cut)
+            assert b"".join(sink.got) == b"".join(events) and sink.ends == 1 and not sink.errors, cut
+
+    asyncio.run(main())
+
+
+def test_relay_head_and_a_stream_broken_off():
+    from sparkhelpers.gateway import relay
+
+    head, length, chunked = relay.parse_head(b"HTTP/1.0 404 Not Found\r\nContent-Length: 12\r\nX-A: b")
+    assert (head.status, length, chunked, head.keep_alive, head.get("x-a")) == (404, 12, False, False, "b")
+    head, _, _ = relay.parse_head(b"HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked")
+    assert not head.keep_alive
+    with pytest.raises(relay.Broken):
+        relay.parse_head(b"SSH-2.0-OpenSSH_9.2")
+    up, sink = relay.Upstream(), _Recorder()
+    up.in_body, up.chunked, up.done, up.sink = True, True, False, sink
+    up.data_received(b"5\r\nhello\r\n")
+    up.connection_lost(ConnectionResetError("reset"))  # the engine died mid-stream
+    assert sink.got == [b"hello"] and sink.ends == 0 and not sink.errors[0].before_head

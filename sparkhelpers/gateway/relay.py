@@ -207,14 +207,13 @@ class Pool:
             conn = idle.pop()
             if conn.reusable():
                 try:
-                    return conn, await conn.send(request)
-                except Broken as exc:
+                    return conn, await _answered(conn, request)
+                except Broken as exc:  # closed by the engine while idle: once more, on a new connection
                     if not exc.before_head:
                         raise
-                    conn.close()  # the engine had closed it while idle: once more on a new connection
         loop = asyncio.get_running_loop()
         _, conn = await asyncio.wait_for(loop.create_connection(Upstream, host, port), CONNECT_TIMEOUT_S)
-        return conn, await conn.send(request)
+        return conn, await _answered(conn, request)
 
     def give_back(self, host: str, port: int, conn: Upstream) -> None:
         """Keeps a connection read to the end; closes any other (the engine stops generating)."""
@@ -234,6 +233,16 @@ class Pool:
             for conn in conns:
                 conn.close()
         self.idle.clear()
+
+
+async def _answered(conn: Upstream, request: bytes) -> Head:
+    """Sends the request and waits for the head; a failure or a client gone closes the connection (the engine
+    stops working on it)."""
+    try:
+        return await conn.send(request)
+    except BaseException:
+        conn.close()
+        raise
 
 
 def request_bytes(host: str, port: int, path: str, headers: dict[str, str], body: bytes) -> bytes:
