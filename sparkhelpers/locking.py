@@ -1,4 +1,4 @@
-"""The one cluster lock: start, stop, switch and the benchmark sweep never run at the same time.
+"""The one cluster lock: start, stop, switch, cluster run, tune jobs and the benchmark sweep never run at once.
 
 Only Python takes it (the entry scripts ``exec`` the core, so the PID the lock names is the process that
 holds it, and a ``kill`` of that PID ends the holder). The lock is ``flock(2)`` on

@@ -111,7 +111,7 @@ def parse_goodput(items: Iterable[str]) -> dict[str, float]:
         name, sep, value = item.partition(":")
         if not sep or name not in GOODPUT_METRICS:
             raise UsageError(f"--goodput {item!r} is not METRIC:MILLISECONDS",
-                             fix="for example --goodput ttft:500 tpot:50 (metrics: ttft, tpot, e2el)")
+                             fix="for example --goodput ttft:500 --goodput tpot:50 (metrics: ttft, tpot, e2el)")
         try:
             slo[name] = float(value)
         except ValueError:

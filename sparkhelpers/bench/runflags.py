@@ -75,7 +75,8 @@ FLAGS: tuple[Flag, ...] = (
     _f("headers", "--header", list[str], None, "KEY=VALUE HTTP header sent with every request (repeat it); the "
        "API key comes from API_KEY, never a flag."),
     _f("num_warmups", "--num-warmups", int, 0, "Warm-up requests at the target concurrency first."),
-    _f("goodput", "--goodput", list[str], None, "SLOs, e.g. ttft:500 tpot:50 e2el:10000 (ms)."),
+    _f("goodput", "--goodput", list[str], None, "SLO in ms, METRIC:MS (ttft, tpot, e2el); repeat it or quote a "
+       "list: --goodput ttft:500 --goodput tpot:50, or --goodput 'ttft:500 tpot:50'."),
     _f("percentile_metrics", "--percentile-metrics", str, "ttft,tpot,itl,e2el", "Metrics to report percentiles for."),
     _f("metric_percentiles", "--metric-percentiles", str, "50,90,95,99", "Percentiles (vLLM's own default is 99 "
        "alone)."),

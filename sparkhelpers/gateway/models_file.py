@@ -4,7 +4,7 @@
 listen: 127.0.0.1:4000        # host:port the gateway binds (default 127.0.0.1:4000)
 cold_start_wait: 600          # s a request waits for a cold model before 503 + Retry-After
 start_timeout: 1800           # s a start may take before it counts as failed
-settle: 5                     # s of quiet after a stop before the next start on the same nodes
+settle: 5                     # s at most to wait, after a stop, for free memory to stop rising (default 0)
 nodes: {spark1: 10.0.0.1}     # optional: node name -> address of its API (default: the cluster's topology:
                               # head and each WORKER_HOST; else the name itself)
 models:
