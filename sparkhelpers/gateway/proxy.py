@@ -2,10 +2,10 @@
 
 Per request: authenticate (key hash lookup), route by model or alias, check the key's models and quotas, get a
 ready replica (starting the model when cold; 503 + Retry-After past the wait limit, 429 past the concurrency
-limit), write the usage row ahead (ledger.py: a group commit, awaited before anything goes upstream), forward
-the body (re-encoded only when the gateway adds include_usage or renames the model), pass the answer through
-chunk by chunk (a stream over the raw relay, relay.py; a whole answer and an https engine over aiohttp's
-client), and account for it (committed before the client sees the end).
+limit), write the usage row ahead (ledger.py: a group commit, awaited before anything goes upstream), forward the
+body (re-encoded only when the gateway adds include_usage or renames the model), pass the answer through chunk by
+chunk (over the raw relay, relay.py; an https engine over aiohttp's client), and account for it (committed before
+the client sees the end).
 """
 
 from __future__ import annotations
@@ -188,8 +188,8 @@ class DataPlane:
     async def _forward(self, request, rs, payload: bytes, stream: bool, strip: bool, out: Outcome,  # noqa: ANN001
                        t0: float) -> web.StreamResponse:
         gw = self.gw
-        if stream and rs.spec.base_url.startswith("http://"):
-            return await self._relay(request, rs, payload, strip, out, t0)
+        if rs.spec.base_url.startswith("http://"):
+            return await self._relay(request, rs, payload, stream, strip, out, t0)
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {gw.internal_key}"}
         url = rs.spec.base_url + request.path
         try:
@@ -228,10 +228,10 @@ class DataPlane:
         await out.commit()
         return web.Response(body=data, status=status, headers=headers)
 
-    async def _relay(self, request, rs, payload: bytes, strip: bool, out: Outcome, t0: float,  # noqa: ANN001
-                     ) -> web.StreamResponse:
-        """A streamed request over the raw relay (relay.py): the engine's bytes reach the client's transport from
-        the connection's callback."""
+    async def _relay(self, request, rs, payload: bytes, stream: bool, strip: bool, out: Outcome,  # noqa: ANN001
+                     t0: float) -> web.StreamResponse:
+        """A request over the raw relay (relay.py): a streamed answer's bytes reach the client's transport from the
+        connection's callback; any other answer is read whole."""
         gw = self.gw
         host, port, prefix = _address(rs.spec.base_url)
         raw = relay.request_bytes(host, port, prefix + request.path, {
@@ -242,7 +242,7 @@ class DataPlane:
             raise UpstreamDown(f"engine for {rs.id} is not answering: {exc}") from None
         try:
             out.status = head.status
-            if head.status == 200 and head.get("Content-Type").startswith("text/event-stream"):
+            if stream and head.status == 200 and head.get("Content-Type").startswith("text/event-stream"):
                 return await self._relay_stream(request, rs, conn, head, strip, out, t0)
             whole = relay.Collector()
             conn.attach(whole)
