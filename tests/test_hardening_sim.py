@@ -71,7 +71,7 @@ def test_a_link_lost_while_waiting_for_health_is_diagnosed_in_bounded_time(seede
     c.exec("spark1", f"echo hang-load >{FAULT_FILE}").check("the head's engine hangs while loading")
     start = background_start(c, "--nodes", "2")
     try:
-        wait_for(lambda: ours(c, "spark2", running_only=True), 240, "the worker container")
+        wait_for(lambda: ours(c, "spark2", running_only=True), 240, what="the worker container")
         faults.inject(c, "spark2", "link-down", "twin1")
         t0 = time.monotonic()
         out, err = start.communicate(timeout=120)

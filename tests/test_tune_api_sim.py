@@ -120,7 +120,8 @@ def _tune_and_retune(gw: SimGateway) -> None:
     assert gw.wait_job(job["job_id"])["state"] == "done", gw.call("GET", f"/models/{job['id']}")[1].get("error")
     code, shown = gw.call("GET", f"/models/{job['id']}")
     winner = shown["winner"]
-    assert code == 200 and winner["changes"] == {"max_num_seqs": 8} and not winner["kept_incumbent"], shown["trail"]
+    trail = json.dumps(shown["trail"], indent=1)  # every measurement, whole: what the tuner saw
+    assert code == 200 and winner["changes"] == {"max_num_seqs": 8} and not winner["kept_incumbent"], trail
     assert ("confirmation", "win") in [(e["step"], e.get("outcome")) for e in shown["trail"]]
 
     code, put = gw.call("PUT", f"/models/{job['id']}", {"levers": ["prefix_caching=false"]})
