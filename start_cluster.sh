@@ -21,7 +21,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 spark_parse_args "$@"
 spark_no_words
 
-spark_load_config
+# No spark_load_config: this wrapper reads no setting, and the core reads and checks the configuration
+# itself (the same refusal of a config line bash would execute, with file:line), one Python start-up less.
 # Phases (each printed with its time): preflight (SSH, Docker, fabric address, running cluster, port),
 # image (same ID everywhere; copied head -> worker where missing), model (on every node; synced where
 # missing), containers (in the order the launch mode needs), health (watching every engine process),

@@ -17,7 +17,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 spark_parse_args "$@"
 spark_no_words
 
-spark_load_config
+# No spark_load_config: this wrapper reads no setting, and the core reads and checks the configuration
+# itself (the same refusal of a config line bash would execute, with file:line), one Python start-up less.
 # Waits up to 30 s for the cluster lock; --force does not wait: it ends the lock holder (SIGTERM, it
 # cleans up as for Ctrl-C), then kills the containers.
 # Only containers labelled sparkhelpers.cluster=$CLUSTER_NAME, every node in parallel, STOP_TIMEOUT

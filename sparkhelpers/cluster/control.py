@@ -53,9 +53,9 @@ def start_cluster(cfg: Config, *, nodes: int | None = None, solo: bool = False, 
     # the workers' fabric connections (the model check's) open while discovery and the preflight run
     runner.open_early([dataclasses.replace(n.host, address=n.fabric_ip) for n in topo.workers[: lay.nodes - 1]
                        if n.fabric_ip and n.fabric_ip != n.host.address])
-    snapshots: dict[int, object] = {}  # discovery's facts per rank, reused by the start's fabric gate
     t0 = time.monotonic()
-    fabric = resolve_fabric(cfg, runner, lay.nodes, topo, snapshots)
+    looks = {} if dry_run else look_first(cfg, spec, runner, topo, nodes=nodes, solo=solo)
+    fabric = resolve_fabric(cfg, runner, lay.nodes, topo, looks)  # reads the looks; asks only what they lack
     discovery_s = time.monotonic() - t0
     native = None
     if lay.nodes > 1 and cfg.get("LAUNCH_MODE", "auto") == "auto" and cfg.get("RUNTIME", "vllm") == "vllm":
@@ -79,10 +79,33 @@ def start_cluster(cfg: Config, *, nodes: int | None = None, solo: bool = False, 
     starter = lifecycle.Starter(plan, runner, spec=spec, secrets=secrets, replace=replace,
                                 keep_on_failure=keep_on_failure, drop_caches=cfg.get_bool("DROP_CACHES", False),
                                 api_key=api_key, say=say, stop_all=lambda: stop_cluster(cfg, runner),
-                                fabric_mtu=cfg.get_int("FABRIC_MTU", 9000), snapshots=snapshots)
-    if snapshots:
+                                fabric_mtu=cfg.get_int("FABRIC_MTU", 9000), looks=looks)
+    if looks:
         starter.report.phases["discovery"] = discovery_s  # printed first: it ran before the preflight
     return StartOutcome(plan, starter.start())
+
+
+def look_first(cfg: Config, spec: ModelSpec, runner, topo, *, nodes: int | None,  # noqa: ANN001
+               solo: bool) -> dict:
+    """A multi-node Ray or native start's first round trip per node (``fabric.look_all``): the facts its
+    fabric gate and discovery read, with its preflight probe beside them. {} otherwise, or when the
+    configuration does not make a plan yet (the real plan, after discovery, reports that)."""
+    from sparkhelpers.cluster import lifecycle
+    from sparkhelpers.cluster.fabric import look_all, placeholders
+    from sparkhelpers.cluster.plan import build_plan, fabric_from_config
+    from sparkhelpers.errors import SparkError
+    from sparkhelpers.topology import layout_for
+
+    count = layout_for(cfg, spec, nodes=nodes, solo=solo, topo=topo).nodes
+    try:  # the probe reads no fabric fact: the plan without discovery's answers writes the same script
+        draft = build_plan(cfg, spec, nodes=nodes, solo=solo, topo=topo,
+                           fabric=placeholders(fabric_from_config(topo, cfg, count)))
+    except SparkError:
+        return {}
+    if len(draft.nodes) < 2 or draft.mode not in ("ray", "native"):
+        return {}
+    probes = {n.rank: lifecycle.preflight_script(draft, n) for n in draft.nodes}
+    return look_all(runner, topo.nodes[: len(draft.nodes)], probes)
 
 
 def stop_cluster(cfg: Config, runner=None, *, force: bool = False, local_only: bool = False,  # noqa: ANN001

@@ -1,7 +1,9 @@
 """Each node's fabric facts for the plan: configured values win, discovery fills the gaps.
 
 Discovery (``sparkhelpers.discover``) runs on every node of the plan in parallel, one SSH round trip
-each, only when the configuration leaves something open (fabric IP, interface or HCAs).
+each, only when the configuration leaves something open (fabric IP, interface or HCAs). A multi-node
+start looks at its nodes first anyway (``look_all``: the fabric facts its gate needs and its preflight
+probe, in one round trip per node), and discovery reads those.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from sparkhelpers.cluster.plan import DISCOVER, NodeNet, fabric_from_config
@@ -20,17 +23,26 @@ from sparkhelpers.runner import Host, Runner
 from sparkhelpers.topology import Topology, topology
 
 
-def discovered(runner: Runner, host: Host, keep: list | None = None) -> dict[str, str]:
-    """This node's own NCCL/vLLM variables from discovery ({} when it sees no usable fabric). The
-    snapshot's facts are appended to ``keep`` when given (the start's fabric gate reuses them)."""
-    from sparkhelpers.discover import capture, discover_snapshot, nccl_env
+@dataclass(frozen=True)
+class NodeLook:
+    """One node seen in one round trip at the start: its fabric facts and, when a preflight probe was
+    given, that probe's script and output (the preflight reuses the output only for the same script)."""
+
+    facts: object  # discover.HostFacts
+    probe_script: str = ""
+    probe_out: str = ""
+
+
+def look(runner: Runner, host: Host, probe_script: str = "") -> NodeLook:
+    """``host``'s fabric facts (capture.sh's fabric scope) and, beside them in the same round trip, the
+    read-only ``probe_script``. An unreachable node is one line naming it."""
+    from sparkhelpers.discover import discover_snapshot
+    from sparkhelpers.discover.probe import capture_with
 
     tmp = tempfile.mkdtemp(prefix="sparkhelpers-fabric-")
     try:
-        facts = discover_snapshot(str(capture(runner, f"{tmp}/snap", host)))
-        if keep is not None:
-            keep.append(facts)
-        return nccl_env(facts)
+        path, out = capture_with(runner, f"{tmp}/snap", host, scope="fabric", also=probe_script)
+        return NodeLook(discover_snapshot(str(path)), probe_script, out)
     except SparkError as exc:
         if "ssh failed" in exc.message:
             raise SparkError(f"node {host.label} is unreachable over SSH: {exc.message.rsplit(': ', 1)[-1]}",
@@ -41,27 +53,38 @@ def discovered(runner: Runner, host: Host, keep: list | None = None) -> dict[str
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def look_all(runner: Runner, nodes: list, probes: dict[int, str]) -> dict[int, NodeLook]:
+    """``look`` at every node (topology nodes) in parallel, each with its probe script from ``probes``."""
+    looks = runner.parallel(lambda n: look(runner, n.host, probes.get(n.rank, "")), list(nodes))
+    return {n.rank: one for n, one in zip(nodes, looks, strict=True)}
+
+
+def placeholders(configured: dict[int, NodeNet]) -> dict[int, NodeNet]:
+    """The configured facts with ``DISCOVER`` where discovery would answer (a dry run shows them so)."""
+    return {rank: NodeNet(net.fabric_ip or DISCOVER, net.ifname or DISCOVER, net.hcas or DISCOVER, net.gid_index)
+            for rank, net in configured.items()}
+
+
 def resolve_fabric(cfg: Config, runner: Runner, count: int, topo: Topology | None = None,
-                   snapshots: dict[int, object] | None = None) -> dict[int, NodeNet]:
+                   looks: dict[int, NodeLook] | None = None) -> dict[int, NodeNet]:
     """Fabric facts of the first ``count`` nodes of the topology (or node set ``topo``). Under --dry-run
     (``runner.dry_run``) nothing is asked: what discovery would fill in is shown as ``DISCOVER``.
-    ``snapshots`` (when given) receives each node's discovery facts by rank, so the start's gate does
-    not capture the same node twice."""
+    ``looks``: nodes already seen during this start (by rank; ``look_all``) are not asked again; the
+    ones discovery has to ask are added to it, so the start's gate does not capture them twice."""
+    from sparkhelpers.discover import nccl_env
+
     topo = topo or topology(cfg)
     configured = fabric_from_config(topo, cfg, count)
     if count == 1 or all(n.fabric_ip and n.ifname and n.hcas for n in configured.values()):
         return configured
     nodes = topo.nodes[:count]
     if runner.dry_run:
-        return {rank: NodeNet(net.fabric_ip or DISCOVER, net.ifname or DISCOVER, net.hcas or DISCOVER,
-                              net.gid_index) for rank, net in configured.items()}
-    kept: dict[int, list] = {n.rank: [] for n in nodes}
-    envs = runner.parallel(lambda n: discovered(runner, n.host, kept[n.rank]), list(nodes))
-    if snapshots is not None:
-        snapshots.update({rank: facts[0] for rank, facts in kept.items() if facts})
+        return placeholders(configured)
+    looks = {} if looks is None else looks
+    looks.update(look_all(runner, [n for n in nodes if n.rank not in looks], {}))
     out: dict[int, NodeNet] = {}
-    for node, env in zip(nodes, envs, strict=True):
-        net = configured[node.rank]
+    for node in nodes:
+        net, env = configured[node.rank], nccl_env(looks[node.rank].facts)
         if not env and not (net.fabric_ip and net.ifname):
             name = "the head" if node.is_head else node.name
             raise SparkError(f"discovery found no usable ConnectX-7 fabric on {name}",

@@ -61,9 +61,9 @@ class Starter:
     def __init__(self, plan: ClusterPlan, runner: Runner, *, spec: ModelSpec, secrets: dict[str, str],
                  replace: bool = False, keep_on_failure: bool = False, drop_caches: bool = False, api_key: str = "",
                  say: Callable[[str], None] = print, stop_all: Callable[[], None] | None = None,
-                 fabric_mtu: int = 9000, snapshots: dict[int, object] | None = None) -> None:
+                 fabric_mtu: int = 9000, looks: dict[int, object] | None = None) -> None:
         self.plan, self.runner, self.secrets, self.spec = plan, runner, secrets, spec
-        self.fabric_mtu, self.gate, self.snapshots = fabric_mtu, None, snapshots or {}
+        self.fabric_mtu, self.gate, self.looks = fabric_mtu, None, looks or {}  # fabric.NodeLook by rank
         self.next_peer_check, self.peer_watch = 0.0, None
         self.replace, self.keep_on_failure, self.drop_caches = replace, keep_on_failure, drop_caches
         self.api_key, self.say, self.stop_all = api_key, say, stop_all
@@ -141,11 +141,12 @@ class Starter:
         exposed = exposure_warning(plan.listen, self.api_key)
         if exposed:
             self.warn(exposed)
-        runtime = "llama-cpp" if plan.mode == "llama-cpp" else "vllm"
 
         def probe(node: NodePlan) -> nd.NodeProbe:
-            script = nd.probe_script(plan.cluster, plan.image, plan.model, plan.hf_cache_on(node), runtime,
-                                     plan.log_dir)
+            script = preflight_script(plan, node)
+            seen = self.looks.get(node.rank)
+            if seen is not None and seen.probe_script == script and "probe=ok" in seen.probe_out:
+                return nd.parse_probe(node.label, seen.probe_out)  # asked moments ago, with the fabric look
             r = self.runner.on(node.host, script, timeout=node.host.connect_timeout + 30, mutating=False)
             if "probe=ok" not in r.stdout:
                 p = nd.NodeProbe(node.label, reachable=False, error=r.last_line or f"exit {r.returncode}")
@@ -185,10 +186,12 @@ class Starter:
         from sparkhelpers.discover.nodes import Node
 
         nodes = [Node(n.rank, n.label, n.host, n.fabric_ip) for n in self.plan.nodes]
-        self.gate = gate.start_gate(self.runner, nodes, mtu=self.fabric_mtu, known=self.snapshots)
+        known = {rank: seen.facts for rank, seen in self.looks.items()}
+        self.gate = gate.start_gate(self.runner, nodes, mtu=self.fabric_mtu, known=known)
         for check in self.gate.warnings:
             self.warn(gate.one_line(check))
         self.gate.raise_on_failure()
+        self.next_peer_check = time.monotonic() + PEER_CHECK_S  # the gate pinged every twin just now
 
     def check_running(self, probes: dict[int, nd.NodeProbe]) -> None:
         ours = {rank: p.containers for rank, p in probes.items() if p.containers}
@@ -428,6 +431,12 @@ class Starter:
         path = Path(self.plan.run_dir) / "last-start.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(self.executed))
+
+
+def preflight_script(plan: ClusterPlan, node: NodePlan) -> str:
+    """What the preflight asks ``node`` (read-only; nodes.probe_script with this plan's values)."""
+    runtime = "llama-cpp" if plan.mode == "llama-cpp" else "vllm"
+    return nd.probe_script(plan.cluster, plan.image, plan.model, plan.hf_cache_on(node), runtime, plan.log_dir)
 
 
 def engine_healthy(endpoint: str, timeout: float = 3) -> bool:

@@ -43,6 +43,7 @@ COMMAND_FILES = {
     "stat-hf-cache.txt": "stat -c '%U %u %a' on the HF cache",
     "hf-cache-foreign.txt": "up to 5 paths in the HF cache not owned by the user",
     "exit-codes.txt": "NAME RC for every command (127 = not installed)",
+    "scope.txt": "all, or fabric: only what the start's fabric gate and NCCL discovery read",
 }
 
 # Patterns that must never survive into a snapshot (defence in depth: capture.sh reads no secrets).
@@ -115,9 +116,24 @@ def capture_script() -> str:
     return resources.files("sparkhelpers.discover").joinpath("capture.sh").read_text()
 
 
-def capture_command(hf_cache: str = "", image: str = "") -> str:
+def capture_command(hf_cache: str = "", image: str = "", scope: str = "all") -> str:
     """The one remote command: the script arrives on stdin, so nothing but two paths is in argv."""
-    return shell_join(["bash", "-s", "--", hf_cache, image])
+    return shell_join(["bash", "-s", "--", hf_cache, image, *([scope] if scope != "all" else [])])
+
+
+# Between the snapshot (base64: never a '@') and the output of a script run beside the capture.
+ALSO_MARK = "@@also@@"
+
+
+def with_also(script: str, also: str) -> str:
+    """``script`` in a subshell, ``also`` beside it in the background (its stdout kept in a private temp
+    file, then printed after ALSO_MARK), in one process: one SSH round trip answers both. The
+    capture's exit status is the whole's. Each runs in its own subshell, so their variables never mix."""
+    return "\n".join([
+        '__also="$(mktemp "${TMPDIR:-/tmp}/spark-also.XXXXXX")" || exit 1',
+        "{", also, '} >"$__also" 2>/dev/null </dev/null &',
+        "(", script, ")", "__rc=$?", "wait",
+        f"echo {ALSO_MARK}", 'cat "$__also"', 'rm -f "$__also"', 'exit "$__rc"'])
 
 
 def redact_tree(root: Path) -> None:
@@ -155,18 +171,27 @@ def unpack(encoded: str, dest: Path) -> Path:
 def capture(runner: Runner, dest: str | Path, host: Host = LOCAL, *, hf_cache: str = "",
             image: str = "", timeout: float = 90) -> Path:
     """Capture ``host`` (this machine for LOCAL) into ``dest``: one process locally, one SSH round trip remotely."""
+    return capture_with(runner, dest, host, hf_cache=hf_cache, image=image, timeout=timeout)[0]
+
+
+def capture_with(runner: Runner, dest: str | Path, host: Host = LOCAL, *, hf_cache: str = "", image: str = "",
+                 scope: str = "all", also: str = "", timeout: float = 90) -> tuple[Path, str]:
+    """``capture`` with a ``scope`` (capture.sh's) and, when ``also`` is given, that read-only script run on
+    the host in the same round trip: (the snapshot directory, the script's stdout)."""
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise SparkError(f"{dest} exists and is not empty", fix="pass a new directory for the snapshot")
-    result = runner.on(host, capture_command(hf_cache, image), input=capture_script(), timeout=timeout,
+    script = with_also(capture_script(), also) if also else capture_script()
+    result = runner.on(host, capture_command(hf_cache, image, scope), input=script, timeout=timeout,
                        mutating=False)
-    if not result.ok or not result.stdout.strip():
+    snapshot, _, also_out = result.stdout.partition(f"{ALSO_MARK}\n") if also else (result.stdout, "", "")
+    if not result.ok or not snapshot.strip():
         what = "ssh" if not host.is_local and result.returncode == 255 else "the capture script"
         fix = (f"check `ssh -o BatchMode=yes {host.target} true` works (key, user, address)"
                if what == "ssh" else "run `bash -x` on the capture script on that host to see what fails")
         raise SparkError(f"could not capture host facts from {host.label}: {what} failed "
                          f"(exit {result.returncode}){': ' + result.last_line if result.last_line else ''}", fix=fix)
-    return unpack(result.stdout, dest)
+    return unpack(snapshot, dest), also_out
 
 
 def capture_remote(runner: Runner, host: Host, dest: str | Path | None = None, **kwargs) -> Path:
