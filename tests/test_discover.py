@@ -237,3 +237,71 @@ def test_remote_capture_is_one_ssh_round_trip_with_nothing_secret_in_argv(tmp_pa
     argv = runner.calls[0]
     assert argv[0] == "ssh" and "BatchMode=yes" in argv and argv[-1] == "bash -s -- /raid/hf-cache img:1"
     assert discover_snapshot(str(snap)).kernel == os.uname().release
+
+
+# What capture.sh's fabric scope leaves out (the start's preflight probe asks Docker, memory and the cache).
+NOT_IN_FABRIC_SCOPE = ("cmd/id.txt", "cmd/ulimit-l.txt", "proc/meminfo", "proc/net/tcp", "proc/net/tcp6",
+                       "etc/os-release", "cmd/docker-info.json", "cmd/docker-image-id.txt", "cmd/hf-cache-path.txt",
+                       "cmd/df-hf-cache.txt", "cmd/stat-hf-cache.txt")
+
+
+def gate_view(f) -> dict:  # noqa: ANN001
+    """Every fact the start's fabric gate and nccl_env read."""
+    return {"hostname": f.hostname, "kernel": f.kernel, "gpus": f.gpus, "ib": f.dev_infiniband,
+            "netdevs": {n: (d.operstate, d.mtu, d.ipv4, d.kind, d.mac) for n, d in f.netdevs.items()},
+            "hcas": f.hcas, "twins": f.twins, "cages": f.cabled_cages, "nccl": nccl_env(f)}
+
+
+def test_fabric_scope_keeps_every_fact_the_gate_reads_and_drops_the_rest(tmp_path):
+    """Real capture.sh on this machine, both scopes: the fabric scope (the start's) reads the same fabric
+    and parity facts, skips Docker, memory, ports, limits, ethtool and the cache, and says it is partial."""
+    from sparkhelpers.discover import discover
+    from sparkhelpers.discover.probe import MemorySnapshot, capture_with
+
+    full = capture(Runner(), tmp_path / "full", hf_cache=str(tmp_path), image="no/such-image:1")
+    encoded, also = capture_with(Runner(), hf_cache=str(tmp_path), image="no/such-image:1", scope="fabric",
+                                 also="echo probe=ok; echo \"answer=$((6 * 7))\"")
+    part = MemorySnapshot(encoded)
+    assert also == "probe=ok\nanswer=42\n"  # the script beside the capture, in the same process
+    assert gate_view(discover(part)) == gate_view(discover_snapshot(str(full)))
+    assert part.cmd("scope.txt") == "fabric" and (full / "cmd/scope.txt").read_text().strip() == "all"
+    for rel in NOT_IN_FABRIC_SCOPE:
+        assert (full / rel).exists() or rel.startswith("cmd/docker"), rel
+        assert not part.exists(rel), rel
+    assert not any(name.startswith("ethtool-") for name in part.listdir("/cmd"))
+
+
+def test_memory_snapshot_reads_like_the_unpacked_one(tmp_path):
+    from sparkhelpers.discover import discover
+    from sparkhelpers.discover.probe import MemorySnapshot, capture_with
+
+    encoded, _ = capture_with(Runner(), hf_cache=str(tmp_path))
+    on_disk = discover_snapshot(str(unpack(encoded, tmp_path / "snap")))
+    assert discover(MemorySnapshot(encoded)).to_dict() == on_disk.to_dict()
+
+
+def _tar_b64(entries: dict[str, str]) -> str:
+    import base64
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, text in entries.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_memory_snapshot_scrubs_tokens_and_refuses_escaping_entries():
+    from sparkhelpers.discover.probe import MemorySnapshot
+
+    snap = MemorySnapshot(_tar_b64({"./cmd/hostname.txt": "spark1\n", "./cmd/x.txt": "t=hf_" + "A" * 30 + "\n"}))
+    assert snap.cmd("hostname.txt") == "spark1" and "hf_AAAA" not in snap.cmd("x.txt")
+    assert snap.listdir("/cmd") == ["hostname.txt", "x.txt"] and snap.read("/cmd/none") is None
+    with pytest.raises(SparkError, match="unsafe entry"):
+        MemorySnapshot(_tar_b64({"../etc/passwd": "x"}))
+    with pytest.raises(SparkError, match="unreadable"):
+        MemorySnapshot("not base64 at all!")

@@ -94,3 +94,30 @@ def test_stuck_message_is_one_line_with_the_recheck_and_the_log():
     text = gate.stuck_message("spark-02", ["NCCL WARN x", "NCCL WARN y"], broken)
     assert "\n" not in text and text.startswith("spark-02 cannot reach its peers")
     assert "169.254.101.12 does not answer" in text and "NCCL WARN x | NCCL WARN y" in text
+
+
+# What capture.sh's fabric scope (the start's capture) does not write; the gate must judge alike without it.
+NOT_IN_FABRIC_SCOPE = ("cmd/id.txt", "cmd/ulimit-l.txt", "proc", "etc", "cmd/docker-info.json",
+                       "cmd/docker-image-id.txt", "cmd/hf-cache-path.txt", "cmd/hf-cache-existing.txt",
+                       "cmd/df-hf-cache.txt", "cmd/stat-hf-cache.txt", "cmd/hf-cache-foreign.txt")
+
+
+def fabric_scope(name: str, tmp: Path) -> Path:
+    import shutil
+
+    dest = tmp / name
+    shutil.copytree(SNAPS / name, dest)
+    for rel in NOT_IN_FABRIC_SCOPE:
+        shutil.rmtree(dest / rel, ignore_errors=True) if (dest / rel).is_dir() else (dest / rel).unlink(missing_ok=True)
+    for ethtool in (dest / "cmd").glob("ethtool-*"):
+        ethtool.unlink()
+    return dest
+
+
+@pytest.mark.parametrize("worker", sorted(p.name for p in SNAPS.iterdir() if p.name.startswith("spark2")))
+def test_fabric_scope_snapshots_get_the_same_gate_verdicts(worker, tmp_path):
+    full = gate.gate_checks(pair(worker))
+    part = gate.gate_checks([ck.NodeFacts("head", discover_snapshot(str(fabric_scope("spark1", tmp_path))), True),
+                             ck.NodeFacts("spark-02", discover_snapshot(str(fabric_scope(worker, tmp_path))))])
+    assert [(c.name, c.node, c.status, c.message) for c in part] == [(c.name, c.node, c.status, c.message)
+                                                                      for c in full]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sparkhelpers.appkit import info, warn
@@ -46,7 +47,6 @@ def start_cluster(cfg: Config, *, nodes: int | None = None, solo: bool = False, 
     from sparkhelpers.topology import layout_for, node_set
 
     runner = runner or Runner(dry_run=dry_run)
-    api_key, hf_token = secret_value(cfg, "API_KEY"), secret_value(cfg, "HF_TOKEN")
     spec = spec or model_spec(cfg)
     topo = node_set(cfg, node_names or [])
     lay = layout_for(cfg, spec, nodes=nodes, solo=solo, topo=topo)
@@ -54,7 +54,10 @@ def start_cluster(cfg: Config, *, nodes: int | None = None, solo: bool = False, 
     runner.open_early([dataclasses.replace(n.host, address=n.fabric_ip) for n in topo.workers[: lay.nodes - 1]
                        if n.fabric_ip and n.fabric_ip != n.host.address])
     t0 = time.monotonic()
-    looks = {} if dry_run else look_first(cfg, spec, runner, topo, nodes=nodes, solo=solo)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the nodes answer while this process reads the secrets
+        early = None if dry_run else pool.submit(look_first, cfg, spec, runner, topo, nodes=nodes, solo=solo)
+        api_key, hf_token = secret_value(cfg, "API_KEY"), secret_value(cfg, "HF_TOKEN")  # (HF's own import)
+        looks = early.result() if early else {}
     fabric = resolve_fabric(cfg, runner, lay.nodes, topo, looks)  # reads the looks; asks only what they lack
     discovery_s = time.monotonic() - t0
     native = None

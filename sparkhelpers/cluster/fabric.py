@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,21 +34,18 @@ class NodeLook:
 def look(runner: Runner, host: Host, probe_script: str = "") -> NodeLook:
     """``host``'s fabric facts (capture.sh's fabric scope) and, beside them in the same round trip, the
     read-only ``probe_script``. An unreachable node is one line naming it."""
-    from sparkhelpers.discover import discover_snapshot
-    from sparkhelpers.discover.probe import capture_with
+    from sparkhelpers.discover import discover
+    from sparkhelpers.discover.probe import MemorySnapshot, capture_with
 
-    tmp = tempfile.mkdtemp(prefix="sparkhelpers-fabric-")
     try:
-        path, out = capture_with(runner, f"{tmp}/snap", host, scope="fabric", also=probe_script)
-        return NodeLook(discover_snapshot(str(path)), probe_script, out)
+        snapshot, out = capture_with(runner, host, scope="fabric", also=probe_script)
     except SparkError as exc:
         if "ssh failed" in exc.message:
             raise SparkError(f"node {host.label} is unreachable over SSH: {exc.message.rsplit(': ', 1)[-1]}",
                              fix=f"check that {host.address} is up and `ssh -o BatchMode=yes {host.target} true` "
                                  "works, or start fewer nodes with --nodes") from None
         raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return NodeLook(discover(MemorySnapshot(snapshot)), probe_script, out)
 
 
 def look_all(runner: Runner, nodes: list, probes: dict[int, str]) -> dict[int, NodeLook]:

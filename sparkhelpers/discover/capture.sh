@@ -19,6 +19,11 @@ out="$(mktemp -d "${TMPDIR:-/tmp}/spark-capture.XXXXXX")" || exit 1
 trap 'rm -rf "$out"' EXIT
 mkdir -p "$out/cmd" "$out/proc/net" "$out/sys/class/net" "$out/sys/class/infiniband" "$out/etc"
 
+# Files and directories are written at the end (write_all), with ONE mkdir: a capture reads hundreds of
+# files in dozens of directories, and each fork costs ~5-10 ms on a busy node.
+declare -A dirs=() copied=()
+declare -a paths=() values=()
+
 # copy_file SRC: copy one small file to the same path under the snapshot, if it reads.
 copy_file() {
   local value=""
@@ -29,9 +34,19 @@ copy_file() {
   if [[ "$1" == /sys/* ]]; then IFS= read -r -d '' value 2>/dev/null <"$1"; fi
   if [[ -z "$value" ]]; then value="$(cat "$1" 2>/dev/null)" || return 0; fi
   while [[ "$value" == *$'\n' ]]; do value="${value%$'\n'}"; done
-  # No dirname/mkdir per file: a capture reads hundreds of files, and forks cost on a busy node.
-  [[ -d "$out${1%/*}" ]] || mkdir -p "$out${1%/*}"
-  printf '%s\n' "$value" >"$out$1"
+  dirs["$out${1%/*}"]=1
+  copied["$1"]=1
+  paths+=("$out$1")
+  values+=("$value")
+}
+
+# mark_dir PATH: an empty directory in the snapshot (a marker such as wireless/ or device/).
+mark_dir() { dirs["$out$1"]=1; }
+
+write_all() {
+  local i
+  if ((${#dirs[@]})); then mkdir -p "${!dirs[@]}"; fi
+  for i in "${!paths[@]}"; do printf '%s\n' "${values[$i]}" >"${paths[$i]}"; done
 }
 
 # record NAME CMD...: stdout to cmd/NAME, stderr to cmd/NAME.err (when not empty), exit code noted.
@@ -67,17 +82,18 @@ if [[ "$scope" != fabric ]]; then
 fi
 record ip-addr.json ip -j addr
 record ip-route.json ip -j route
-record nvidia-smi.csv nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-record ibdev2netdev.txt ibdev2netdev
+# The slowest tools run while the sysfs trees are read (waited for before the snapshot is packed).
+record nvidia-smi.csv nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader &
+record ibdev2netdev.txt ibdev2netdev &
 if [[ -d /dev/infiniband ]]; then ls -1 /dev/infiniband >"$out/cmd/dev-infiniband.txt" 2>/dev/null; fi
 
 for dev in /sys/class/net/*; do
   name="${dev##*/}"
   for f in mtu operstate speed address carrier type; do copy_file "$dev/$f"; done
   for marker in wireless bridge device; do
-    [[ -e "$dev/$marker" ]] && mkdir -p "$out$dev/$marker"
+    [[ -e "$dev/$marker" ]] && mark_dir "$dev/$marker"
   done
-  [[ -d "$dev/device" && -e "$dev/device/infiniband" ]] && mkdir -p "$out$dev/device/infiniband"
+  [[ -d "$dev/device" && -e "$dev/device/infiniband" ]] && mark_dir "$dev/device/infiniband"
   case "$name" in
     en* | eth*) [[ -e "$dev/device" && "$scope" != fabric ]] && record "ethtool-$name.txt" ethtool "$name" ;;
   esac
@@ -86,7 +102,7 @@ done
 for hca in /sys/class/infiniband/*; do
   [[ -d "$hca" ]] || continue
   for f in node_type fw_ver board_id; do copy_file "$hca/$f"; done
-  for nd in "$hca"/device/net/*; do [[ -e "$nd" ]] && mkdir -p "$out$nd"; done
+  for nd in "$hca"/device/net/*; do [[ -e "$nd" ]] && mark_dir "$nd"; done
   for port in "$hca"/ports/*; do
     [[ -d "$port" ]] || continue
     for f in state phys_state link_layer rate; do copy_file "$port/$f"; done
@@ -102,7 +118,7 @@ for hca in /sys/class/infiniband/*; do
     done
     # Emulated HCAs may carry only gid_attrs/ndevs (no gid table): keep the netdev link.
     for nd in "$port"/gid_attrs/ndevs/*; do
-      [[ -e "$out$nd" ]] || copy_file "$nd"
+      [[ -n "${copied[$nd]:-}" ]] || copy_file "$nd"
     done
   done
 done
@@ -132,4 +148,6 @@ if [[ -n "$hf_cache" && "$scope" != fabric ]]; then
   fi
 fi
 
+wait
+write_all
 tar -C "$out" -czf - . | base64

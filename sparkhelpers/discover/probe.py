@@ -15,7 +15,6 @@ import io
 import re
 import tarfile
 import tempfile
-from importlib import resources
 from pathlib import Path
 from typing import Protocol
 
@@ -112,8 +111,58 @@ class Snapshot:
         return self._codes.get(name)
 
 
+class MemorySnapshot(Snapshot):
+    """capture.sh's output read in memory, never written to disk (what the start reads once and drops):
+    the same paths, redaction and refusal of entries that would escape, without an extraction."""
+
+    def __init__(self, encoded: str) -> None:  # noqa: D107 -- no super(): there is no directory
+        self.root, self._codes = Path("/nonexistent-snapshot"), None
+        self.files: dict[str, str] = {}
+        self.children: dict[str, set[str]] = {}
+        for name, text in _members(encoded):
+            self.files[name] = _scrub(text) if text is not None else None
+            parts = name.split("/")
+            for i in range(1, len(parts)):
+                self.children.setdefault("/".join(parts[:i]), set()).add(parts[i])
+
+    def read(self, path: str) -> str | None:
+        text = self.files.get(path.strip("/"))
+        return text.strip() if text is not None else None
+
+    def listdir(self, path: str) -> list[str]:
+        return sorted(self.children.get(path.strip("/"), ()))
+
+    def exists(self, path: str) -> bool:
+        rel = path.strip("/")
+        return rel in self.files or rel in self.children
+
+
+def _members(encoded: str) -> list[tuple[str, str | None]]:
+    """(relative path, text or None for a directory) of every entry of capture.sh's base64(tar.gz)."""
+    out = []
+    try:
+        raw = base64.b64decode("".join(encoded.split()), validate=True)
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
+            for member in tar.getmembers():
+                name = member.name.removeprefix("./").strip("/")
+                if not (member.isfile() or member.isdir()) or member.name.startswith("/") or ".." in member.name:
+                    raise SparkError(f"the host capture holds an unsafe entry: {member.name}")
+                if name:
+                    data = tar.extractfile(member).read() if member.isfile() else None
+                    out.append((name, data.decode(errors="replace") if data is not None else None))
+    except (binascii.Error, tarfile.TarError, EOFError) as exc:
+        raise _unreadable(exc) from None
+    return out
+
+
+def _scrub(text: str) -> str:
+    for pattern, repl in _SECRET_PATTERNS:
+        text = pattern.sub(repl, text)
+    return text
+
+
 def capture_script() -> str:
-    return resources.files("sparkhelpers.discover").joinpath("capture.sh").read_text()
+    return (Path(__file__).parent / "capture.sh").read_text()  # importlib.resources costs 0.1 s to import here
 
 
 def capture_command(hf_cache: str = "", image: str = "", scope: str = "all") -> str:
@@ -141,11 +190,14 @@ def redact_tree(root: Path) -> None:
     for path in root.rglob("*"):
         if path.is_file() and path.stat().st_size < 2_000_000:
             text = path.read_text(errors="replace")
-            clean = text
-            for pattern, repl in _SECRET_PATTERNS:
-                clean = pattern.sub(repl, clean)
+            clean = _scrub(text)
             if clean != text:
                 path.write_text(clean)
+
+
+def _unreadable(exc: Exception) -> SparkError:
+    return SparkError(f"the host capture came back unreadable ({exc.__class__.__name__})",
+                      fix="run `bash -x sparkhelpers/discover/capture.sh` on that host to see what fails")
 
 
 def unpack(encoded: str, dest: Path) -> Path:
@@ -162,8 +214,7 @@ def unpack(encoded: str, dest: Path) -> Path:
             else:  # Python < 3.11.4: members were vetted above
                 tar.extractall(dest)  # noqa: S202
     except (binascii.Error, tarfile.TarError, EOFError) as exc:
-        raise SparkError(f"the host capture came back unreadable ({exc.__class__.__name__})",
-                         fix="run `bash -x sparkhelpers/discover/capture.sh` on that host to see what fails") from None
+        raise _unreadable(exc) from None
     redact_tree(dest)
     return dest
 
@@ -171,16 +222,17 @@ def unpack(encoded: str, dest: Path) -> Path:
 def capture(runner: Runner, dest: str | Path, host: Host = LOCAL, *, hf_cache: str = "",
             image: str = "", timeout: float = 90) -> Path:
     """Capture ``host`` (this machine for LOCAL) into ``dest``: one process locally, one SSH round trip remotely."""
-    return capture_with(runner, dest, host, hf_cache=hf_cache, image=image, timeout=timeout)[0]
-
-
-def capture_with(runner: Runner, dest: str | Path, host: Host = LOCAL, *, hf_cache: str = "", image: str = "",
-                 scope: str = "all", also: str = "", timeout: float = 90) -> tuple[Path, str]:
-    """``capture`` with a ``scope`` (capture.sh's) and, when ``also`` is given, that read-only script run on
-    the host in the same round trip: (the snapshot directory, the script's stdout)."""
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise SparkError(f"{dest} exists and is not empty", fix="pass a new directory for the snapshot")
+    return unpack(capture_with(runner, host, hf_cache=hf_cache, image=image, timeout=timeout)[0], dest)
+
+
+def capture_with(runner: Runner, host: Host = LOCAL, *, hf_cache: str = "", image: str = "", scope: str = "all",
+                 also: str = "", timeout: float = 90) -> tuple[str, str]:
+    """Run capture.sh on ``host`` with a ``scope`` and, when ``also`` is given, that read-only script beside it
+    in the same round trip: (the snapshot as capture.sh prints it, for ``unpack`` or ``MemorySnapshot``;
+    the script's stdout)."""
     script = with_also(capture_script(), also) if also else capture_script()
     result = runner.on(host, capture_command(hf_cache, image, scope), input=script, timeout=timeout,
                        mutating=False)
@@ -191,7 +243,7 @@ def capture_with(runner: Runner, dest: str | Path, host: Host = LOCAL, *, hf_cac
                if what == "ssh" else "run `bash -x` on the capture script on that host to see what fails")
         raise SparkError(f"could not capture host facts from {host.label}: {what} failed "
                          f"(exit {result.returncode}){': ' + result.last_line if result.last_line else ''}", fix=fix)
-    return unpack(snapshot, dest), also_out
+    return snapshot, also_out
 
 
 def capture_remote(runner: Runner, host: Host, dest: str | Path | None = None, **kwargs) -> Path:
