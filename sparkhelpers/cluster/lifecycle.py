@@ -82,7 +82,7 @@ class Starter:
                              f"{r.last_line or 'no output'}", fix=_fix_for(r.last_line, step.node))
 
     def run_phase(self, phase: rd.Phase) -> None:
-        if phase.name in ("ray-head", "ray-workers", "workers", "engine"):
+        if phase.name in ("ray-head", "ray-workers", "containers", "engine"):
             self.started.update(s.node.rank for s in phase.steps)
         # Steps on different nodes run in parallel; steps on one node keep their order.
         by_node: dict[int, list[rd.Step]] = {}
@@ -298,7 +298,7 @@ class Starter:
                 self.wait_ray(1, "the Ray head")
             elif phase.name == "ray-join":
                 self.wait_ray(len(self.plan.nodes), f"{len(self.plan.nodes)} Ray nodes")
-            elif phase.name == "workers":
+            elif phase.name == "containers" and self.plan.workers:
                 self.check_alive()
 
     # ---- waits -----------------------------------------------------------------------------------

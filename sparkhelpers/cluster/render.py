@@ -147,10 +147,10 @@ def start_phases(plan: ClusterPlan, config_hash: str, secrets: dict[str, str]) -
         engine = f"touch {shell_quote(plan.node_run_dir(plan.head) + '/start-engine')}"
         phases.append(Phase("engine", (Step(plan.head, "signal the head container to start vllm serve", engine),)))
     elif plan.mode == "native":
-        if plan.workers:
-            phases.append(Phase("workers", tuple(run[w.rank] for w in plan.workers),
-                                wait="every worker container is running"))
-        phases.append(Phase("engine", (run[0],)))
+        # Every rank at once (the headless ranks wait for the master, the master for them): a worker
+        # that does not come up is caught right after, and the cleanup removes the head's container too.
+        phases.append(Phase("containers", tuple(run[w.rank] for w in plan.workers) + (run[0],),
+                            wait="every container is running" if plan.workers else ""))
     else:
         phases.append(Phase("engine", (run[0],)))
     phases.append(Phase("health", wait=f"{plan.endpoint}/health answers 200 while every engine process is alive "
