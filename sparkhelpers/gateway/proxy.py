@@ -15,10 +15,10 @@ import functools
 import json
 import logging
 import time
+import urllib.parse
 from dataclasses import dataclass
 
 import aiohttp
-import yarl
 from aiohttp import web
 
 from sparkhelpers.gateway import manager as mgr
@@ -343,5 +343,5 @@ async def _drained(transport, low: int = 64 * 1024) -> None:  # noqa: ANN001
 
 @functools.lru_cache(maxsize=256)
 def _address(base_url: str) -> tuple[str, int, str]:
-    url = yarl.URL(base_url)
-    return url.host or "127.0.0.1", url.port or 80, url.path.rstrip("/")
+    url = urllib.parse.urlsplit(base_url)
+    return url.hostname or "127.0.0.1", url.port or 80, url.path.rstrip("/")
