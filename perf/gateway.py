@@ -2,12 +2,14 @@
 """What does the gateway cost? TTFT and throughput direct vs through the gateway vs through LiteLLM, one run.
 
 Usage: perf/gateway.py [--levels 1,16,64] [--ttft-ms 100] [--itl-ms 10] [--tokens 64] [--rounds 2]
-                       [--no-litellm] [--json FILE]
+                       [--no-litellm] [--no-floor] [--json FILE]
 
 Starts `sparkhelpers gateway run` on 127.0.0.1 with one model, the ground-truth server (perf/truth_server.py:
 known TTFT, one token every ITL ms; pinned to the last CPU), and, unless --no-litellm, the real LiteLLM proxy
 1.82.6 (side venv from `make side-venvs`) with `gateway export --litellm --per-engine` (LiteLLM straight to the
-same server, so each path is one hop). The client (`sparkhelpers bench run`'s, pinned to CPU 0) runs each
+same server, so each path is one hop). Unless --no-floor, two more paths show what the hop itself costs on this
+host, whatever the proxy does: `hop` (perf/hop.py: bytes copied both ways on uvloop, nothing parsed) and `socat`
+(a C byte copier, when socat is installed). The client (`sparkhelpers bench run`'s, pinned to CPU 0) runs each
 concurrency level on each path, paths interleaved per round; figures are medians over rounds. Added TTFT is the
 path's minus direct's, at p50 and p99; the throughput ratio is the path's output tok/s over direct's. The
 proxy's own CPU (user and system, from /proc) is printed per request and per token, whatever the load.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -93,13 +96,31 @@ def start_litellm(work: Path, models: Path, env: dict) -> tuple[subprocess.Popen
     return proc, url
 
 
+def start_floors(work: Path, direct_port: int) -> dict[str, tuple[subprocess.Popen, str]]:
+    """The bare hops (perf/hop.py, and socat when installed) in front of the same server."""
+    cmds = {"hop": lambda p: [sys.executable, str(HERE / "hop.py"), str(p), str(direct_port)]}
+    if shutil.which("socat"):
+        cmds["socat"] = lambda p: ["socat", f"TCP-LISTEN:{p},bind=127.0.0.1,reuseaddr,fork,nodelay",
+                                   f"TCP:127.0.0.1:{direct_port},nodelay"]
+    else:
+        print("socat is not installed: no C floor (fix: sudo apt-get install -y socat)", file=sys.stderr)
+    floors = {}
+    for name, cmd in cmds.items():
+        port = free_port()
+        proc = subprocess.Popen(cmd(port), stdout=subprocess.DEVNULL, stderr=open(work / f"{name}.log", "wb"))  # noqa: SIM115
+        floors[name] = (proc, f"http://127.0.0.1:{port}")
+        wait(floors[name][1] + "/v1/models", proc, 30)
+    return floors
+
+
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds of a process (the proxy's own work, whatever the load)."""
     if not pid:
         return 0.0, 0.0
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+    # with the children it has reaped: socat forks one per connection, and they end with the level's connections
+    return (int(fields[11]) + int(fields[13])) / tick, (int(fields[12]) + int(fields[14])) / tick
 
 
 def measure(url: str, key: str, c: int, tokens: int, proxy_pid: int) -> dict:
@@ -130,6 +151,10 @@ def run(args) -> dict:  # noqa: ANN001
                 gw_url + "/v1/completions", data=first,
                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"}), timeout=60).read()
             paths = {"direct": (direct_url, "", 0), "gateway": (gw_url, key, gw.pid)}
+            if not args.no_floor:
+                for name, (proc, url) in start_floors(work, int(direct_url.rsplit(":", 1)[1])).items():
+                    procs.append(proc)
+                    paths[name] = (url, "", proc.pid)
             if not args.no_litellm:
                 if not LITELLM.exists():
                     sys.exit(f"{LITELLM} is missing (fix: make side-venvs, or pass --no-litellm)")
@@ -192,6 +217,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-litellm", action="store_true")
+    ap.add_argument("--no-floor", action="store_true", help="leave out the bare hops (perf/hop.py, socat)")
     ap.add_argument("--json", default="", help="also write the raw figures to this file")
     args = ap.parse_args()
     args.levels = [int(x) for x in args.levels.split(",")]

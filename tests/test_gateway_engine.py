@@ -102,6 +102,36 @@ def test_stream_is_the_engines_stream_chunk_for_chunk(gw):
     assert usage_from_stream(got)["completion_tokens"] == 12
 
 
+def test_the_usage_row_is_written_before_the_client_gets_a_byte_and_while_the_engine_works(gw):
+    """Write-ahead without a wait: the request goes upstream at once, its row is committed meanwhile, and nothing
+    reaches the client before the commit. A writer holding the database shows both orders."""
+    import sqlite3
+
+    assert gw.chat(gw.key, "t", max_tokens=2).status_code == 200  # started and warm
+    engine = next(r["proxy"] for r in gw.running() if r["replica"] == "t")
+    served = len(requests.get(engine + "/requests", timeout=10).json())
+    db = sqlite3.connect(str(gw.state_dir / "gateway" / "gateway.db"), isolation_level=None)
+    first_byte: list[float] = []
+
+    def client() -> None:
+        r = gw.chat(gw.key, "t", max_tokens=4, stream=True)
+        next(r.iter_content(chunk_size=None))
+        first_byte.append(time.perf_counter())
+        b"".join(r.iter_content(chunk_size=None))
+
+    db.execute("BEGIN EXCLUSIVE")  # the gateway's commit of the row now waits for us
+    t = threading.Thread(target=client)
+    t.start()
+    time.sleep(1.5)
+    released = time.perf_counter()
+    db.execute("ROLLBACK")
+    t.join(30)
+    db.close()
+    assert first_byte and first_byte[0] > released, "the client got a byte before its usage row was committed"
+    arrived = requests.get(engine + "/requests", timeout=10).json()[served:]
+    assert arrived and arrived[0]["arrival"] < released, "the request waited for its row before going upstream"
+
+
 def test_usage_event_is_stripped_when_the_client_did_not_ask(gw):
     seen = len(_records(gw))
     r = gw.chat(gw.key, "rec", "Name three colours.", max_tokens=6, stream=True)

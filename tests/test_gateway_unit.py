@@ -314,7 +314,7 @@ def test_ledger_commits_a_loop_turn_in_one_transaction_before_the_futures_are_do
     async def main() -> None:
         ledger = Ledger(store)
         begun = [ledger.begin(info, "m") for _ in range(3)]
-        assert inflight() == 0  # queued, not yet written: nobody may send upstream yet
+        assert inflight() == 0  # queued, not yet written: the client may not get a byte yet
         await asyncio.gather(*(f for _, f in begun))
         assert inflight() == 3  # committed by the time the futures are done
         ends = [ledger.finish(rid, info, "m", prompt=2, completion=4, error=False, latency_ms=1.0, ttft_ms=0.5)

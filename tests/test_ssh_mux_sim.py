@@ -68,8 +68,9 @@ def test_a_start_shares_one_connection_per_address_and_stop_ends_them(sim_cluste
         assert mode == "700", f"control directory mode {mode}"
         assert sockets and all(len(s) == 11 and s[0] in "bc" for s in sockets), sockets
         assert len(masters(c)) == len(sockets), (masters(c), sockets)
-        # one handshake per master (management and fabric address), however many calls the start made
-        assert shakes <= len(sockets) <= 3 and len(calls) >= 6, (shakes, sockets, calls)
+        # one handshake per master (management and fabric address), however many calls the start made (its
+        # count varies with how soon the engine answers: more calls than masters is what sharing shows)
+        assert shakes <= len(sockets) <= 3 < len(calls), (shakes, sockets, calls)
         for name in sockets:
             check = c.exec("spark1", ["ssh", "-o", f"ControlPath={ctl}/{name}", "-O", "check", "x"])
             assert "Master running" in check.stderr, check.stderr

@@ -3,7 +3,7 @@
 A key is ``sk-spark-`` + 43 url-safe characters (256 random bits), shown once when created or rotated; only its
 sha256 is stored (a key this long needs no slow hash). Names and ids are what logs, metrics and reports show.
 
-Usage is write-ahead: a request's row goes into ``inflight`` (committed) before it is sent upstream, and moves
+Usage is write-ahead: a request's row goes into ``inflight`` (committed) before the client gets a byte, and moves
 into the per key x model x day ``usage`` totals in one transaction when it ends. A gateway killed with SIGKILL
 loses nothing committed (WAL survives a process crash); on the next start, rows left in ``inflight`` are counted
 as interrupted requests (errors).

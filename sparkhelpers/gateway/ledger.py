@@ -2,7 +2,8 @@
 SQLite transaction, after the turn, instead of one commit (a WAL append each) per request and per end.
 
 The write-ahead guarantee is kept, not loosened: ``begin()`` hands back the request's id and a future that is done
-when its row is committed, and the data plane awaits it before it sends the request upstream; ``finish()``'s
+when its row is committed, and the data plane awaits it before the client gets a byte (the commit overlaps
+the engine's work on the answer's head); ``finish()``'s
 future is done when the totals are committed, and the data plane awaits it before the client sees the end of
 the answer. So a gateway killed at any point loses nothing a client received; at c=64 the 64 commits of a burst
 of requests become one.

@@ -54,6 +54,7 @@ class Outcome:
     ttft_s: float = 0.0
     commit: object = None  # records the request (usage row, quotas, metrics) once
     committed: bool = False
+    durable: object = None  # the write-ahead row's commit: awaited before the client gets a byte
 
 
 def parse_body(raw: bytes) -> dict | web.Response:
@@ -140,9 +141,9 @@ class DataPlane:
         out, req_id = Outcome(), ""
         gw.metrics.in_flight.labels(entry.name).inc()
         try:
-            req_id, durable = gw.ledger.begin(key, entry.name)
+            req_id, out.durable = gw.ledger.begin(key, entry.name)
+            out.durable.add_done_callback(_log_failed_write)  # also when no answer came to await it
             out.commit = lambda: self._account(key, entry.name, req_id, out, t0)
-            await durable  # write-ahead: committed before anything is sent; a kill from here on still counts it
             for attempt in (1, 2):
                 try:
                     return await self._forward(request, rs, payload, stream, strip, out, t0)
@@ -205,6 +206,7 @@ class DataPlane:
         except (aiohttp.ClientConnectionError, OSError, asyncio.TimeoutError) as exc:
             raise UpstreamDown(f"engine for {rs.id} is not answering: {exc}") from None
         try:
+            await out.durable  # write-ahead (see _relay)
             out.status = upstream.status
             is_sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
             if not (stream and is_sse):
@@ -241,6 +243,9 @@ class DataPlane:
         except (relay.Broken, OSError, asyncio.TimeoutError) as exc:
             raise UpstreamDown(f"engine for {rs.id} is not answering: {exc}") from None
         try:
+            # Write-ahead: the request's row is committed before the client gets a byte, so a kill from then on
+            # still counts it. The commit runs while the engine works on the head: it adds nothing to the TTFT.
+            await out.durable
             out.status = head.status
             if stream and head.status == 200 and head.get("Content-Type").startswith("text/event-stream"):
                 return await self._relay_stream(request, rs, conn, head, strip, out, t0)
