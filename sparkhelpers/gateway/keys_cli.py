@@ -76,7 +76,7 @@ def list_cmd(
     table = [[r["name"], r["id"], ",".join(r["models"]) or "all", r["rpm"] or "-", r["tpm"] or "-",
               r["max_parallel"] or "-", r["tokens_per_day"] or "-", r["expires"] or "-",
               "admin" if r["admin"] else "", r["revoked"] or ""] for r in rows]
-    print(tabulate(table, headers=["name", "id", "models", "rpm", "tpm", "parallel", "tokens/day", "expires", "",
+    print(tabulate(table, headers=["name", "id", "models", "rpm", "tpm", "parallel", "tokens/day", "expires", "role",
                                    "revoked"]))
 
 
