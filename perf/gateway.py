@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -96,8 +97,10 @@ def start_litellm(work: Path, models: Path, env: dict) -> tuple[subprocess.Popen
     return proc, url
 
 
-def start_floors(work: Path, direct_port: int) -> dict[str, tuple[subprocess.Popen, str]]:
-    """The bare hops (perf/hop.py, and socat when installed) in front of the same server."""
+def start_floors(work: Path, direct_url: str, procs: list) -> dict[str, tuple[subprocess.Popen, str]]:
+    """The bare hops (perf/hop.py, and socat when installed) in front of the same server; each process joins
+    ``procs`` as it starts, so the caller ends it even when a later one fails."""
+    direct_port = urllib.parse.urlsplit(direct_url).port
     cmds = {"hop": lambda p: [sys.executable, str(HERE / "hop.py"), str(p), str(direct_port)]}
     if shutil.which("socat"):
         cmds["socat"] = lambda p: ["socat", f"TCP-LISTEN:{p},bind=127.0.0.1,reuseaddr,fork,nodelay",
@@ -108,6 +111,7 @@ def start_floors(work: Path, direct_port: int) -> dict[str, tuple[subprocess.Pop
     for name, cmd in cmds.items():
         port = free_port()
         proc = subprocess.Popen(cmd(port), stdout=subprocess.DEVNULL, stderr=open(work / f"{name}.log", "wb"))  # noqa: SIM115
+        procs.append(proc)
         floors[name] = (proc, f"http://127.0.0.1:{port}")
         wait(floors[name][1] + "/v1/models", proc, 30)
     return floors
@@ -152,8 +156,7 @@ def run(args) -> dict:  # noqa: ANN001
                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"}), timeout=60).read()
             paths = {"direct": (direct_url, "", 0), "gateway": (gw_url, key, gw.pid)}
             if not args.no_floor:
-                for name, (proc, url) in start_floors(work, int(direct_url.rsplit(":", 1)[1])).items():
-                    procs.append(proc)
+                for name, (proc, url) in start_floors(work, direct_url, procs).items():
                     paths[name] = (url, "", proc.pid)
             if not args.no_litellm:
                 if not LITELLM.exists():

@@ -12,6 +12,7 @@ is what any proxy on this host pays for the hop (two more sockets, two more wake
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 
 
@@ -25,7 +26,7 @@ class Pipe(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        transport.get_extra_info("socket").setsockopt(6, 1, 1)  # TCP_NODELAY, as an HTTP proxy sets it
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as a proxy does
 
     def data_received(self, data: bytes) -> None:
         if self.peer and self.peer.transport:
@@ -50,6 +51,9 @@ def serve(listen: int, upstream: int) -> None:
                     _, up = await loop.create_connection(Pipe, "127.0.0.1", upstream)
                 except OSError:
                     down.transport.close()
+                    return
+                if down.transport.is_closing():  # the client left while we connected
+                    up.transport.close()
                     return
                 up.peer, down.peer = down, up
                 for data in down.pending:

@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -105,8 +106,6 @@ def test_stream_is_the_engines_stream_chunk_for_chunk(gw):
 def test_the_usage_row_is_written_before_the_client_gets_a_byte_and_while_the_engine_works(gw):
     """Write-ahead without a wait: the request goes upstream at once, its row is committed meanwhile, and nothing
     reaches the client before the commit. A writer holding the database shows both orders."""
-    import sqlite3
-
     assert gw.chat(gw.key, "t", max_tokens=2).status_code == 200  # started and warm
     engine = next(r["proxy"] for r in gw.running() if r["replica"] == "t")
     served = len(requests.get(engine + "/requests", timeout=10).json())
