@@ -105,7 +105,8 @@ def test_stream_is_the_engines_stream_chunk_for_chunk(gw):
 
 def test_the_usage_row_is_written_before_the_client_gets_a_byte_and_while_the_engine_works(gw):
     """Write-ahead without a wait: the request goes upstream at once, its row is committed meanwhile, and nothing
-    reaches the client before the commit. A writer holding the database shows both orders."""
+    reaches the client before the commit. A writer holding the database shows both orders, and that the gateway
+    still answers meanwhile (the commit waits on the ledger's thread, not on the event loop)."""
     assert gw.chat(gw.key, "t", max_tokens=2).status_code == 200  # started and warm
     engine = next(r["proxy"] for r in gw.running() if r["replica"] == "t")
     served = len(requests.get(engine + "/requests", timeout=10).json())
@@ -121,11 +122,14 @@ def test_the_usage_row_is_written_before_the_client_gets_a_byte_and_while_the_en
     db.execute("BEGIN EXCLUSIVE")  # the gateway's commit of the row now waits for us
     t = threading.Thread(target=client)
     t.start()
-    time.sleep(1.5)
+    time.sleep(0.5)
+    health = requests.get(gw.url + "/health", timeout=5)  # the loop is not the one waiting for the database
+    time.sleep(1.0)
     released = time.perf_counter()
     db.execute("ROLLBACK")
     t.join(30)
     db.close()
+    assert health.status_code == 200
     assert first_byte and first_byte[0] > released, "the client got a byte before its usage row was committed"
     arrived = requests.get(engine + "/requests", timeout=10).json()[served:]
     assert arrived and arrived[0]["arrival"] < released, "the request waited for its row before going upstream"

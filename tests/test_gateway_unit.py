@@ -329,6 +329,41 @@ def test_ledger_commits_a_loop_turn_in_one_transaction_before_the_futures_are_do
     assert (row["requests"], row["errors"], row["prompt_tokens"], row["completion_tokens"]) == (3, 1, 5, 9)
 
 
+def test_a_writer_holding_the_database_stalls_the_rows_not_the_event_loop(tmp_path):
+    """The commit waits on the ledger's thread: the loop goes on (streams, /health) while another writer holds
+    the database, and the row's future is done only once it is committed."""
+    import asyncio
+    import threading
+
+    from sparkhelpers.gateway.ledger import Ledger
+
+    path = keys.db_path(tmp_path)
+    info, _ = keys.Store(path).create("dave")
+    holder = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    loop_ran = threading.Event()
+
+    def release() -> None:
+        loop_ran.wait(5)  # on the loop's thread, the commit would hold the loop here until the 5 s are over
+        holder.execute("ROLLBACK")
+
+    releaser = threading.Thread(target=release)
+    releaser.start()
+
+    async def main() -> None:
+        ledger = Ledger(keys.Store(path))
+        _, durable = ledger.begin(info, "m")
+        await asyncio.sleep(0.05)  # the loop's turn: the commit starts and waits for the holder
+        assert not durable.done(), "the row was committed while another writer held the database"
+        loop_ran.set()
+        await durable
+        ledger.close()
+
+    asyncio.run(main())
+    releaser.join()
+    assert sqlite3.connect(str(path)).execute("SELECT COUNT(*) FROM inflight").fetchone()[0] == 1
+
+
 class _Recorder:
     def __init__(self) -> None:
         self.got, self.ends, self.errors = [], 0, []

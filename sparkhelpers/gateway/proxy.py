@@ -2,10 +2,10 @@
 
 Per request: authenticate (key hash lookup), route by model or alias, check the key's models and quotas, get a
 ready replica (starting the model when cold; 503 + Retry-After past the wait limit, 429 past the concurrency
-limit), write the usage row ahead (ledger.py: a group commit, awaited before anything goes upstream), forward the
-body (re-encoded only when the gateway adds include_usage or renames the model), pass the answer through chunk by
-chunk (over the raw relay, relay.py; an https engine over aiohttp's client), and account for it (committed before
-the client sees the end).
+limit), send the request upstream while its usage row is written ahead (ledger.py: a group commit on a writer
+thread, awaited before the client gets a byte), forward the body (re-encoded only when the gateway adds
+include_usage or renames the model), pass the answer through chunk by chunk (over the raw relay, relay.py; an
+https engine over aiohttp's client), and account for it (committed before the client sees the end).
 """
 
 from __future__ import annotations

@@ -39,7 +39,8 @@ class Gateway:
         self.cfg = cfg
         self.dir = gateway_dir(state_dir)
         self.store = keystore.Store(keystore.db_path(state_dir))
-        self.ledger = Ledger(self.store)  # the data plane's usage rows, one group commit per loop turn
+        # the data plane's usage rows: group commits on a writer thread with its own connection
+        self.ledger = Ledger(keystore.Store(keystore.db_path(state_dir)))
         self.key_file = self.dir / "internal.key"
         self.internal_key = self.store.ensure_internal(self.key_file)
         self.metrics = GatewayMetrics()
@@ -224,7 +225,7 @@ class Gateway:
         await self.upstream.close()
         await self.upstream_fresh.close()
         self.relay_pool.close()
-        self.ledger.flush()
+        self.ledger.close()
         self.store.close()
 
 
