@@ -4,7 +4,7 @@ relay, on the emulated cluster with the head's fabric twins shaped with tc; and 
 against a raw single-stream copy over one twin. One run prints everything side by side.
 
 Usage: perf/distribution.py [--rate 100mbit] [--model-mib 1024] [--image-mib 256] [--workers 1,2,3]
-                            [--cipher aes128-gcm@openssh.com]      (as root: it runs the sim)
+                            [--cipher aes128-gcm@openssh.com] [--skip-model|--skip-image]   (as root: the sim)
 
 - Cluster: 4 emulated nodes (spark1 head, 3 workers), each with two fabric twins; `sim fault spark1
   slow-fabric RATE` puts a tc tbf of RATE on *each* of the head's twins (inside the sim's namespaces).
@@ -17,6 +17,7 @@ Usage: perf/distribution.py [--rate 100mbit] [--model-mib 1024] [--image-mib 256
 - Image: an IMAGE_MIB image of random data built on the head (docker import). Fan-out is `docker save |
   ssh worker docker load` to every worker at once (over twin 1, as before); relay is the start's image step
   (save once, relay, docker load on each worker, IDs checked). `docker rmi` on the workers between runs.
+  The relay's phases (save, relay, load) are timed apart: here the workers' loads share 2 cores and a disk.
 - Twins: the relay's 1-worker model time against `ssh worker 'cat > file' < shard` of the same bytes over
   twin 1 (one stream), both through the shaped link.
 SSH_BULK_CIPHER=CIPHER for both methods alike (every copy is a bulk ssh call; AES-GCM is the cheapest here).
@@ -52,9 +53,23 @@ topo = topology(load_config())
 nodes = [ImageNode(n.name, n.host, tuple(Host(ip, user=n.host.user, key=n.host.key, options=n.host.options)
                                         for ip in n.twin_ips), "/raid/hf-cache") for n in topo.workers[:count]]
 t0 = time.monotonic()
+marks = {}  # when each phase began: the save's script, the relay's first line, the first load's script
+
+def say(m):
+    marks.setdefault("relay", time.monotonic())
+    print(m, file=sys.stderr)
+
+def record(script):
+    marks.setdefault("load" if "load the relayed image" in script else "save", time.monotonic())
+
 failed = distribute_image(Runner(), image, image_id, LOCAL, "/raid/hf-cache", nodes, method=method,
-                          say=lambda m: print(m, file=sys.stderr), warn=lambda m: print(m, file=sys.stderr))
-print(json.dumps({"seconds": time.monotonic() - t0, "failed": failed}))
+                          say=say, warn=lambda m: print(m, file=sys.stderr), record=record)
+end = time.monotonic()
+phases = {}
+if method == "relay" and len(marks) == 3:
+    phases = {"save": marks["relay"] - marks["save"], "relay": marks["load"] - marks["relay"],
+              "load": end - marks["load"]}
+print(json.dumps({"seconds": end - t0, "failed": failed, "phases": phases}))
 """
 
 
@@ -94,11 +109,34 @@ def image_runs(cluster, env: dict, image_id: str, counts: list[int]) -> dict:  #
             t0 = time.monotonic()
             r = cluster.exec("spark1", [PY, "-c", IMAGE_DRIVER, IMAGE, image_id, method, str(n)], env=env,
                              timeout=3600)
-            if not r.ok or json.loads(r.stdout.strip().splitlines()[-1])["failed"]:
+            done = json.loads(r.stdout.strip().splitlines()[-1]) if r.ok else {}
+            if not r.ok or done["failed"]:
                 raise SystemExit(f"image {method} to {n} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
             out[(method, n)] = time.monotonic() - t0
-            print(f"  image {method:<6} {n} worker(s): {out[(method, n)]:6.1f} s", flush=True)
+            if done.get("phases"):
+                out[("phases", n)] = done["phases"]
+            parts = " (" + ", ".join(f"{k} {v:.1f}" for k, v in done["phases"].items()) + ")" \
+                if done.get("phases") else ""
+            print(f"  image {method:<6} {n} worker(s): {out[(method, n)]:6.1f} s{parts}", flush=True)
     return out
+
+
+def image_phases(image: dict, counts: list[int]) -> None:
+    """The relay's phases, and what they make on machines of their own: there every worker's docker load
+    runs on its own CPU and disk, so the N-worker time would be save + relay(N) + load(1)."""
+    got = [(n, image[("phases", n)]) for n in counts if ("phases", n) in image]
+    if len(got) < 2:
+        return
+    for n, p in got:
+        print(f"image relay phases, {n} worker(s): save+probe {p['save']:.1f} s, relay {p['relay']:.1f} s, "
+              f"docker load (all at once) {p['load']:.1f} s")
+    (n1, one), (nn, last) = got[0], got[-1]
+    alone = one["save"] + one["relay"] + one["load"]
+    apart = last["save"] + last["relay"] + one["load"]
+    print(f"  relay phase {nn}/{n1}: {last['relay'] / one['relay']:.2f}x; load phase {nn}/{n1}: "
+          f"{last['load'] / one['load']:.2f}x (the loads share this machine's cores and disk)")
+    print(f"  derived, not measured: with each load on its own machine, {nn}/{n1} = "
+          f"{apart / alone:.2f}x ({apart:.1f} / {alone:.1f} s)")
 
 
 def raw_copy(cluster, model: Path, cipher: str) -> float:  # noqa: ANN001
@@ -127,6 +165,7 @@ def report(args, model: dict, image: dict, raw_s: float, counts: list[int]) -> N
     one = model[("relay", counts[0])]
     print(f"twins: relay to 1 worker (both twins) {one:.1f} s = {mb / one:.1f} MB/s; raw single stream over "
           f"twin 1 {raw_s:.1f} s = {mb / raw_s:.1f} MB/s; ratio {raw_s / one:.2f}x (aim >= 1.7x)")
+    image_phases(image, counts)
     link = link_mb_s(args.rate)
     if link:
         print(f"link: {link:.1f} MB/s per twin; the raw copy reached {mb / raw_s / link:.0%} of it")
@@ -140,6 +179,7 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2,3", help="worker counts to measure (max 3)")
     ap.add_argument("--cipher", default="aes128-gcm@openssh.com")
     ap.add_argument("--skip-image", action="store_true")
+    ap.add_argument("--skip-model", action="store_true", help="the image runs only (no model or raw copy)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("perf/distribution.py: needs root (the emulated cluster); fix: run it as root")
@@ -153,9 +193,12 @@ def main() -> None:
         model = write_model(cluster.node_dir("spark1") / "raid" / "hf-cache", REPO,
                             args.model_mib * (1 << 20) // 8, 8, sparse=True)
         print(f"4-node emulated cluster {cluster.name}; head twins at {args.rate}; measuring", flush=True)
-        models = model_runs(cluster, env, counts)
-        raw_s = raw_copy(cluster, model, args.cipher)
-        print(f"  raw single stream over twin 1: {raw_s:6.1f} s", flush=True)
+        if args.skip_model:
+            models, raw_s = {(m, n): float("nan") for m in ("fanout", "relay") for n in counts}, float("nan")
+        else:
+            models = model_runs(cluster, env, counts)
+            raw_s = raw_copy(cluster, model, args.cipher)
+            print(f"  raw single stream over twin 1: {raw_s:6.1f} s", flush=True)
         if args.skip_image:
             images = {k: float("nan") for k in models}
         else:
