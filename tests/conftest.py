@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Emulated-cluster fixtures (sim_cluster, make_sim) for every test module.
 pytest_plugins = ["simfixtures"]
+
+# Started in the background of a non-interactive shell (`nohup ... &`), pytest inherits SIGINT ignored, and so
+# would every child: the Ctrl-C tests would hang. A handler here gives the children the default again (exec keeps
+# an ignored signal ignored, but resets a handled one).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)

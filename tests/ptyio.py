@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import time
 
 
@@ -26,3 +27,19 @@ def read_until(fd: int, pattern: bytes | None, timeout: float) -> bytes:
             break
         out += chunk or b""
     return out
+
+
+def wait_child(pid: int, fd: int, timeout: float) -> tuple[int, bytes]:
+    """Read the pty until the child closes it or ``timeout`` passes, then reap it: its exit code (-9 when it had
+    to be killed: a hung child fails the test instead of blocking the run) and what it still wrote."""
+    out = read_until(fd, None, timeout)
+    deadline = time.monotonic() + 5  # the pty closes a moment before the child can be reaped
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status), out
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status), out
+        time.sleep(0.05)

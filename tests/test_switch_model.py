@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ptyio import read_until
+from ptyio import read_until, wait_child
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hubstub import HubStub, Repo, fake_model  # noqa: E402
@@ -269,9 +269,9 @@ def test_no_model_on_a_terminal_shows_the_numbered_menu_and_asks():
     out = read_until(fd, b"Model (number or name", 60)
     assert b"smollm2-135m" in out and b"Model (number or name" in out, out.decode(errors="replace")
     os.write(fd, b"3\n")
-    out += read_until(fd, None, 60)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, out.decode(errors="replace")
+    code, rest = wait_child(pid, fd, 60)
+    out += rest
+    assert code == 0, out.decode(errors="replace")
     assert "MODEL=qwen3-8b" in local_config()
 
 
