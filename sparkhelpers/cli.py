@@ -125,14 +125,36 @@ def root(
 
 def _terminated(signum, _frame) -> None:  # noqa: ANN001
     """SIGTERM (a `kill` of the PID the cluster lock names, systemd, timeout): our children end with us."""
+    import os
     import signal
 
     from sparkhelpers.runner import end_descendants
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one while we clean up changes nothing
     end_descendants()
-    typer.echo(f"sparkhelpers: terminated ({signal.Signals(signum).name})", err=True)
+    if not _flushed_within(f"sparkhelpers: terminated ({signal.Signals(signum).name})", 1.0):
+        os._exit(128 + signum)  # a terminal that takes nothing (stopped, unread) must not keep us alive
     raise SystemExit(128 + signum)
+
+
+def _flushed_within(line: str, seconds: float) -> bool:
+    """Writes ``line`` to stderr and flushes both streams on a helper thread: False when that blocks longer
+    than ``seconds`` (the interpreter's exit would flush them again and wait there for ever)."""
+    import threading
+
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+            sys.stdout.flush()
+        except (OSError, ValueError, RuntimeError):  # closed, or re-entered from the interrupted write
+            return
+        done.set()
+
+    threading.Thread(target=write, daemon=True).start()
+    return done.wait(seconds)
 
 
 def main() -> None:

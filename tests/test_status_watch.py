@@ -98,3 +98,20 @@ def test_off_a_terminal_it_prints_once(engine, sparkhelpers_bin):
                        text=True, timeout=60, env=_env(engine))
     assert r.returncode == 0 and r.stdout.count("cluster spark:") == 1 and "\x1b[" not in r.stdout
     assert "engine: 14 running" in r.stdout
+
+
+def test_sigterm_ends_it_while_its_terminal_takes_nothing(engine, sparkhelpers_bin):
+    """Ctrl-S stops the terminal's output: the refresh blocks in its write, and so would the interpreter's exit
+    (it flushes again). SIGTERM still ends it, with 143."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvpe(sparkhelpers_bin[0], [*sparkhelpers_bin, "status", "--watch", "--interval", "0.2"], _env(engine))
+    try:
+        text = _read_until(fd, "refresh 1,", 90)
+        os.write(fd, b"\x13")  # XOFF: the terminal takes no more output
+        _read_until(fd, "\x00never", 2)  # the next refreshes block in their write
+        os.kill(pid, signal.SIGTERM)
+    finally:
+        code, _ = wait_child(pid, fd, 15)
+        os.close(fd)
+    assert code == 143, f"exit {code} (-9: SIGTERM did not end it and it was killed)\n{text[-2000:]}"
