@@ -59,7 +59,7 @@ def test_watch_refreshes_in_place_and_ctrl_c_exits_cleanly(engine, sparkhelpers_
     pid, fd = pty.fork()
     if pid == 0:
         os.execvpe(sparkhelpers_bin[0], [*sparkhelpers_bin, "status", "--watch", "--interval", "0.5"], _env(engine))
-    text, code = "", None
+    text = ""
     try:
         text = _read_until(fd, "refresh 3,", 90)
         os.write(fd, b"\x03")  # Ctrl-C, through the terminal's line discipline

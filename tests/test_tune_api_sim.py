@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from test_cluster_sim import ROOT, cli, env_for, no_containers_left, ours, seed_model, state_dir
+from test_tune_sim import LEAN
 
 from sparkhelpers.sim.cluster import exec_argv
 
@@ -26,11 +27,9 @@ PY = str(ROOT / ".venv" / "bin" / "python")
 BASE, OTHER, PROFILES = "/root/tuneapi-base.yaml", "/root/tuneapi-other.yaml", "/root/tuneapi-profiles.yaml"
 RECIPE = ("recipe: 1\nname: {name}\nmodel: Qwen/Qwen3-0.6B\nimage: {image}\nnodes: 1\nengine_args:\n"
           "  max_model_len: 2048\n  max_num_seqs: 1\n  enforce_eager: true\n")
-# The same lean point as test_tune_sim (8 prompts of 16/48 tokens at c=8, one wave) and the same objective: TTFT,
-# where one sequence at a time queues the other seven. Output throughput at 16/8 was a thin margin on one thread
-# (the batched and the serial run do the same arithmetic; CI once saw 40.55 vs 40.01 tok/s, a tie).
-LEAN = ("profiles:\n  tune-lean:\n    cells: [{name: \"16/48\", dataset: random, input_len: 16, output_len: 48}]\n"
-        "    concurrency: [8]\n    prompts_per_concurrency: 1\n    min_prompts: 8\n    warmups: 1\n    repeats: 3\n")
+# test_tune_sim's lean point (8 prompts of 16/48 tokens at c=8, one wave) and objective: TTFT, where one sequence
+# at a time queues the other seven. Output throughput at 16/8 was a thin margin on one thread (the batched and the
+# serial run do the same arithmetic; CI once saw 40.55 vs 40.01 tok/s, a tie).
 REQUEST = {"target": BASE, "objective": "ttft@c8", "guard": "output_tps@c8>=-25%", "profile": "tune-lean",
            "levers": ["max_num_seqs=8"]}
 # the admin key comes on stdin (never in argv); prints "STATUS JSON"
